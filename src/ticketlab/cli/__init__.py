@@ -1,0 +1,57 @@
+"""The ``ticketlab`` command. Each verb lives in a small module that registers its parser."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from ticketlab import __version__
+from ticketlab.errors import TicketlabError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ticketlab.cli import demo, mask_commands
+
+    parser = argparse.ArgumentParser(
+        prog="ticketlab",
+        description="Lottery tickets in pre-trained transformers: find, inspect, compare and use sparse subnetworks.",
+    )
+    parser.add_argument("--version", action="version", version=f"ticketlab {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for module in (mask_commands, demo):
+        module.register(verbs)
+    return parser
+
+
+def _quiet_libraries(quiet: bool) -> None:
+    """Keep transformers' load reports and weight-loading bars out of ticketlab's own output."""
+    import transformers
+
+    if not os.environ.get("TICKETLAB_VERBOSE"):
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+        logging.getLogger("ticketlab").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: expected errors become one line on stderr and exit status 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries(quiet=getattr(args, "quiet", False))
+    try:
+        return int(args.run(args) or 0)
+    except TicketlabError as error:
+        print(f"ticketlab {args.verb}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ticketlab {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

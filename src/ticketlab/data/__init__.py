@@ -1,0 +1,1 @@
+"""Data layer (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""Experiments layer (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,153 @@
+"""Putting a mask on a live model and keeping it there while any optimizer trains it.
+
+Two mechanisms, both cheap: a gradient hook zeroes the gradient of pruned weights (so Adam's
+moments for them stay zero), and an optimizer post-step hook re-zeroes the pruned weights (so
+decoupled weight decay, momentum or any other update cannot move them). Parameters keep their
+names: a checkpoint saved afterwards loads into a plain model. Unlike ``torch.nn.utils.prune`` there
+is no reparametrisation and no extra multiply in the forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ticketlab.errors import MaskMismatchError, TicketlabError
+from ticketlab.masks.fingerprint import tensor_digest
+from ticketlab.masks.structured import StructuredMask
+from ticketlab.masks.unstructured import UnstructuredMask
+from ticketlab.models.adapters import EncoderAdapter
+
+# Roles that a model may lack without the mask being wrong for it (RoBERTa task models drop the pooler).
+OPTIONAL_ROLES = ("pooler",)
+
+
+@dataclass
+class FitReport:
+    """What :func:`check_mask_fits` found: matrices to mask, and those skipped with the reason."""
+
+    names: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def check_mask_fits(
+    model: nn.Module, mask: UnstructuredMask, *, allow_fingerprint_mismatch: bool = False
+) -> FitReport:
+    """Raise :class:`MaskMismatchError` naming the first matrix whose name, shape or weights differ."""
+    if isinstance(mask, StructuredMask):
+        raise TicketlabError(
+            "a structured mask is applied with head/FFN gates; to apply it as weight bits, "
+            "expand it first with StructuredMask.to_unstructured(adapter)"
+        )
+    adapter = EncoderAdapter(model)
+    report = FitReport()
+    digests = mask.provenance.fingerprint.get("kept", {}) if mask.provenance.fingerprint else {}
+    for name, bits in mask.tensors.items():
+        try:
+            weight = adapter.parameter(name)
+        except AttributeError:
+            if mask.info[name].role in OPTIONAL_ROLES:
+                report.skipped[name] = f"the model has no {mask.info[name].role}"
+                continue
+            source = mask.provenance.source_model or "another model"
+            raise MaskMismatchError(
+                f"mask matrix {name!r} does not exist in this {type(model).__name__} "
+                f"(the mask was made for {source})"
+            ) from None
+        if tuple(weight.shape) != tuple(bits.shape):
+            raise MaskMismatchError(
+                f"mask matrix {name!r} has shape {tuple(bits.shape)}, the model's has {tuple(weight.shape)}"
+            )
+        if name in digests and not allow_fingerprint_mismatch:
+            found = tensor_digest(weight, bits.to(weight.device))
+            if found != digests[name]:
+                raise MaskMismatchError(
+                    f"the kept weights of {name!r} differ from those of the mask's source model "
+                    f"({mask.provenance.source_model}); pass allow_fingerprint_mismatch=True "
+                    "(--allow-fingerprint-mismatch) to apply it anyway, e.g. to fine-tuned weights"
+                )
+        report.names.append(name)
+    return report
+
+
+class MaskEnforcer:
+    """Holds an unstructured mask on a model: pruned weights are exactly zero after every step.
+
+    Typical use::
+
+        enforcer = apply_mask(model, mask)
+        optimizer = torch.optim.AdamW(model.parameters(), weight_decay=0.01)
+        enforcer.attach(optimizer)      # re-zeroes after every optimizer.step()
+
+    Call :meth:`remove` to detach the hooks (the weights stay as they are).
+    """
+
+    def __init__(self, model: nn.Module, mask: UnstructuredMask, *, allow_fingerprint_mismatch: bool = False):
+        self.model = model
+        self.mask = mask
+        self.report = check_mask_fits(model, mask, allow_fingerprint_mismatch=allow_fingerprint_mismatch)
+        adapter = EncoderAdapter(model)
+        self.parameters: dict[str, nn.Parameter] = {n: adapter.parameter(n) for n in self.report.names}
+        # Only matrices with something pruned need hooks.
+        self._pruned: dict[str, torch.Tensor] = {
+            n: ~mask.tensors[n].to(p.device)
+            for n, p in self.parameters.items()
+            if not bool(mask.tensors[n].all())
+        }
+        self._handles: list = []
+        self._install_gradient_hooks()
+        self.enforce()
+
+    def _pruned_on(self, name: str, device: torch.device) -> torch.Tensor:
+        pruned = self._pruned[name]
+        if pruned.device != device:  # the model moved (e.g. accelerator.prepare) after the mask was applied
+            pruned = self._pruned[name] = pruned.to(device)
+        return pruned
+
+    def _install_gradient_hooks(self) -> None:
+        for name in self._pruned:
+            param = self.parameters[name]
+
+            def zero_pruned_gradient(grad: torch.Tensor, name: str = name) -> torch.Tensor:
+                return grad.masked_fill(self._pruned_on(name, grad.device), 0.0)
+
+            self._handles.append(param.register_hook(zero_pruned_gradient))
+
+    @torch.no_grad()
+    def enforce(self) -> None:
+        """Set every pruned weight to exactly zero."""
+        for name, param in self.parameters.items():
+            if name in self._pruned:
+                param.masked_fill_(self._pruned_on(name, param.device), 0.0)
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> MaskEnforcer:
+        """Re-zero the pruned weights after every ``optimizer.step()``."""
+        self._handles.append(optimizer.register_step_post_hook(lambda *_: self.enforce()))
+        return self
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> MaskEnforcer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def apply_mask(
+    model: nn.Module,
+    mask: UnstructuredMask,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    allow_fingerprint_mismatch: bool = False,
+) -> MaskEnforcer:
+    """Check that ``mask`` fits ``model``, zero the pruned weights, and keep them zero from now on."""
+    enforcer = MaskEnforcer(model, mask, allow_fingerprint_mismatch=allow_fingerprint_mismatch)
+    if optimizer is not None:
+        enforcer.attach(optimizer)
+    return enforcer

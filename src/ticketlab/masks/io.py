@@ -1,0 +1,157 @@
+"""The mask file: safetensors, bits packed 8 to a byte, provenance in a JSON header.
+
+Layout: one ``uint8`` tensor per masked matrix (``numpy.packbits`` of the row-major bits, most
+significant bit first, padded with zeros to a whole byte), and the safetensors metadata key
+``ticketlab`` holding JSON::
+
+    {"format": "ticketlab-mask", "format_version": 1, "kind": "unstructured" | "structured",
+     "tensors": {name: {"shape": [...], "role": ..., "layer": ...}}, "sparsity": ...,
+     "provenance": {...}, "ticketlab_version": ...}
+
+Files are written to a temporary name and renamed, so a killed write never leaves a file that
+looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ticketlab import __version__
+from ticketlab.errors import MaskFormatError
+from ticketlab.masks.provenance import Provenance, TensorInfo
+from ticketlab.masks.structured import StructuredMask
+from ticketlab.masks.unstructured import UnstructuredMask
+
+FORMAT_NAME = "ticketlab-mask"
+FORMAT_VERSION = 1
+Mask = UnstructuredMask | StructuredMask
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    packed = np.packbits(bits.detach().cpu().numpy().reshape(-1).astype(np.uint8))
+    return torch.from_numpy(packed)
+
+
+def unpack_bits(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    count = math.prod(shape)
+    flat = np.unpackbits(packed.numpy(), count=count)
+    return torch.from_numpy(flat.astype(bool)).reshape(shape)
+
+
+def header_of(mask: Mask) -> dict[str, Any]:
+    if isinstance(mask, StructuredMask):
+        tensors = {
+            "heads": {"shape": list(mask.heads.shape), "role": "heads", "layer": None},
+            "ffn": {"shape": list(mask.ffn.shape), "role": f"ffn_{mask.ffn_granularity}", "layer": None},
+        }
+        sparsity = {"heads": mask.head_sparsity(), "ffn": mask.ffn_sparsity()}
+        kind = "structured"
+    else:
+        tensors = {
+            n: {"shape": list(info.shape), "role": info.role, "layer": info.layer}
+            for n, info in mask.info.items()
+        }
+        sparsity = mask.sparsity
+        kind = "unstructured"
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "tensors": tensors,
+        "sparsity": sparsity,
+        "provenance": mask.provenance.to_dict(),
+        "ticketlab_version": __version__,
+    }
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(tmp_path)`` and move the result to ``path`` only when it finished."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_mask(mask: Mask, path: str | os.PathLike) -> Path:
+    """Write ``mask`` to ``path`` (atomically) and return the path."""
+    header = header_of(mask)
+    packed = {name: pack_bits(bits) for name, bits in mask.tensors.items()}
+    atomic_write(path, lambda tmp: save_file(packed, tmp, metadata={"ticketlab": json.dumps(header)}))
+    return Path(path)
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON header of a mask file, validated, without reading the bits."""
+    path = Path(path)
+    if not path.exists():
+        raise MaskFormatError(f"mask file {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise MaskFormatError(f"{path} is not a readable safetensors file ({error})") from error
+    if "ticketlab" not in metadata:
+        raise MaskFormatError(
+            f"{path} is a safetensors file but not a ticketlab mask (no 'ticketlab' header); "
+            "masks from the original BERT-Tickets/TAMT code go through `ticketlab import-mask`"
+        )
+    try:
+        header = json.loads(metadata["ticketlab"])
+    except json.JSONDecodeError as error:
+        raise MaskFormatError(f"{path}: the mask header is not valid JSON ({error})") from error
+    if header.get("format") != FORMAT_NAME:
+        raise MaskFormatError(f"{path}: unknown format {header.get('format')!r}")
+    if int(header.get("format_version", 0)) > FORMAT_VERSION:
+        raise MaskFormatError(
+            f"{path}: mask format version {header['format_version']} is newer than this ticketlab "
+            f"understands ({FORMAT_VERSION}); upgrade ticketlab"
+        )
+    return header
+
+
+def load_mask(path: str | os.PathLike) -> Mask:
+    """Read a mask file written by :func:`save_mask`."""
+    header = read_header(path)
+    tensors: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            stored = set(handle.keys())
+            for name, meta in header["tensors"].items():
+                if name not in stored:
+                    raise MaskFormatError(f"{path}: tensor {name!r} named in the header is missing")
+                shape = tuple(int(s) for s in meta["shape"])
+                packed = handle.get_tensor(name)
+                if packed.dtype != torch.uint8 or packed.numel() != math.ceil(math.prod(shape) / 8):
+                    raise MaskFormatError(
+                        f"{path}: tensor {name!r} has the wrong packed size for shape {shape}"
+                    )
+                tensors[name] = unpack_bits(packed, shape)
+    except SafetensorError as error:
+        raise MaskFormatError(f"{path}: corrupt mask file ({error})") from error
+    provenance = Provenance.from_dict(header.get("provenance", {}))
+    if header["kind"] == "structured":
+        return StructuredMask(tensors["heads"], tensors["ffn"], provenance)
+    if header["kind"] != "unstructured":
+        raise MaskFormatError(f"{path}: unknown mask kind {header['kind']!r}")
+    info = {
+        n: TensorInfo(shape=tuple(m["shape"]), role=m.get("role", "unknown"), layer=m.get("layer"))
+        for n, m in header["tensors"].items()
+    }
+    return UnstructuredMask(tensors, provenance, info)

@@ -1,0 +1,137 @@
+"""Unstructured masks: one bit per weight of each prunable matrix (True = kept)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from ticketlab.errors import TicketlabError
+from ticketlab.masks.provenance import Provenance, TensorInfo
+
+_LAYER_PATTERN = re.compile(r"\.layer\.(\d+)\.")
+
+
+def guess_layer(name: str) -> int | None:
+    match = _LAYER_PATTERN.search(f".{name}")
+    return int(match.group(1)) if match else None
+
+
+@dataclass
+class UnstructuredMask:
+    """Bool tensors keyed by canonical parameter name; ``True`` keeps the weight.
+
+    The set algebra (``&``, ``|``, ``-``, ``~``) works tensor by tensor over masks of the same
+    matrices; sparsity is always counted over the masked matrices (the mask's scope).
+    """
+
+    tensors: dict[str, torch.Tensor]
+    provenance: Provenance = field(default_factory=Provenance)
+    info: dict[str, TensorInfo] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, bits in self.tensors.items():
+            if bits.dtype != torch.bool:
+                raise TicketlabError(f"mask tensor {name!r} must be bool, got {bits.dtype}")
+        for name, bits in self.tensors.items():
+            if name not in self.info:
+                self.info[name] = TensorInfo(shape=tuple(bits.shape), layer=guess_layer(name))
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def ones_like(cls, weights: Mapping[str, torch.Tensor], **kwargs) -> UnstructuredMask:
+        return cls({n: torch.ones(w.shape, dtype=torch.bool) for n, w in weights.items()}, **kwargs)
+
+    # -- accounting ---------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def num_weights(self) -> int:
+        return sum(t.numel() for t in self.tensors.values())
+
+    def num_kept(self) -> int:
+        return sum(int(t.sum()) for t in self.tensors.values())
+
+    def num_pruned(self) -> int:
+        return self.num_weights() - self.num_kept()
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the masked weights that are pruned."""
+        total = self.num_weights()
+        return self.num_pruned() / total if total else 0.0
+
+    def tensor_sparsity(self) -> dict[str, float]:
+        return {n: 1.0 - float(t.sum()) / t.numel() for n, t in self.tensors.items()}
+
+    def layer_sparsity(self) -> dict[str, float]:
+        """Sparsity per encoder layer (``"0"``, ``"1"``, ...) plus ``"other"`` (pooler, embeddings)."""
+        kept: dict[str, int] = {}
+        total: dict[str, int] = {}
+        for name, bits in self.tensors.items():
+            layer = self.info[name].layer
+            key = str(layer) if layer is not None else "other"
+            kept[key] = kept.get(key, 0) + int(bits.sum())
+            total[key] = total.get(key, 0) + bits.numel()
+        return {k: 1.0 - kept[k] / total[k] for k in total}
+
+    # -- algebra ------------------------------------------------------------------------------
+    def _check_same_matrices(self, other: UnstructuredMask) -> None:
+        if list(self.tensors) != list(other.tensors):
+            missing = sorted(set(self.tensors) ^ set(other.tensors))
+            raise TicketlabError(f"masks cover different matrices (first difference: {missing[0]!r})")
+        for name in self.tensors:
+            if self.tensors[name].shape != other.tensors[name].shape:
+                raise TicketlabError(
+                    f"masks disagree on the shape of {name!r}: "
+                    f"{tuple(self.tensors[name].shape)} vs {tuple(other.tensors[name].shape)}"
+                )
+
+    def _combine(self, other: UnstructuredMask, op) -> UnstructuredMask:
+        self._check_same_matrices(other)
+        bits = {n: op(self.tensors[n], other.tensors[n]) for n in self.tensors}
+        return UnstructuredMask(
+            bits, Provenance(method="algebra", scope=self.provenance.scope), dict(self.info)
+        )
+
+    def __and__(self, other: UnstructuredMask) -> UnstructuredMask:
+        return self._combine(other, torch.logical_and)
+
+    def __or__(self, other: UnstructuredMask) -> UnstructuredMask:
+        return self._combine(other, torch.logical_or)
+
+    def __sub__(self, other: UnstructuredMask) -> UnstructuredMask:
+        """Kept here and pruned in ``other``."""
+        return self._combine(other, lambda a, b: a & ~b)
+
+    def __invert__(self) -> UnstructuredMask:
+        bits = {n: ~t for n, t in self.tensors.items()}
+        return UnstructuredMask(
+            bits, Provenance(method="algebra", scope=self.provenance.scope), dict(self.info)
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, UnstructuredMask) or list(self.tensors) != list(other.tensors):
+            return False
+        return all(torch.equal(self.tensors[n], other.tensors[n]) for n in self.tensors)
+
+    __hash__ = None  # mutable container
+
+    def intersection_size(self, other: UnstructuredMask) -> int:
+        self._check_same_matrices(other)
+        return sum(int((self.tensors[n] & other.tensors[n]).sum()) for n in self.tensors)
+
+    def jaccard(self, other: UnstructuredMask) -> float:
+        """|kept here AND kept there| / |kept here OR kept there|."""
+        inter = self.intersection_size(other)
+        union = self.num_kept() + other.num_kept() - inter
+        return inter / union if union else 1.0
+
+    def subset(self, names: Iterable[str]) -> UnstructuredMask:
+        names = list(names)
+        return UnstructuredMask(
+            {n: self.tensors[n] for n in names}, self.provenance, {n: self.info[n] for n in names}
+        )

@@ -1,0 +1,46 @@
+"""Loading pre-trained models from a hub id or a local directory."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from torch import nn
+
+from ticketlab.errors import TicketlabError
+
+
+def _describe_source(name_or_path: str) -> str:
+    return "local directory" if os.path.isdir(name_or_path) else "hub id"
+
+
+def load_encoder(name_or_path: str, model_class: Any = None, **kwargs: Any) -> nn.Module:
+    """Load a pre-trained model (default: the bare encoder, ``AutoModel``) in eval mode.
+
+    ``name_or_path`` is a Hugging Face hub id (the default way users name models) or a local
+    directory written by ``save_pretrained``.
+    """
+    from transformers import AutoModel
+
+    model_class = model_class or AutoModel
+    if os.path.sep in name_or_path and not os.path.exists(name_or_path):
+        raise TicketlabError(f"model directory {name_or_path!r} does not exist")
+    try:
+        model = model_class.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TicketlabError(
+            f"could not load model {name_or_path!r} ({_describe_source(name_or_path)}): {first_line}"
+        ) from error
+    model.eval()
+    return model
+
+
+def load_tokenizer(name_or_path: str, **kwargs: Any):
+    """The tokenizer saved with a model (hub id or local directory)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as error:
+        raise TicketlabError(f"could not load the tokenizer of {name_or_path!r}: {error}") from error

@@ -1,0 +1,23 @@
+"""How masks are chosen: strategies behind one interface, found through a registry."""
+
+from ticketlab.pruning import magnitude, random_pruning  # noqa: F401  (registers the methods)
+from ticketlab.pruning.magnitude import MagnitudePruning
+from ticketlab.pruning.prune import PROTOCOLS, prune
+from ticketlab.pruning.random_pruning import RandomPruning
+from ticketlab.pruning.registry import PRUNING_METHODS, PruningMethod, get_method, register
+from ticketlab.pruning.selection import SCHEMES, lowest_k_mask, num_to_prune, validate_sparsity
+
+__all__ = [
+    "PROTOCOLS",
+    "PRUNING_METHODS",
+    "SCHEMES",
+    "MagnitudePruning",
+    "PruningMethod",
+    "RandomPruning",
+    "get_method",
+    "lowest_k_mask",
+    "num_to_prune",
+    "prune",
+    "register",
+    "validate_sparsity",
+]

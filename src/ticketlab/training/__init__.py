@@ -1,0 +1,1 @@
+"""Training layer (see docs/ARCHITECTURE.md)."""
