@@ -1,0 +1,167 @@
+"""The run store: content-addressed run directories whose steps skip themselves when done.
+
+A run directory is named from a hash of its spec's non-default fields (OpenLTH's idea), so the
+same experiment always lands in the same place and a changed one never overwrites it. Inside, each
+step writes into a temporary folder and renames it when finished; a folder without its ``DONE``
+marker is a half-finished step and is redone on the next run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ticketlab import __version__
+from ticketlab.errors import TicketlabError
+
+DONE = "DONE"
+T = TypeVar("T")
+
+
+def spec_to_dict(spec: Any) -> dict[str, Any]:
+    """A dataclass spec as plain JSON-able data (nested specs included)."""
+    return json.loads(json.dumps(dataclasses.asdict(spec), default=str))
+
+
+def non_default_fields(spec: Any) -> dict[str, Any]:
+    """The fields of ``spec`` that differ from their defaults (required fields always count)."""
+    values = spec_to_dict(spec)
+    changed = {}
+    for f in dataclasses.fields(spec):
+        if f.metadata.get("hashed", True) is False:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            changed[f.name] = values[f.name]
+            continue
+        default = json.loads(json.dumps(default, default=str))
+        if values[f.name] != default:
+            changed[f.name] = values[f.name]
+    return changed
+
+
+def spec_hash(spec: Any) -> str:
+    """A short stable hash of the spec's kind and non-default fields."""
+    payload = json.dumps({"kind": type(spec).__name__, "fields": non_default_fields(spec)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def versions() -> dict[str, str]:
+    """Versions recorded with every run (never hashed)."""
+    import torch
+    import transformers
+
+    return {
+        "ticketlab": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON atomically: a temporary file renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as error:
+        raise TicketlabError(f"{path} is not valid JSON ({error})") from error
+
+
+class RunDirectory:
+    """One run: ``spec.json``, ``versions.json``, and step folders that appear only when finished.
+
+    ``RunDirectory.open(spec, out)`` uses ``out`` as the run directory. If it already holds a
+    different spec, it refuses rather than mixing two experiments.
+    """
+
+    def __init__(self, path: Path, spec: Any):
+        self.path = path
+        self.spec = spec
+
+    @classmethod
+    def open(cls, spec: Any, path: str | os.PathLike) -> RunDirectory:
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise TicketlabError(f"{path} exists and is not a directory")
+        spec_file = path / "spec.json"
+        wanted = {"kind": type(spec).__name__, "hash": spec_hash(spec), "spec": spec_to_dict(spec)}
+        if spec_file.exists():
+            found = read_json(spec_file)
+            if found.get("hash") != wanted["hash"] or found.get("kind") != wanted["kind"]:
+                differing = sorted(
+                    k
+                    for k in set(found.get("spec", {})) | set(wanted["spec"])
+                    if found.get("spec", {}).get(k) != wanted["spec"].get(k)
+                )
+                raise TicketlabError(
+                    f"{path} holds a different {found.get('kind', 'run')} (fields that differ: "
+                    f"{', '.join(differing) or 'kind'}); choose another --out or remove it"
+                )
+        elif path.exists() and any(p for p in path.iterdir() if not p.name.startswith(".")):
+            raise TicketlabError(f"{path} is not empty and holds no spec.json: not a ticketlab run directory")
+        path.mkdir(parents=True, exist_ok=True)
+        if not spec_file.exists():
+            write_json(spec_file, wanted)
+        write_json(path / "versions.json", versions())
+        return cls(path, spec)
+
+    @classmethod
+    def in_store(cls, spec: Any, root: str | os.PathLike) -> RunDirectory:
+        """A run directory named from the spec's hash under ``root``."""
+        prefix = getattr(spec, "run_prefix", type(spec).__name__.lower().removesuffix("spec"))
+        return cls.open(spec, Path(root) / f"{prefix}_{spec_hash(spec)}")
+
+    # -- steps ----------------------------------------------------------------------------------
+    def step_path(self, name: str) -> Path:
+        return self.path / name
+
+    def is_done(self, name: str) -> bool:
+        return (self.step_path(name) / DONE).exists()
+
+    def run_step(
+        self, name: str, body: Callable[[Path], T], load: Callable[[Path], T] | None = None
+    ) -> T | None:
+        """Run ``body(tmp_dir)`` unless step ``name`` is finished; then move ``tmp_dir`` into place.
+
+        A finished step is skipped (``load(step_dir)`` gives its result back when given). A
+        half-finished step (a leftover temporary folder) is discarded and redone.
+        """
+        final = self.step_path(name)
+        if self.is_done(name):
+            return load(final) if load else None
+        for leftover in self.path.glob(f".{name}.*.tmp"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        if final.exists():  # a step folder without DONE: never finished
+            shutil.rmtree(final)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=self.path))
+        result = body(tmp)
+        (tmp / DONE).write_text("")
+        os.replace(tmp, final)
+        return result
