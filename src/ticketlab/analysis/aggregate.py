@@ -1,0 +1,135 @@
+"""From many fine-tuning results to the papers' tables: mean +- std per cell, and which tickets match.
+
+A **matching** ticket (BERT-Tickets) has a mean dev score within one standard deviation of the full
+model's mean over the same seeds: ``mean_ticket >= mean_full - std_full``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FULL_MODEL = "full"
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """One fine-tuning result: a ticket (method at a sparsity) on a task with one seed."""
+
+    task: str
+    method: str  # "full" for the dense reference
+    sparsity: float
+    seed: int
+    metric: str
+    value: float
+    source: str = ""
+
+
+@dataclass
+class Cell:
+    """The seeds of one (task, method, sparsity) cell."""
+
+    task: str
+    method: str
+    sparsity: float
+    metric: str
+    values: list[float] = field(default_factory=list)
+    matching: bool | None = None
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values)) if self.values else math.nan
+
+    @property
+    def std(self) -> float:
+        # Sample standard deviation (ddof=1), as over seeds; 0 for a single seed.
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else 0.0
+
+
+def aggregate(records: Iterable[ResultRecord]) -> list[Cell]:
+    """Group records into cells and mark each ticket's cell as matching its task's full model or not."""
+    cells: dict[tuple, Cell] = {}
+    for record in records:
+        key = (record.task, record.method, round(record.sparsity, 6), record.metric)
+        cell = cells.setdefault(
+            key, Cell(record.task, record.method, round(record.sparsity, 6), record.metric)
+        )
+        cell.values.append(record.value)
+    full = {(c.task, c.metric): c for c in cells.values() if c.method == FULL_MODEL}
+    for cell in cells.values():
+        reference = full.get((cell.task, cell.metric))
+        if cell.method != FULL_MODEL and reference is not None:
+            cell.matching = cell.mean >= reference.mean - reference.std
+    return sorted(cells.values(), key=lambda c: (c.task, c.method != FULL_MODEL, c.method, c.sparsity))
+
+
+def highest_matching_sparsity(cells: Iterable[Cell]) -> dict[tuple[str, str], float | None]:
+    """Per (task, method): the highest sparsity whose ticket matches (BERT-Tickets' headline number)."""
+    best: dict[tuple[str, str], float | None] = defaultdict(lambda: None)
+    for cell in cells:
+        if cell.method == FULL_MODEL:
+            continue
+        key = (cell.task, cell.method)
+        best.setdefault(key, None)
+        if cell.matching and (best[key] is None or cell.sparsity > best[key]):
+            best[key] = cell.sparsity
+    return dict(best)
+
+
+def _fmt(cell: Cell, scale: float) -> str:
+    text = f"{cell.mean * scale:.2f} ± {cell.std * scale:.2f}"
+    if cell.matching:
+        text += " ✓"
+    return text
+
+
+def markdown_table(cells: list[Cell], scale: float = 100.0) -> str:
+    """Method x sparsity per task (mean ± std over seeds, ✓ = matching)."""
+    out = []
+    for task in sorted({c.task for c in cells}):
+        task_cells = [c for c in cells if c.task == task]
+        sparsities = sorted({c.sparsity for c in task_cells if c.method != FULL_MODEL})
+        methods = sorted({c.method for c in task_cells if c.method != FULL_MODEL})
+        metric = task_cells[0].metric
+        full = next((c for c in task_cells if c.method == FULL_MODEL), None)
+        out.append(f"### {task} ({metric}, x{scale:g}, mean ± std over seeds, ✓ = matching)\n")
+        if full is not None:
+            out.append(f"Full model: {_fmt(full, scale)} (n={len(full.values)})\n")
+        header = "| method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |"
+        out += [header, "|" + "---|" * (len(sparsities) + 1)]
+        for method in methods:
+            row = {c.sparsity: c for c in task_cells if c.method == method}
+            out.append(
+                f"| {method} | "
+                + " | ".join(_fmt(row[s], scale) if s in row else "" for s in sparsities)
+                + " |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def csv_table(cells: list[Cell]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["task", "method", "sparsity", "metric", "mean", "std", "n", "matching", "values"])
+    for c in cells:
+        writer.writerow(
+            [
+                c.task,
+                c.method,
+                c.sparsity,
+                c.metric,
+                c.mean,
+                c.std,
+                len(c.values),
+                "" if c.matching is None else c.matching,
+                " ".join(f"{v:.6g}" for v in c.values),
+            ]
+        )
+    return buffer.getvalue()

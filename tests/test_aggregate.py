@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+
+from ticketlab.analysis.aggregate import (
+    ResultRecord,
+    aggregate,
+    csv_table,
+    highest_matching_sparsity,
+    markdown_table,
+)
+from ticketlab.analysis.plots import plot_layer_profile, plot_overlap_heatmap, plot_score_vs_sparsity
+
+
+def _records():
+    rows = []
+    for seed, (full, imp5, imp7, rnd5) in enumerate(
+        [(0.80, 0.79, 0.70, 0.60), (0.84, 0.83, 0.72, 0.62), (0.82, 0.81, 0.74, 0.58)]
+    ):
+        rows += [
+            ResultRecord("rte", "full", 0.0, seed, "accuracy", full),
+            ResultRecord("rte", "imp", 0.5, seed, "accuracy", imp5),
+            ResultRecord("rte", "imp", 0.7, seed, "accuracy", imp7),
+            ResultRecord("rte", "random", 0.5, seed, "accuracy", rnd5),
+        ]
+    return rows
+
+
+def test_cells_use_sample_std_and_mark_matching():
+    cells = {(c.method, c.sparsity): c for c in aggregate(_records())}
+    full = cells[("full", 0.0)]
+    assert full.mean == pytest.approx(0.82) and full.std == pytest.approx(np.std([0.80, 0.84, 0.82], ddof=1))
+    assert cells[("imp", 0.5)].matching is True  # 0.81 >= 0.82 - 0.02
+    assert cells[("imp", 0.7)].matching is False
+    assert cells[("random", 0.5)].matching is False
+    assert full.matching is None
+    assert highest_matching_sparsity(cells.values()) == {("rte", "imp"): 0.5, ("rte", "random"): None}
+
+
+def test_tables_and_plots_are_written(tmp_path):
+    cells = aggregate(_records())
+    table = markdown_table(cells)
+    assert "| imp | 81.00 ± 2.00 ✓ | 72.00 ± 2.00 |" in table
+    assert csv_table(cells).splitlines()[0].startswith("task,method,sparsity")
+    for path in (
+        plot_score_vs_sparsity(cells, "rte", tmp_path / "rte.png"),
+        plot_overlap_heatmap(["a", "b"], np.array([[1.0, 0.3], [0.3, 1.0]]), tmp_path / "overlap.png"),
+        plot_layer_profile({"omp": {"0": 0.4, "1": 0.6, "other": 0.5}}, tmp_path / "layers.png"),
+    ):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
