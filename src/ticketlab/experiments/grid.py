@@ -1,0 +1,210 @@
+"""The ticket grid: tickets from several methods x sparsities x tasks x seeds, with the full model.
+
+One spec (YAML or JSON) describes the grid; every cell is a fine-tuning run in its own folder and a
+finished cell is skipped on rerun. Tickets are made once and shared by the cells that use them:
+
+- ``full``: the dense pre-trained model (the reference every ticket is compared with);
+- ``omp``: one-shot magnitude pruning of the pre-trained weights (task-independent);
+- ``random``: random pruning, ``matched`` per matrix to the OMP ticket of the same sparsity
+  (default) or uniform over the scope; one ticket per seed;
+- ``imp``: iterative magnitude pruning on each task (one IMP run per seed; its levels' fine-tuning
+  results are the cells, as in BERT-Tickets);
+- ``permuted`` / ``random-init``: BERT-Tickets' controls, the OMP ticket's mask on pre-trained
+  weights with whole layers permuted, or on randomly initialised weights.
+
+Transfer: ``transfer_from`` names source tasks whose IMP tickets (at each sparsity) are also
+fine-tuned on every other task of the grid (method ``imp@<source>``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ticketlab.analysis.aggregate import FULL_MODEL, ResultRecord
+from ticketlab.errors import TicketlabError
+from ticketlab.experiments.imp import ImpSpec, level_name
+from ticketlab.experiments.store import RunDirectory, read_json
+from ticketlab.pruning import validate_sparsity
+
+GRID_METHODS = ("full", "omp", "random", "imp", "permuted", "random-init")
+
+
+@dataclass
+class GridSpec:
+    """A grid of tickets to fine-tune and compare."""
+
+    model: str = field(metadata={"help": "hub id or local directory of the pre-trained model"})
+    tasks: list[str] = field(metadata={"help": "tasks to fine-tune on (GLUE names, squad)"})
+    methods: list[str] = field(
+        default_factory=lambda: ["full", "omp", "random", "imp"],
+        metadata={"help": f"ticket methods, from {', '.join(GRID_METHODS)}"},
+    )
+    sparsities: list[float] = field(
+        default_factory=lambda: [0.5, 0.7], metadata={"help": "ticket sparsities"}
+    )
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "fine-tuning seeds"})
+    data_dir: str | None = field(default=None, metadata={"help": "local GLUE-layout data (default: the hub)"})
+    scope: str = field(default="encoder", metadata={"help": "weights that can be pruned"})
+    scheme: str = field(default="global", metadata={"help": "global or per-matrix ranking"})
+    random_variant: str = field(default="matched", metadata={"help": "matched (to OMP per matrix) or global"})
+    imp_levels: list[float] | None = field(
+        default=None, metadata={"help": "IMP levels (default: 0.1 steps up to the highest sparsity)"}
+    )
+    imp_head: str = field(default="keep", metadata={"help": "IMP task head at rewinding: keep or reinit"})
+    transfer_from: list[str] = field(
+        default_factory=list, metadata={"help": "source tasks whose IMP tickets are tried on the others"}
+    )
+    recipe: dict[str, Any] = field(default_factory=dict, metadata={"help": "fine-tuning recipe overrides"})
+
+    run_prefix = "grid"
+
+    def validate(self) -> None:
+        unknown = [m for m in self.methods if m not in GRID_METHODS]
+        if unknown:
+            raise TicketlabError(
+                f"unknown grid method {unknown[0]!r} (choose from {', '.join(GRID_METHODS)})"
+            )
+        if not self.tasks or not self.seeds:
+            raise TicketlabError("a grid needs at least one task and one seed")
+        for sparsity in self.sparsities:
+            validate_sparsity(sparsity)
+        if self.random_variant not in ("matched", "global"):
+            raise TicketlabError(f"random_variant must be matched or global, not {self.random_variant!r}")
+        missing = [t for t in self.transfer_from if t not in self.tasks]
+        if missing:
+            raise TicketlabError(f"transfer source {missing[0]!r} is not one of the grid's tasks")
+        levels = self.levels()
+        off = [
+            s
+            for s in self.sparsities
+            if "imp" in self.methods and not any(abs(s - lv) < 1e-9 for lv in levels)
+        ]
+        if off:
+            raise TicketlabError(f"sparsity {off[0]} is not one of the IMP levels {levels}")
+
+    def levels(self) -> list[float]:
+        if self.imp_levels:
+            return list(self.imp_levels)
+        top = max(self.sparsities, default=0.0)
+        return [round(0.1 * i, 1) for i in range(1, 10) if round(0.1 * i, 1) <= top + 1e-9]
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> GridSpec:
+        path = Path(path)
+        if not path.exists():
+            raise TicketlabError(f"grid spec {path} does not exist")
+        text = path.read_text()
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except Exception as error:  # noqa: BLE001 - any parse error becomes one clear line
+            raise TicketlabError(f"{path}: cannot parse the grid spec ({error})") from error
+        if not isinstance(data, dict):
+            raise TicketlabError(f"{path}: a grid spec is a mapping of fields")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TicketlabError(f"{path}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        try:
+            spec = cls(**data)
+        except TypeError as error:
+            raise TicketlabError(f"{path}: {error}") from error
+        spec.validate()
+        return spec
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One fine-tuning run of the grid."""
+
+    task: str
+    method: str
+    sparsity: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-{self.sparsity:.2f}-seed{self.seed}"
+
+
+def plan_cells(spec: GridSpec) -> list[Cell]:
+    """Every non-IMP fine-tuning run the grid needs (IMP cells come from IMP runs)."""
+    cells = []
+    for task in spec.tasks:
+        for seed in spec.seeds:
+            if FULL_MODEL in spec.methods:
+                cells.append(Cell(task, FULL_MODEL, 0.0, seed))
+            for method in spec.methods:
+                if method in (FULL_MODEL, "imp"):
+                    continue
+                cells += [Cell(task, method, s, seed) for s in spec.sparsities]
+            for source in spec.transfer_from:
+                if source != task:
+                    cells += [Cell(task, f"imp@{source}", s, seed) for s in spec.sparsities]
+    return cells
+
+
+# finetune_cell(cell, mask_path | None, model_transform | None, out_dir) -> results dict
+CellRunner = Callable[[Cell, Path | None, Callable[[nn.Module], None] | None, Path], dict[str, Any]]
+
+
+def imp_spec_for(spec: GridSpec, task: str, seed: int) -> ImpSpec:
+    return ImpSpec(
+        model=spec.model,
+        task=task,
+        levels=spec.levels(),
+        head=spec.imp_head,
+        scope=spec.scope,
+        scheme=spec.scheme,
+        seed=seed,
+        recipe=dict(spec.recipe),
+    )
+
+
+def imp_level_for(spec: GridSpec, sparsity: float) -> int:
+    return 1 + next(i for i, lv in enumerate(spec.levels()) if abs(lv - sparsity) < 1e-9)
+
+
+def collect_records(
+    spec: GridSpec, root: Path, main_metric: Callable[[str, dict], tuple[str, float]]
+) -> list[ResultRecord]:
+    """Every finished result of the grid as records (cells and IMP levels)."""
+    records = []
+    for cell in plan_cells(spec):
+        path = root / "cells" / cell.task / cell.name / "results.json"
+        if path.exists():
+            metric, value = main_metric(cell.task, read_json(path))
+            records.append(
+                ResultRecord(cell.task, cell.method, cell.sparsity, cell.seed, metric, value, str(path))
+            )
+    if "imp" in spec.methods:
+        for task in spec.tasks:
+            for seed in spec.seeds:
+                for sparsity in spec.sparsities:
+                    path = (
+                        root
+                        / "imp"
+                        / task
+                        / f"seed{seed}"
+                        / level_name(imp_level_for(spec, sparsity))
+                        / "results.json"
+                    )
+                    if path.exists():
+                        metric, value = main_metric(task, read_json(path))
+                        records.append(ResultRecord(task, "imp", sparsity, seed, metric, value, str(path)))
+    return records
+
+
+def open_grid(spec: GridSpec, out: str | Path) -> RunDirectory:
+    spec.validate()
+    return RunDirectory.open(spec, out)
