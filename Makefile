@@ -27,8 +27,8 @@ test: venv
 	$(PY) -m pytest -q -ra tests
 
 lint: venv
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
