@@ -104,3 +104,15 @@ def test_bad_settings_are_clear(tokenizer, examples):
         prepare_train_features(examples, tokenizer, MAX_LENGTH, 30, MAX_QUERY)
     with pytest.raises(TicketlabError, match="no SQuAD questions"):
         prepare_eval_features([], tokenizer, MAX_LENGTH, STRIDE, MAX_QUERY)
+
+
+def test_eval_features_round_trip_through_a_saved_dataset(tokenizer, examples, tmp_path):
+    import datasets
+
+    features = prepare_eval_features(examples[:4], tokenizer, MAX_LENGTH, STRIDE, MAX_QUERY)
+    features.to_dataset().save_to_disk(str(tmp_path / "cache"))
+    loaded = type(features).from_dataset(datasets.load_from_disk(str(tmp_path / "cache")))
+    assert loaded.example_ids == features.example_ids
+    assert loaded.offsets == features.offsets
+    assert loaded.inputs.column_names == features.inputs.column_names
+    assert loaded.inputs["input_ids"] == features.inputs["input_ids"]

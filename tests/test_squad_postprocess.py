@@ -105,3 +105,41 @@ def test_question_without_valid_span_gets_empty_answer_and_counts_must_match():
     assert postprocess_predictions([example], features, nothing, nothing, n_best=1) == {"q": ""}
     with pytest.raises(TicketlabError, match="logits for 1 / 1 windows but there are 2"):
         postprocess_predictions([example], features, nothing[:1], nothing[:1])
+
+
+def _brute_force_best(start_logits, end_logits, offsets, n_best, max_answer_length):
+    """Every pair of top-n tokens, checked one by one: an independent reference for the vectorised code."""
+    length = len(offsets)
+    ranked_starts = sorted(range(length), key=lambda token: (-start_logits[token], token))[:n_best]
+    ranked_ends = sorted(range(length), key=lambda token: (-end_logits[token], token))[:n_best]
+    best = None
+    for start in ranked_starts:
+        for end in ranked_ends:
+            if (
+                offsets[start] is None
+                or offsets[end] is None
+                or end < start
+                or end - start + 1 > max_answer_length
+            ):
+                continue
+            score = start_logits[start] + end_logits[end]
+            if best is None or score > best[0]:
+                best = (score, start, end)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_matches_a_brute_force_search_on_random_windows(seed):
+    rng = np.random.default_rng(seed)
+    length = int(rng.integers(8, 60))
+    question = int(rng.integers(2, min(10, length - 3)))
+    offsets = [None] * question + [(i, i + 1) for i in range(length - question - 1)] + [None]
+    # rounded logits make ties common, so the tie rule is exercised too
+    starts, ends = np.round(rng.normal(size=length), 1), np.round(rng.normal(size=length), 1)
+    n_best, max_answer_length = int(rng.integers(1, 25)), int(rng.integers(1, 12))
+    span = best_span_in_window(starts, ends, offsets, n_best, max_answer_length)
+    reference = _brute_force_best(starts, ends, offsets, n_best, max_answer_length)
+    if reference is None:
+        assert span is None
+    else:
+        assert (span.score, span.start, span.end) == pytest.approx(reference)

@@ -161,6 +161,9 @@ def test_real_dev_set_counts(squad_dev):
     eval_titles = {example.title for example in splits.eval}
     assert len(eval_titles) == 12 and not eval_titles & {example.title for example in splits.train}
     assert len(splits.train) + len(splits.eval) == 10570
+    # pinned: the default split must not drift between versions (results would stop comparing)
+    default = SquadTask().load_splits(shared_path("data", "squad", "dev-v1.1.json"))
+    assert (len(default.train), len(default.eval)) == (8309, 2261)
 
 
 @pytest.mark.real_data

@@ -46,6 +46,23 @@ class SquadEvalFeatures:
     def __len__(self) -> int:
         return len(self.example_ids)
 
+    def to_dataset(self):
+        """One ``datasets.Dataset`` holding everything (for ``save_to_disk`` caches); see :meth:`from_dataset`."""
+        return self.inputs.add_column("example_id", self.example_ids).add_column(
+            "offset_mapping",
+            [[list(offset) if offset else None for offset in window] for window in self.offsets],
+        )
+
+    @classmethod
+    def from_dataset(cls, dataset) -> SquadEvalFeatures:
+        """The features back from :meth:`to_dataset`'s form."""
+        offsets = [
+            [tuple(offset) if offset else None for offset in window] for window in dataset["offset_mapping"]
+        ]
+        return cls(
+            dataset.remove_columns(["example_id", "offset_mapping"]), list(dataset["example_id"]), offsets
+        )
+
 
 def prepare_train_features(
     examples: Sequence[SquadExample],
