@@ -111,6 +111,7 @@ class SquadTask:
         tokenizer: Any,
         max_length: int | None = None,
         stride: int | None = None,
+        progress: bool = False,
     ):
         """Training windows (``datasets.Dataset``: model inputs, start_positions, end_positions)."""
         return prepare_train_features(
@@ -119,6 +120,7 @@ class SquadTask:
             _or(max_length, self.max_length),
             _or(stride, self.stride),
             self.max_query_length,
+            progress,
         )
 
     def prepare_eval_features(
@@ -127,6 +129,7 @@ class SquadTask:
         tokenizer: Any,
         max_length: int | None = None,
         stride: int | None = None,
+        progress: bool = False,
     ) -> SquadEvalFeatures:
         """Evaluation windows with their question ids and context offsets."""
         return prepare_eval_features(
@@ -135,6 +138,7 @@ class SquadTask:
             _or(max_length, self.max_length),
             _or(stride, self.stride),
             self.max_query_length,
+            progress,
         )
 
     def collator(self, tokenizer: Any):
@@ -196,7 +200,7 @@ def evaluate_squad(
 
     task = task or SquadTask()
     if features is None:
-        features = task.prepare_eval_features(examples, tokenizer)
+        features = task.prepare_eval_features(examples, tokenizer, progress=progress)
     if device is None:
         device = next(model.parameters()).device
     lengths = [len(offsets) for offsets in features.offsets]
