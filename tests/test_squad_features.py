@@ -116,3 +116,16 @@ def test_eval_features_round_trip_through_a_saved_dataset(tokenizer, examples, t
     assert loaded.offsets == features.offsets
     assert loaded.inputs.column_names == features.inputs.column_names
     assert loaded.inputs["input_ids"] == features.inputs["input_ids"]
+
+
+def test_chunked_tokenisation_gives_the_same_windows(tokenizer, examples, monkeypatch):
+    from ticketlab.data import squad_features
+
+    whole_train = prepare_train_features(examples, tokenizer, MAX_LENGTH, STRIDE, MAX_QUERY)
+    whole_eval = prepare_eval_features(examples, tokenizer, MAX_LENGTH, STRIDE, MAX_QUERY)
+    monkeypatch.setattr(squad_features, "_CHUNK", 5)  # several chunks, the last one partial
+    chunked_train = prepare_train_features(examples, tokenizer, MAX_LENGTH, STRIDE, MAX_QUERY, progress=True)
+    chunked_eval = prepare_eval_features(examples, tokenizer, MAX_LENGTH, STRIDE, MAX_QUERY)
+    assert chunked_train.to_dict() == whole_train.to_dict()
+    assert chunked_eval.example_ids == whole_eval.example_ids and chunked_eval.offsets == whole_eval.offsets
+    assert chunked_eval.inputs.to_dict() == whole_eval.inputs.to_dict()

@@ -20,7 +20,8 @@ padding), which on a CPU is much faster than padding everything to ``max_length`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ MAX_LENGTH = 384
 DOC_STRIDE = 128
 MAX_QUERY_LENGTH = 64
 MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+_CHUNK = 1000  # questions tokenised per call
 
 Offset = tuple[int, int]
 
@@ -70,6 +72,7 @@ def prepare_train_features(
     max_length: int = MAX_LENGTH,
     stride: int = DOC_STRIDE,
     max_query_length: int = MAX_QUERY_LENGTH,
+    progress: bool = False,
 ):
     """Training windows as a ``datasets.Dataset``: model inputs, ``start_positions``, ``end_positions``.
 
@@ -77,21 +80,18 @@ def prepare_train_features(
     """
     import datasets
 
-    encoding = _encode_windows(examples, tokenizer, max_length, stride, max_query_length)
-    columns: dict[str, list] = {name: encoding[name] for name in _input_names(encoding)}
-    columns["start_positions"], columns["end_positions"] = [], []
-    for window, example_index in enumerate(encoding["overflow_to_sample_mapping"]):
-        example = examples[example_index]
-        start_char = example.answer_starts[0]
-        end_char = start_char + len(example.answer_texts[0])
-        start, end = answer_token_span(
-            encoding["offset_mapping"][window], encoding.sequence_ids(window), start_char, end_char
-        )
+    columns: dict[str, list] = defaultdict(list)
+    for window in _windows(examples, tokenizer, max_length, stride, max_query_length, progress):
+        for name, values in window.inputs.items():
+            columns[name].append(values)
+        start_char = window.example.answer_starts[0]
+        end_char = start_char + len(window.example.answer_texts[0])
+        start, end = answer_token_span(window.offsets, window.sequence_ids, start_char, end_char)
         if start is None:
-            start = end = cls_index(encoding["input_ids"][window], tokenizer)
+            start = end = cls_index(window.inputs["input_ids"], tokenizer)
         columns["start_positions"].append(start)
         columns["end_positions"].append(end)
-    return datasets.Dataset.from_dict(columns)
+    return datasets.Dataset.from_dict(dict(columns))
 
 
 def prepare_eval_features(
@@ -100,23 +100,24 @@ def prepare_eval_features(
     max_length: int = MAX_LENGTH,
     stride: int = DOC_STRIDE,
     max_query_length: int = MAX_QUERY_LENGTH,
+    progress: bool = False,
 ) -> SquadEvalFeatures:
     """Evaluation windows: model inputs, each window's question id and its context offsets."""
     import datasets
 
-    encoding = _encode_windows(examples, tokenizer, max_length, stride, max_query_length)
+    columns: dict[str, list] = defaultdict(list)
     example_ids, offsets = [], []
-    for window, example_index in enumerate(encoding["overflow_to_sample_mapping"]):
-        example_ids.append(examples[example_index].id)
-        sequence_ids = encoding.sequence_ids(window)
+    for window in _windows(examples, tokenizer, max_length, stride, max_query_length, progress):
+        for name, values in window.inputs.items():
+            columns[name].append(values)
+        example_ids.append(window.example.id)
         offsets.append(
             [
-                tuple(offset) if sequence_ids[token] == 1 else None
-                for token, offset in enumerate(encoding["offset_mapping"][window])
+                tuple(offset) if sequence == 1 else None
+                for offset, sequence in zip(window.offsets, window.sequence_ids)
             ]
         )
-    inputs = datasets.Dataset.from_dict({name: encoding[name] for name in _input_names(encoding)})
-    return SquadEvalFeatures(inputs=inputs, example_ids=example_ids, offsets=offsets)
+    return SquadEvalFeatures(datasets.Dataset.from_dict(dict(columns)), example_ids, offsets)
 
 
 def answer_token_span(
@@ -151,13 +152,25 @@ def squad_collator(tokenizer: Any, pad_to_multiple_of: int | None = None):
     return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt")
 
 
-def _input_names(encoding: Any) -> list[str]:
-    return [name for name in MODEL_INPUT_NAMES if name in encoding]
+@dataclass
+class _Window:
+    example: SquadExample
+    inputs: dict[str, list[int]]
+    offsets: list[Offset]
+    sequence_ids: list[int | None]
 
 
-def _encode_windows(
-    examples: Sequence[SquadExample], tokenizer: Any, max_length: int, stride: int, max_query_length: int
-):
+def _windows(
+    examples: Sequence[SquadExample],
+    tokenizer: Any,
+    max_length: int,
+    stride: int,
+    max_query_length: int,
+    progress: bool,
+) -> Iterator[_Window]:
+    """Every window of every question, in order (tokenised in chunks, for the progress bar and memory)."""
+    from tqdm.auto import tqdm
+
     if not examples:
         raise TicketlabError("no SQuAD questions to tokenise")
     if not getattr(tokenizer, "is_fast", False):
@@ -170,17 +183,28 @@ def _encode_windows(
             f"doc stride {stride} must be below the context room of a window "
             f"({max_length} - {max_query_length} question tokens - special tokens = {room})"
         )
-    questions = _capped_questions([example.question for example in examples], tokenizer, max_query_length)
-    return tokenizer(
-        questions,
-        [example.context for example in examples],
-        truncation="only_second",
-        max_length=max_length,
-        stride=stride,
-        return_overflowing_tokens=True,
-        return_offsets_mapping=True,
-        padding=False,
-    )
+    with tqdm(total=len(examples), desc="tokenising SQuAD", unit="question", disable=not progress) as bar:
+        for begin in range(0, len(examples), _CHUNK):
+            chunk = examples[begin : begin + _CHUNK]
+            encoding = tokenizer(
+                _capped_questions([example.question for example in chunk], tokenizer, max_query_length),
+                [example.context for example in chunk],
+                truncation="only_second",
+                max_length=max_length,
+                stride=stride,
+                return_overflowing_tokens=True,
+                return_offsets_mapping=True,
+                padding=False,
+            )
+            names = [name for name in MODEL_INPUT_NAMES if name in encoding]
+            for window, example_index in enumerate(encoding["overflow_to_sample_mapping"]):
+                yield _Window(
+                    chunk[example_index],
+                    {name: encoding[name][window] for name in names},
+                    encoding["offset_mapping"][window],
+                    encoding.sequence_ids(window),
+                )
+            bar.update(len(chunk))
 
 
 def _capped_questions(questions: list[str], tokenizer: Any, max_query_length: int) -> list[str]:

@@ -19,6 +19,12 @@ The pieces are also usable one by one: ``task.load(data_path, split)``,
 :func:`evaluate_squad`. ``data_path`` None means the hub's ``rajpurkar/squad``; a folder means the
 official ``train-v1.1.json`` / ``dev-v1.1.json`` in it; a single file is read as the dev set.
 
+To tokenise the eval set once per run, prepare it once and pass it to every evaluation:
+``features = task.prepare_eval_features(splits.eval, tokenizer)`` then
+``evaluate_squad(model, tokenizer, splits.eval, batch_size, task=task, features=features)``.
+``progress=True`` shows tqdm bars for tokenising and evaluating. Under Accelerate, evaluate on the
+main process (each call predicts the whole eval set).
+
 With only the dev set (this machine, or a folder without ``train-v1.1.json``), ``load_splits``
 trains on some of the dev articles and evaluates on the others (:func:`split_by_article`), and its
 ``protocol`` string says so, for results.json.
@@ -111,6 +117,7 @@ class SquadTask:
         tokenizer: Any,
         max_length: int | None = None,
         stride: int | None = None,
+        progress: bool = False,
     ):
         """Training windows (``datasets.Dataset``: model inputs, start_positions, end_positions)."""
         return prepare_train_features(
@@ -119,6 +126,7 @@ class SquadTask:
             _or(max_length, self.max_length),
             _or(stride, self.stride),
             self.max_query_length,
+            progress,
         )
 
     def prepare_eval_features(
@@ -127,6 +135,7 @@ class SquadTask:
         tokenizer: Any,
         max_length: int | None = None,
         stride: int | None = None,
+        progress: bool = False,
     ) -> SquadEvalFeatures:
         """Evaluation windows with their question ids and context offsets."""
         return prepare_eval_features(
@@ -135,6 +144,7 @@ class SquadTask:
             _or(max_length, self.max_length),
             _or(stride, self.stride),
             self.max_query_length,
+            progress,
         )
 
     def collator(self, tokenizer: Any):
@@ -196,7 +206,7 @@ def evaluate_squad(
 
     task = task or SquadTask()
     if features is None:
-        features = task.prepare_eval_features(examples, tokenizer)
+        features = task.prepare_eval_features(examples, tokenizer, progress=progress)
     if device is None:
         device = next(model.parameters()).device
     lengths = [len(offsets) for offsets in features.offsets]
