@@ -37,6 +37,8 @@ def tiny_model(
     torch.manual_seed(seed)
     config = tiny_config(model_type, **overrides)
     # Auto classes build from a config with from_config; concrete classes take it in __init__.
-    model = model_class(config) if model_class is not None else AutoModel.from_config(config)
+    model_class = model_class or AutoModel
+    is_auto_class = model_class.__name__.startswith("Auto")
+    model = model_class.from_config(config) if is_auto_class else model_class(config)
     model.eval()
     return model
