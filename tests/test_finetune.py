@@ -6,6 +6,7 @@ import hashlib
 import json
 
 import pytest
+import torch
 
 from tests.conftest import shared_path
 from tests.glue_fixtures import tiny_model_dir, write_glue_task
@@ -28,6 +29,15 @@ RESULT_KEYS = {
     "train_examples_per_second",
     "versions",
 }
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run far faster on one thread, above all on a shared, busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -141,6 +151,20 @@ def test_ticket_is_held_and_recorded(tmp_path, model_dir, capsys):
     )
 
 
+def test_same_seed_same_run(tmp_path, model_dir):
+    data = write_glue_task(tmp_path / "glue", "mrpc", {"train": 32, "dev": 16})
+    runs = {}
+    for name, seed in (("a", "5"), ("b", "5"), ("c", "6")):
+        assert finetune(model_dir, "mrpc", data, tmp_path / name, "--seed", seed, "--lr", "1e-2") == 0
+        runs[name] = (
+            (tmp_path / name / "dev_predictions.tsv").read_text(),
+            (tmp_path / name / "log.jsonl").read_text(),
+        )
+    losses = {n: [json.loads(x).get("loss") for x in log.splitlines()] for n, (_, log) in runs.items()}
+    assert runs["a"][0] == runs["b"][0] and losses["a"] == losses["b"]
+    assert losses["a"] != losses["c"]
+
+
 def test_nan_loss_leaves_no_results(tmp_path, model_dir, capsys):
     data = write_glue_task(tmp_path / "glue", "sst2", {"train": 48, "dev": 8})
     out = tmp_path / "run"
@@ -211,3 +235,52 @@ def test_minilm_on_real_glue(tmp_path, task, metric, low, high):
     assert value is not None and low <= value <= high
     assert results["training_steps"] == 2 and results["eval_examples"] == {"dev": 32}
     assert len((out / "dev_predictions.tsv").read_text().splitlines()) == 33
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tmp_path, model_dir):
+    """torchrun with two CPU processes: DDP over gloo, one set of files, the mask held on both."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ticketlab.masks import save_mask
+    from ticketlab.models import load_encoder
+    from ticketlab.pruning import prune
+
+    mask_path = save_mask(prune(load_encoder(str(model_dir)), "omp", 0.5), tmp_path / "omp.safetensors")
+    data = write_glue_task(tmp_path / "glue", "rte", {"train": 32, "dev": 21, "test": 11})
+    out = tmp_path / "run"
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "ticketlab"]
+    command += ["finetune", "--model", str(model_dir), "--task", "rte", "--data-dir", str(data)]
+    command += [
+        "--mask",
+        str(mask_path),
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--predict-test",
+        "--out",
+        str(out),
+    ]
+    completed = subprocess.run(
+        [*command, "--quiet", "--json"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_processes"] == 2 and results["training_steps"] == 2  # 32 examples / (2 x 8)
+    assert results["train_examples_seen"] == 32 and results["pruned_nonzero"] == 0
+    assert results["eval_examples"] == {"dev": 21}  # the padding of uneven shards is dropped
+    assert (
+        len(read_tsv(out / "dev_predictions.tsv")) == 22
+        and len(read_tsv(out / "submission" / "RTE.tsv")) == 12
+    )
+    assert json.loads(completed.stdout)["num_processes"] == 2  # one report, from the first process

@@ -14,6 +14,15 @@ from ticketlab.training.callbacks import JsonlLogger, MaskEnforcement
 from ticketlab.training.loop import Callback, NonFiniteLossError, TrainConfig, parameter_groups, train
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run far faster on one thread, above all on a shared, busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def classifier(seed: int = 0):
     from transformers import BertForSequenceClassification
 
@@ -194,3 +203,33 @@ def test_bad_config_is_a_clear_error():
 
     with pytest.raises(TicketlabError, match="warm-up ratio"):
         train(classifier(), loader(separable_data(16)), None, TrainConfig(warmup_ratio=1.5))
+
+
+def test_bf16_mixed_precision_keeps_the_mask():
+    """Mixed precision (bf16 autocast, here on the CPU) trains fp32 weights and holds the mask."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from ticketlab.pruning import prune
+
+    AcceleratorState._reset_state(True)  # the accelerator state is process-wide: start a fresh one
+    try:
+        accelerator = Accelerator(cpu=True, mixed_precision="bf16")
+        model = classifier()
+        mask = prune(model, "random", 0.5, seed=0)
+        config = TrainConfig(lr=1e-2, epochs=2, quiet=True)
+        result = train(
+            model,
+            loader(separable_data(64)),
+            accuracy_on(separable_data(16, 1)),
+            config,
+            accelerator=accelerator,
+            callbacks=[MaskEnforcement(mask=mask)],
+        )
+        precision = accelerator.mixed_precision
+    finally:
+        AcceleratorState._reset_state(True)
+    assert precision == "bf16" and result.steps == 8
+    params = dict(model.named_parameters())
+    assert all(p.dtype == torch.float32 for p in params.values())
+    assert all(torch.count_nonzero(params["bert." + n].detach()[~b]) == 0 for n, b in mask.tensors.items())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import types
 import typing
 from dataclasses import MISSING, fields
@@ -77,6 +78,8 @@ def run_finetune_command(args: argparse.Namespace) -> int:
     from ticketlab.experiments.finetune import run_finetune
 
     results = run_finetune(_spec_from_args(args), args.out, cache_dir=args.cache_dir, quiet=args.quiet)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # in a multi-process launch only the first process reports
     if args.json:
         print_json(results)
         return 0

@@ -229,14 +229,13 @@ def run_finetune(
     """Fine-tune ``spec.model`` (with ``spec.mask`` held, if any) on ``spec.task``; write the run
     directory ``out_dir`` and return the contents of its results.json."""
     import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
 
     from ticketlab.masks import apply_mask
     from ticketlab.models import load_tokenizer
     from ticketlab.training.callbacks import JsonlLogger, MaskEnforcement
-    from ticketlab.training.loop import TrainConfig, train
+    from ticketlab.training.loop import TrainConfig, default_accelerator, train
     from ticketlab.training.tasks import DataOptions, TaskEvaluator, get_task
 
     out = Path(out_dir)
@@ -249,7 +248,7 @@ def run_finetune(
         return finished | {"skipped": True}
 
     wall_start = time.perf_counter()
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or default_accelerator()
     set_seed(spec.seed)  # before the model: the task head's initialisation depends on it
     model = task.build_model(spec.model)
     mask, ticket = _load_ticket(spec, model)

@@ -15,6 +15,7 @@ DDP: ``accelerate launch`` sets the environment that ``Accelerator()`` reads. Th
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -161,6 +162,22 @@ class Callback:
         """The run failed (a NaN loss, an interrupt, ...); release what the callback holds."""
 
 
+def default_accelerator() -> Any:
+    """``Accelerator()`` as configured by ``accelerate launch`` (or its environment variables).
+
+    One exception: on a machine with no GPU (or other accelerator), a multi-process launch
+    (``torchrun --nproc_per_node 2 -m ticketlab ...``) gets ``cpu=True``, which is what makes
+    Accelerate use DDP over gloo; without it each process would train alone.
+    """
+    from accelerate import Accelerator
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    has_device = (
+        torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    )
+    return Accelerator(cpu=True) if world_size > 1 and not has_device else Accelerator()
+
+
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: decay on matrices (ndim >= 2), none on biases and LayerNorm weights (1-D)."""
     decay, no_decay = [], []
@@ -203,7 +220,6 @@ def train(
     multi-process run it must return the same metrics on every process (gather the predictions,
     e.g. with ``accelerator.gather_for_metrics``).
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
@@ -211,7 +227,7 @@ def train(
     config = config or TrainConfig()
     config.validate()
     loss_fn = loss_fn or default_loss
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or default_accelerator()
     wall_start = time.perf_counter()
     set_seed(config.seed)
 
