@@ -5,11 +5,25 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
+import torch
+
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 GOOD = ["good", "great", "fine", "nice"]
 BAD = ["bad", "awful", "poor", "sad"]
 FILLER = ["the", "a", "cat", "dog", "sat", "ran", "on", "mat", "it", "was", "very", "quite"]
 VOCAB = SPECIAL + GOOD + BAD + FILLER + [".", '"']
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run far faster on one thread, above all on a shared, busy machine.
+
+    Autouse in every test module that imports it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_tokenizer():

@@ -6,10 +6,9 @@ import hashlib
 import json
 
 import pytest
-import torch
 
 from tests.conftest import shared_path
-from tests.glue_fixtures import tiny_model_dir, write_glue_task
+from tests.glue_fixtures import one_thread, tiny_model_dir, write_glue_task  # noqa: F401 (autouse fixture)
 from ticketlab.cli import main
 
 RESULT_KEYS = {
@@ -29,15 +28,6 @@ RESULT_KEYS = {
     "train_examples_per_second",
     "versions",
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run far faster on one thread, above all on a shared, busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -9,18 +9,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from tests.glue_fixtures import one_thread  # noqa: F401 (autouse fixture)
 from ticketlab.models.tiny import tiny_model
 from ticketlab.training.callbacks import JsonlLogger, MaskEnforcement
 from ticketlab.training.loop import Callback, NonFiniteLossError, TrainConfig, parameter_groups, train
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run far faster on one thread, above all on a shared, busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def classifier(seed: int = 0):
