@@ -1,0 +1,98 @@
+"""``ticketlab finetune``: fine-tune a model or a ticket on a task and write a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import types
+import typing
+from dataclasses import MISSING, fields
+from typing import Any
+
+from ticketlab.cli.common import add_output_flags, print_json
+
+
+def _flag_type(annotation: Any) -> Any:
+    """The argparse type of a spec field: ``int | None`` -> int, ``bool`` -> bool, ..."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser, spec_class: type) -> None:
+    """One flag per field of a spec dataclass, with the field's help text and default."""
+    hints = typing.get_type_hints(spec_class)
+    for spec_field in fields(spec_class):
+        flag = "--" + spec_field.name.replace("_", "-")
+        kind = _flag_type(hints[spec_field.name])
+        help_text = spec_field.metadata.get("help", "")
+        required = spec_field.default is MISSING
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", help=help_text)
+        else:
+            if not required and spec_field.default is not None:
+                help_text += f" (default: {spec_field.default})"
+            parser.add_argument(
+                flag,
+                type=kind,
+                required=required,
+                default=None if required else spec_field.default,
+                help=help_text,
+                metavar=spec_field.name.upper(),
+            )
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    from ticketlab.experiments.finetune import FinetuneSpec
+
+    p = verbs.add_parser(
+        "finetune",
+        help="fine-tune a model or a ticket on a GLUE task; writes RUN_DIR/results.json",
+        description=(
+            "Fine-tune a pre-trained model, or a ticket of it (--mask: pruned weights start at zero and "
+            "stay zero), on a task. Writes RUN_DIR/spec.json, log.jsonl, dev predictions and, last, "
+            "results.json. Multi-GPU and mixed precision: accelerate launch -m ticketlab finetune ..."
+        ),
+    )
+    add_spec_arguments(p, FinetuneSpec)
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    p.add_argument(
+        "--cache-dir",
+        help="tokenisation cache (default: $TICKETLAB_CACHE, else ~/.cache/ticketlab)",
+    )
+    add_output_flags(p)
+    p.set_defaults(run=run_finetune_command)
+
+
+def _spec_from_args(args: argparse.Namespace):
+    from ticketlab.experiments.finetune import FinetuneSpec
+
+    return FinetuneSpec(**{f.name: getattr(args, f.name) for f in fields(FinetuneSpec)})
+
+
+def _format_metrics(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+
+
+def run_finetune_command(args: argparse.Namespace) -> int:
+    from ticketlab.experiments.finetune import run_finetune
+
+    results = run_finetune(_spec_from_args(args), args.out, cache_dir=args.cache_dir, quiet=args.quiet)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # in a multi-process launch only the first process reports
+    if args.json:
+        print_json(results)
+        return 0
+    if results.get("skipped"):
+        print(f"{args.out} already holds this finished run; not training again")
+    sparsity = results.get("sparsity") or 0.0
+    print(
+        f"{results['task']}: best {_format_metrics(results['best'])} at step {results['best_step']}; "
+        f"final {_format_metrics(results['final'])}"
+    )
+    print(
+        f"  sparsity {100 * sparsity:.2f}%, seed {results['seed']}, {results['training_steps']} steps, "
+        f"{results['train_examples_per_second']:.1f} train examples/s, {results['wall_seconds']:.1f} s"
+    )
+    print(f"  wrote {args.out}/results.json")
+    return 0

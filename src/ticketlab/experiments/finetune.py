@@ -1,0 +1,349 @@
+"""Fine-tuning a model or a ticket on a task: the spec, and the pipeline that writes a run directory.
+
+A run directory holds (all written atomically, results.json last):
+
+- ``spec.json``: the :class:`FinetuneSpec`;
+- ``log.jsonl``: the training curve and every evaluation (a live log);
+- ``<split>_predictions.tsv``: the final model's predictions on each evaluation split;
+- ``submission/<TASK>.tsv``: test-set predictions in the leaderboard format (``predict_test``);
+- ``results.json``: best and final metrics, the step of the best, the ticket, the seed, timings
+  and versions. Its presence means the run finished; rerunning the same spec into the same
+  directory returns it without training again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ticketlab.errors import TicketlabError
+from ticketlab.masks.io import atomic_write
+from ticketlab.training.metrics import json_safe
+
+RESULTS_FILE = "results.json"
+SPEC_FILE = "spec.json"
+LOG_FILE = "log.jsonl"
+
+
+@dataclass
+class FinetuneSpec:
+    """Everything that decides the outcome of one fine-tuning run (defaults: the papers' recipe)."""
+
+    model: str = field(metadata={"help": "hub id or local directory of the pre-trained model"})
+    task: str = field(metadata={"help": "GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli)"})
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "local data in the original layout (GLUE: DIR/<TASK>/train.tsv ...); default: the hub"
+        },
+    )
+    mask: str | None = field(
+        default=None, metadata={"help": "ticket mask file: pruned weights start at zero and stay zero"}
+    )
+    lr: float = field(default=2e-5, metadata={"help": "peak learning rate (AdamW, linear decay)"})
+    batch_size: int = field(default=32, metadata={"help": "training batch size (per process)"})
+    eval_batch_size: int | None = field(
+        default=None, metadata={"help": "evaluation batch size (default: batch size)"}
+    )
+    epochs: int = field(default=3, metadata={"help": "passes over the training data"})
+    max_length: int = field(default=128, metadata={"help": "tokens per example (longer ones are truncated)"})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "fraction of the steps spent warming up"})
+    weight_decay: float = field(
+        default=0.01, metadata={"help": "AdamW weight decay (not on biases and LayerNorm weights)"}
+    )
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    eval_every: int | None = field(
+        default=None, metadata={"help": "also evaluate every N steps (always at each epoch end)"}
+    )
+    seed: int = field(default=0, metadata={"help": "random seed (head initialisation, dropout, shuffling)"})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "train on the first N training examples only"}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "evaluate on the first N examples of each dev split only"}
+    )
+    predict_test: bool = field(
+        default=False, metadata={"help": "also write test-set predictions in the leaderboard format"}
+    )
+    allow_fingerprint_mismatch: bool = field(
+        default=False,
+        metadata={"help": "apply the mask even if the model's weights differ from the mask's source model"},
+    )
+    main_metric: str | None = field(
+        default=None, metadata={"help": "metric that picks the best evaluation (default: the task's)"}
+    )
+    log_every: int = field(default=10, metadata={"help": "steps per line of the training log"})
+
+    def validate(self) -> None:
+        positive = {
+            "batch_size": self.batch_size,
+            "epochs": self.epochs,
+            "max_length": self.max_length,
+            "log_every": self.log_every,
+        }
+        optional = {
+            "eval_batch_size": self.eval_batch_size,
+            "eval_every": self.eval_every,
+            "max_train_samples": self.max_train_samples,
+            "max_eval_samples": self.max_eval_samples,
+        }
+        for name, value in {**positive, **{k: v for k, v in optional.items() if v is not None}}.items():
+            if value < 1:
+                raise TicketlabError(f"{name.replace('_', ' ')} must be at least 1, got {value}")
+        if not self.lr > 0:
+            raise TicketlabError(f"learning rate must be positive, got {self.lr}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise TicketlabError(f"warm-up ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.weight_decay < 0:
+            raise TicketlabError(f"weight decay must be >= 0, got {self.weight_decay}")
+        if self.data_dir is not None and not Path(self.data_dir).is_dir():
+            raise TicketlabError(f"data directory {self.data_dir!r} does not exist")
+        if self.mask is not None and not Path(self.mask).is_file():
+            raise TicketlabError(f"mask file {self.mask!r} does not exist")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FinetuneSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise TicketlabError(f"unknown fine-tuning spec fields: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def digest(self) -> str:
+        """A short hash of the fields that differ from the defaults (a stable name for the run)."""
+        defaults = {f.name: f.default for f in fields(self) if f.default is not MISSING}
+        changed = {k: v for k, v in self.to_dict().items() if k not in defaults or defaults[k] != v}
+        return hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (NaN becomes null)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(json_safe(data), handle, indent=2, allow_nan=False)
+            handle.write("\n")
+
+    atomic_write(path, write)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    from ticketlab.data.glue import file_sha256
+
+    return file_sha256(path)
+
+
+def versions() -> dict[str, str]:
+    import accelerate
+    import datasets
+    import torch
+    import transformers
+
+    from ticketlab import __version__
+
+    return {
+        "ticketlab": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "datasets": datasets.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _finished_run(out: Path, spec: FinetuneSpec) -> dict[str, Any] | None:
+    """The results of a finished run of the same spec in ``out``; an error if it holds another."""
+    results_path = out / RESULTS_FILE
+    if not results_path.exists():
+        return None
+    try:
+        previous_spec = json.loads((out / SPEC_FILE).read_text())
+        results = json.loads(results_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise TicketlabError(f"{out} holds a finished run whose files cannot be read ({error})") from error
+    if previous_spec != spec.to_dict():
+        changed = sorted(k for k, v in spec.to_dict().items() if previous_spec.get(k) != v)
+        raise TicketlabError(
+            f"{out} already holds a finished run of a different spec (differs in: {', '.join(changed)}); "
+            "choose another output directory"
+        )
+    return results
+
+
+def _load_ticket(spec: FinetuneSpec, model) -> tuple[Any, dict[str, Any]]:
+    """The unstructured mask to hold on ``model`` and the ticket's facts for results.json."""
+    from ticketlab.masks import StructuredMask, load_mask
+    from ticketlab.models import EncoderAdapter
+
+    if spec.mask is None:
+        return None, {"mask": None, "mask_sha256": None, "sparsity": 0.0, "scope": None, "scheme": None}
+    mask = load_mask(spec.mask)
+    facts: dict[str, Any] = {"mask": spec.mask, "mask_sha256": sha256_file(spec.mask)}
+    if isinstance(mask, StructuredMask):
+        # Zeroing a pruned head's Q/K/V rows and output columns (and an FFN's in rows and out
+        # columns) removes its contribution exactly, so the structured ticket trains as weight bits.
+        facts.update(
+            head_sparsity=mask.head_sparsity(), ffn_sparsity=mask.ffn_sparsity(), mask_kind="structured"
+        )
+        mask = mask.to_unstructured(EncoderAdapter(model))
+    provenance = mask.provenance
+    facts.update(
+        sparsity=mask.sparsity,
+        num_pruned=mask.num_pruned(),
+        num_weights=mask.num_weights(),
+        scope=provenance.scope,
+        scheme=provenance.scheme,
+        mask_method=provenance.method,
+        mask_source_model=provenance.source_model,
+    )
+    return mask, facts
+
+
+def _pruned_nonzero(enforcer) -> int:
+    """How many pruned weights are not exactly zero (0 unless enforcement failed)."""
+    total = 0
+    for name, param in enforcer.parameters.items():
+        bits = enforcer.mask.tensors[name].to(param.device)
+        total += int(param.detach()[~bits].ne(0).sum())
+    return total
+
+
+def run_finetune(
+    spec: FinetuneSpec,
+    out_dir: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    quiet: bool = False,
+    accelerator: Any = None,
+) -> dict[str, Any]:
+    """Fine-tune ``spec.model`` (with ``spec.mask`` held, if any) on ``spec.task``; write the run
+    directory ``out_dir`` and return the contents of its results.json."""
+    import torch
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+
+    from ticketlab.masks import apply_mask
+    from ticketlab.models import load_tokenizer
+    from ticketlab.training.callbacks import JsonlLogger, MaskEnforcement
+    from ticketlab.training.loop import TrainConfig, default_accelerator, train
+    from ticketlab.training.tasks import DataOptions, TaskEvaluator, get_task
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise TicketlabError(f"output {str(out)!r} exists and is not a directory")
+    spec.validate()
+    task = get_task(spec.task)
+    finished = _finished_run(out, spec)
+    if finished is not None:
+        return finished | {"skipped": True}
+
+    wall_start = time.perf_counter()
+    accelerator = accelerator or default_accelerator()
+    set_seed(spec.seed)  # before the model: the task head's initialisation depends on it
+    model = task.build_model(spec.model)
+    mask, ticket = _load_ticket(spec, model)
+    enforcer = (
+        apply_mask(model, mask, allow_fingerprint_mismatch=spec.allow_fingerprint_mismatch) if mask else None
+    )
+    tokenizer = load_tokenizer(spec.model)
+    options = DataOptions(
+        max_length=spec.max_length,
+        data_dir=spec.data_dir,
+        cache_dir=cache_dir,
+        max_train_samples=spec.max_train_samples,
+        max_eval_samples=spec.max_eval_samples,
+        quiet=quiet,
+    )
+    # The main process tokenises first and fills the cache; the others then read it.
+    with accelerator.main_process_first():
+        train_data = task.train_dataset(tokenizer, options)
+        eval_data = {split: task.eval_data(split, tokenizer, options) for split in task.eval_splits}
+        test_data = (
+            {split: task.eval_data(split, tokenizer, options) for split in task.test_splits}
+            if spec.predict_test
+            else {}
+        )
+    if spec.predict_test and not test_data:
+        raise TicketlabError(f"task {task.name} has no test splits to predict")
+    loader = DataLoader(
+        train_data,
+        batch_size=spec.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(spec.seed),
+        collate_fn=task.collate_fn(tokenizer),
+    )
+    if accelerator.is_main_process:
+        write_json(out / SPEC_FILE, spec.to_dict())
+    eval_batch_size = spec.eval_batch_size or spec.batch_size
+    evaluator = TaskEvaluator(task, eval_data, batch_size=eval_batch_size, quiet=quiet)
+    callbacks = [MaskEnforcement(enforcer)] if enforcer else []
+    callbacks.append(JsonlLogger(out / LOG_FILE, every=spec.log_every, extra={"task": task.name}))
+    config = TrainConfig(
+        lr=spec.lr,
+        epochs=spec.epochs,
+        weight_decay=spec.weight_decay,
+        warmup_ratio=spec.warmup_ratio,
+        max_grad_norm=spec.max_grad_norm,
+        eval_every=spec.eval_every,
+        seed=spec.seed,
+        main_metric=spec.main_metric or task.main_metric,
+        greater_is_better=task.greater_is_better,
+        quiet=quiet,
+    )
+    result = train(model, loader, evaluator, config, callbacks=callbacks, accelerator=accelerator)
+
+    files = []
+    if accelerator.is_main_process:
+        files += task.write_predictions(evaluator.predictions, out)
+    if test_data:
+        # The trained module itself (already on the device; its shards of the test set are gathered).
+        test_predictions = {
+            split: task.predict(model, data, accelerator, batch_size=eval_batch_size, quiet=quiet)
+            for split, data in test_data.items()
+        }
+        if accelerator.is_main_process:
+            files += task.write_submission(test_predictions, out / "submission")
+
+    results: dict[str, Any] = {
+        **task.describe(),
+        "main_metric": result.main_metric,
+        "model": spec.model,
+        "best": result.best.metrics if result.best else {},
+        "best_step": result.best.step if result.best else None,
+        "best_epoch": result.best.epoch if result.best else None,
+        "final": result.final.metrics if result.final else {},
+        "final_step": result.final.step if result.final else None,
+        **ticket,
+        "pruned_nonzero": _pruned_nonzero(enforcer) if enforcer else 0,
+        "seed": spec.seed,
+        "training_steps": result.steps,
+        "epochs": result.epochs,
+        "train_examples": len(train_data),
+        "eval_examples": {split: len(p) for split, p in evaluator.predictions.items()},
+        "train_examples_seen": result.train_examples,
+        "train_seconds": result.train_seconds,
+        "eval_seconds": result.eval_seconds,
+        "train_examples_per_second": result.examples_per_second,
+        "wall_seconds": time.perf_counter() - wall_start,
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": str(accelerator.mixed_precision),
+        "device": str(accelerator.device),
+        "files": [str(Path(f).relative_to(out)) for f in files],
+        "spec_digest": spec.digest(),
+        "versions": versions(),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if accelerator.is_main_process:
+        write_json(out / RESULTS_FILE, results)  # last: its presence means the run finished
+    accelerator.wait_for_everyone()
+    return json_safe(results)
