@@ -13,7 +13,7 @@ from ticketlab.errors import TicketlabError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ticketlab.cli import demo, mask_commands
+    from ticketlab.cli import demo, mask_commands, pretrain
 
     parser = argparse.ArgumentParser(
         prog="ticketlab",
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ticketlab {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    for module in (mask_commands, demo):
+    for module in (mask_commands, demo, pretrain):
         module.register(verbs)
     return parser
 
