@@ -28,7 +28,7 @@ def setup(tmp_path, monkeypatch):
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     text_path = tmp_path / "valid.txt"
-    wikitext_like(text_path, paragraphs=30)
+    wikitext_like(text_path, paragraphs=15)
     blocks = load_text_blocks(tokenizer, text_path, max_length=32, progress=False)
     return model, model_dir, tokenizer, text_path, blocks
 

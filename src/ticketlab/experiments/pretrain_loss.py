@@ -65,6 +65,21 @@ class PretrainLossSpec:
     )
 
 
+def load_spec_text(spec, tokenizer, progress: bool = True) -> TextBlocks:
+    """The blocks a spec with the text fields (text, dataset, dataset_config, split, max_length,
+    max_sequences) asks for."""
+    return load_text_blocks(
+        tokenizer,
+        spec.text,
+        dataset=spec.dataset,
+        dataset_config=spec.dataset_config,
+        split=spec.split,
+        max_length=spec.max_length,
+        max_sequences=spec.max_sequences,
+        progress=progress,
+    )
+
+
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -209,16 +224,7 @@ def run_pretrain_loss(spec: PretrainLossSpec, progress: bool = True) -> dict[str
     mask = load_mask(spec.mask) if spec.mask else None  # fail on a bad mask before the slow parts
     tokenizer = load_tokenizer(spec.model)
     teacher = load_encoder(spec.model).to(_device())
-    text = load_text_blocks(
-        tokenizer,
-        spec.text,
-        dataset=spec.dataset,
-        dataset_config=spec.dataset_config,
-        split=spec.split,
-        max_length=spec.max_length,
-        max_sequences=spec.max_sequences,
-        progress=progress,
-    )
+    text = load_spec_text(spec, tokenizer, progress)
     masking = MlmMasking.for_tokenizer(tokenizer, vocab_size=word_embeddings(teacher).weight.shape[0])
     head, head_record = resolve_mlm_head(spec, teacher, tokenizer, text, masking, progress)
     if head is not None:
