@@ -12,16 +12,32 @@ from ticketlab import __version__
 from ticketlab.errors import TicketlabError
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ticketlab.cli import demo, finetune, mask_commands, structured
+def _verb_modules() -> list:
+    """Every module of this package with a ``register(verbs)`` function, in help order.
 
+    Discovered rather than listed, so adding a verb is adding a module.
+    """
+    import importlib
+    import pkgutil
+
+    import ticketlab.cli as package
+
+    modules = []
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"ticketlab.cli.{info.name}")
+        if hasattr(module, "register"):
+            modules.append(module)
+    return sorted(modules, key=lambda m: (getattr(m, "HELP_ORDER", 50), m.__name__))
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ticketlab",
         description="Lottery tickets in pre-trained transformers: find, inspect, compare and use sparse subnetworks.",
     )
     parser.add_argument("--version", action="version", version=f"ticketlab {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    for module in (mask_commands, finetune, structured, demo):
+    for module in _verb_modules():
         module.register(verbs)
     return parser
 

@@ -1,0 +1,377 @@
+"""``run_tamt``: a minimal driver for task-agnostic mask training, resumable, with step budgets.
+
+Deliberately small (a plain ``for`` loop over :func:`ticketlab.training.tamt.tamt_step`) so that it
+can move onto the shared training loop unchanged in substance. Everything random in a step is a
+function of ``(seed, step)``: the batch (a seeded permutation per epoch), the MLM corruption (per
+example draw) and dropout. A checkpoint (scores, head, optimizer state, step; safetensors, written
+atomically) therefore suffices to resume to bit-identical masks.
+
+Outputs, for ``out`` = ``DIR``: ``DIR/mask.safetensors`` (the final mask), ``DIR/mask-step<N>.safetensors``
+(each ``--save-at`` budget), ``DIR/results.json``, and while running ``DIR/checkpoint.safetensors``.
+For ``out`` = ``NAME.safetensors``: the final mask there, budgets as ``NAME-step<N>.safetensors``,
+``NAME.json`` and ``NAME.checkpoint.safetensors`` beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ticketlab.data.text import DEFAULT_DATASET, DEFAULT_DATASET_CONFIG, TextBlocks
+from ticketlab.errors import TicketlabError
+from ticketlab.experiments.pretrain_loss import load_spec_text
+from ticketlab.masks.io import atomic_write, save_mask
+from ticketlab.masks.provenance import Provenance
+from ticketlab.models.mlm_head import MlmHead, head_from_checkpoint, word_embeddings
+from ticketlab.pruning import prune, validate_sparsity
+from ticketlab.pruning.tamt import DEFAULT_SCORE_SCALE, LearnedMask
+from ticketlab.training.objectives import KD_LOSSES, MlmMasking
+from ticketlab.training.tamt import (
+    TamtObjective,
+    check_objective,
+    tamt_optimizer,
+    tamt_step,
+)
+
+INITS: tuple[str, ...] = ("omp", "random")
+# Fields that may change between a crash and the resume without changing what is computed.
+_RESUMABLE_CHANGES = ("steps", "save_at", "checkpoint_every")
+
+
+@dataclass
+class TamtSpec:
+    """A TAMT run (each field is a ``ticketlab tamt`` flag)."""
+
+    model: str = field(metadata={"help": "hub id or local directory of the dense pre-trained model"})
+    objective: str = field(metadata={"help": "mlm, kd or mlm+kd"})
+    sparsity: float = field(metadata={"help": "fraction of the weights in scope to prune, in [0, 1)"})
+    text: str | None = field(default=None, metadata={"help": "training text file (none: the hub data set)"})
+    dataset: str = field(default=DEFAULT_DATASET, metadata={"help": "hub text data set when no text file"})
+    dataset_config: str | None = field(default=DEFAULT_DATASET_CONFIG, metadata={"help": "its configuration"})
+    split: str = field(default="train", metadata={"help": "its split"})
+    max_sequences: int | None = field(default=None, metadata={"help": "use only the first N blocks"})
+    steps: int = field(default=1000, metadata={"help": "training steps (batches)"})
+    init: str = field(
+        default="omp", metadata={"help": "initial mask: omp (the paper) or random (its ablation)"}
+    )
+    scope: str = field(
+        default="encoder+embeddings", metadata={"help": "weights that can be pruned (TAMT: with embeddings)"}
+    )
+    scheme: str = field(default="per-matrix", metadata={"help": "per-matrix (TAMT) or global top-k"})
+    save_at: tuple[int, ...] = field(default=(), metadata={"help": "also save the mask after these steps"})
+    seed: int = field(default=0, metadata={"help": "seed of data order, corruption, dropout and random init"})
+    batch_size: int = field(default=16, metadata={"help": "blocks per step (the paper: 16)"})
+    max_length: int = field(default=128, metadata={"help": "block length in tokens (the paper: 512)"})
+    lr: float | None = field(default=None, metadata={"help": "learning rate (default: MLM 5e-5, KD 2e-5)"})
+    weight_decay: float | None = field(
+        default=None, metadata={"help": "on the scores (default: MLM 0, KD 0.01)"}
+    )
+    kd_loss: str = field(
+        default="cosine", metadata={"help": "distillation loss while training (TAMT: cosine)"}
+    )
+    score_scale: float = field(
+        default=DEFAULT_SCORE_SCALE, metadata={"help": "c: initial scores 2c kept, 0 pruned"}
+    )
+    dropout: bool = field(default=True, metadata={"help": "dropout in the student (train mode)"})
+    head_steps: int = field(
+        default=100, metadata={"help": "head pre-training steps for a model without MLM head"}
+    )
+    checkpoint_every: int = field(default=100, metadata={"help": "steps between resumable checkpoints"})
+
+    def validate(self) -> None:
+        check_objective(self.objective)
+        validate_sparsity(self.sparsity)
+        if self.init not in INITS:
+            raise TicketlabError(f"unknown init {self.init!r} (choose from {', '.join(INITS)})")
+        if self.kd_loss not in KD_LOSSES:
+            raise TicketlabError(
+                f"unknown distillation loss {self.kd_loss!r} (choose from {', '.join(KD_LOSSES)})"
+            )
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise TicketlabError(
+                    f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
+                )
+        bad = [s for s in self.save_at if not 1 <= s <= self.steps]
+        if bad:
+            raise TicketlabError(f"--save-at step {bad[0]} is outside 1..{self.steps} (--steps)")
+
+    def digest(self) -> str:
+        """Identifies what the run computes (fields a resume may change are left out)."""
+        data = {k: v for k, v in asdict(self).items() if k not in _RESUMABLE_CHANGES}
+        return hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=12).hexdigest()
+
+
+@dataclass(frozen=True)
+class TamtOutputs:
+    """Where a run writes (see the module docstring)."""
+
+    final: Path
+    results: Path
+    checkpoint: Path
+    budget_pattern: str  # with {step}
+
+    @classmethod
+    def for_out(cls, out: str | os.PathLike) -> TamtOutputs:
+        out = Path(out)
+        if out.suffix == ".safetensors":
+            stem = out.with_suffix("")
+            return cls(
+                out,
+                stem.with_suffix(".json"),
+                Path(f"{stem}.checkpoint.safetensors"),
+                f"{stem}-step{{step}}.safetensors",
+            )
+        return cls(
+            out / "mask.safetensors",
+            out / "results.json",
+            out / "checkpoint.safetensors",
+            str(out / "mask-step{step}.safetensors"),
+        )
+
+    def budget(self, step: int) -> Path:
+        return Path(self.budget_pattern.format(step=step))
+
+
+class BatchOrder:
+    """Rows of step ``s``: examples ``s*B .. s*B+B-1`` of an endless sequence of seeded epochs."""
+
+    def __init__(self, num_blocks: int, batch_size: int, seed: int):
+        self.num_blocks, self.batch_size, self.seed = num_blocks, batch_size, seed
+        self._epochs: dict[int, torch.Tensor] = {}
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._epochs:
+            self._epochs = {
+                epoch: torch.randperm(
+                    self.num_blocks, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+                )
+            }
+        return self._epochs[epoch]
+
+    def rows(self, step: int) -> tuple[torch.Tensor, list[int]]:
+        """Block indices of the step and the example keys (global draw numbers) for the corruption."""
+        keys = list(range(step * self.batch_size, (step + 1) * self.batch_size))
+        rows = [int(self._permutation(k // self.num_blocks)[k % self.num_blocks]) for k in keys]
+        return torch.tensor(rows), keys
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+def save_checkpoint(
+    path: Path, learned: LearnedMask, head: MlmHead | None, optimizer, meta: dict[str, Any]
+) -> None:
+    """Scores, head, optimizer state and step as safetensors (tensors only), written atomically."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {f"score/{n}": learned.score(n).detach().cpu() for n in learned.names}
+    if head is not None:
+        tensors.update({f"head/{k}": v.detach().cpu() for k, v in head.state_dict().items()})
+    state = optimizer.state_dict()
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            tensors[f"optim/{index}/{key}"] = torch.as_tensor(value).detach().cpu()
+    meta = dict(meta, param_groups=state["param_groups"])
+    tensors = {k: v.contiguous().clone() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"ticketlab_tamt": json.dumps(meta)}))
+
+
+def load_checkpoint(path: Path, learned: LearnedMask, head: MlmHead | None, optimizer) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["ticketlab_tamt"])
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    with torch.no_grad():
+        for name in learned.names:
+            learned.score(name).copy_(tensors[f"score/{name}"])
+        if head is not None:
+            head.load_state_dict({k[len("head/") :]: v for k, v in tensors.items() if k.startswith("head/")})
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, index, name = key.split("/", 2)
+            state.setdefault(int(index), {})[name] = value
+    device = learned.score(learned.names[0]).device
+    state = {i: {k: (v if k == "step" else v.to(device)) for k, v in s.items()} for i, s in state.items()}
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return meta
+
+
+# -- the driver -------------------------------------------------------------------------------
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _prepare_head(
+    spec: TamtSpec, encoder, text: TextBlocks, masking: MlmMasking, train_if_built: bool, progress: bool
+) -> tuple[MlmHead, dict[str, Any]]:
+    head, reason = head_from_checkpoint(spec.model, encoder)
+    if head is not None:
+        return head, {"source": "checkpoint", "built": False}
+    if not train_if_built:  # resuming: the checkpoint holds the head
+        return MlmHead.for_encoder(encoder), {"source": "built", "built": True, "reason_built": reason}
+    from ticketlab.training.mlm_head import train_mlm_head
+
+    head, record = train_mlm_head(
+        encoder, text, spec.head_steps, masking, seed=spec.seed, batch_size=spec.batch_size, progress=progress
+    )
+    return head, {"source": "built", "reason_built": reason, **record}
+
+
+def run_tamt(
+    spec: TamtSpec,
+    out: str | os.PathLike,
+    *,
+    progress: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Train a mask as ``spec`` says, write the masks to ``out``, and return the results.
+
+    Reruns with the same spec resume from the last checkpoint, or return at once when finished.
+    ``on_step(step, losses)`` is called after each update (1-based step).
+    """
+    from tqdm.auto import tqdm
+
+    from ticketlab.models import load_encoder, load_tokenizer
+
+    spec.validate()
+    outputs = TamtOutputs.for_out(out)
+    if outputs.final.exists() and outputs.results.exists():
+        done = json.loads(outputs.results.read_text())
+        if done.get("spec_digest") == spec.digest() and done.get("steps") == spec.steps:
+            return done
+    resume = outputs.checkpoint.exists()
+    started = time.perf_counter()
+
+    tokenizer = load_tokenizer(spec.model)
+    encoder = load_encoder(spec.model).to(_device())
+    text = load_spec_text(spec, tokenizer, progress)
+    masking = MlmMasking.for_tokenizer(tokenizer, vocab_size=word_embeddings(encoder).weight.shape[0])
+    head, head_record = None, None
+    if "mlm" in spec.objective:
+        head, head_record = _prepare_head(spec, encoder, text, masking, not resume, progress)
+        head = head.to(_device())
+    init_mask = prune(
+        encoder,
+        spec.init,
+        spec.sparsity,
+        scope=spec.scope,
+        scheme=spec.scheme,
+        seed=spec.seed,
+        source_model=spec.model,
+    )
+    learned = LearnedMask(encoder, init_mask, spec.sparsity, spec.scheme, spec.score_scale)
+    optimizer = tamt_optimizer(learned, head, spec.objective, spec.lr, spec.weight_decay)
+    lr = optimizer.param_groups[0]["lr"]
+    weight_decay = optimizer.param_groups[0]["weight_decay"]
+
+    start_step, elapsed_before, losses = 0, 0.0, []
+    if resume:
+        meta = load_checkpoint(outputs.checkpoint, learned, head, optimizer)
+        if meta.get("spec_digest") != spec.digest():
+            raise TicketlabError(
+                f"{outputs.checkpoint} belongs to a different TAMT run; remove it or choose another --out"
+            )
+        start_step, elapsed_before, losses = int(meta["step"]), float(meta["wall_time_s"]), meta["losses"]
+        head_record = meta.get("head_record", head_record)
+
+    def provenance(step: int, wall: float) -> Provenance:
+        return Provenance(
+            method="tamt",
+            method_params={
+                "objective": spec.objective,
+                "init": spec.init,
+                "steps": step,
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "kd_loss": spec.kd_loss if "kd" in spec.objective else None,
+                "batch_size": spec.batch_size,
+                "max_length": spec.max_length,
+                "score_scale": spec.score_scale,
+                "text": text.source,
+                "mlm_head": head_record,
+                "search_cost": {"steps": step, "examples": step * spec.batch_size, "wall_time_s": wall},
+            },
+            scope=spec.scope,
+            scheme=spec.scheme,
+            target_sparsity=float(spec.sparsity),
+            seed=spec.seed,
+            source_model=spec.model,
+            notes=["the mask is the exact top-k of the final scores; weights were frozen"],
+        )
+
+    order = BatchOrder(len(text), spec.batch_size, spec.seed)
+    objective = TamtObjective(
+        encoder,
+        learned,
+        spec.objective,
+        head,
+        masking,
+        spec.kd_loss,
+        masking_seed=spec.seed,
+        dropout=spec.dropout,
+    )
+    device = _device()
+    saved: dict[int, str] = {}
+    with learned.attached():
+        bar = tqdm(
+            range(start_step, spec.steps), desc=f"TAMT-{spec.objective}", disable=not progress, leave=False
+        )
+        for step in bar:
+            rows, keys = order.rows(step)
+            ids, attention = text.input_ids[rows].to(device), text.attention_mask[rows].to(device)
+            result = tamt_step(objective, optimizer, ids, attention, keys, spec.seed, step)
+            done = step + 1
+            if done % 10 == 0 or done == spec.steps:
+                losses.append([done, result["loss"]])
+            bar.set_postfix(loss=f"{result['loss']:.4f}")
+            wall = elapsed_before + time.perf_counter() - started
+            if done in spec.save_at:
+                path = outputs.budget(done)
+                save_mask(learned.to_mask(provenance(done, wall)), path)
+                saved[done] = str(path)
+            if done % spec.checkpoint_every == 0 and done < spec.steps:
+                meta = {
+                    "step": done,
+                    "spec_digest": spec.digest(),
+                    "wall_time_s": wall,
+                    "losses": losses,
+                    "head_record": head_record,
+                }
+                save_checkpoint(outputs.checkpoint, learned, head, optimizer, meta)
+            if on_step is not None:
+                on_step(done, result)
+        wall = elapsed_before + time.perf_counter() - started
+        final = learned.to_mask(provenance(spec.steps, wall))
+    save_mask(final, outputs.final)
+    for step in spec.save_at:
+        saved.setdefault(step, str(outputs.budget(step)))
+    results = {
+        "mask": str(outputs.final),
+        "budget_masks": {str(k): v for k, v in sorted(saved.items())},
+        "objective": spec.objective,
+        "sparsity": final.sparsity,
+        "num_pruned": final.num_pruned(),
+        "steps": spec.steps,
+        "search_cost": {"steps": spec.steps, "examples": spec.steps * spec.batch_size, "wall_time_s": wall},
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "losses": losses,
+        "mlm_head": head_record,
+        "text": text.source,
+        "num_sequences": len(text),
+        "spec": asdict(spec),
+        "spec_digest": spec.digest(),
+    }
+    atomic_write(outputs.results, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
+    if outputs.checkpoint.exists():
+        outputs.checkpoint.unlink()
+    return results
