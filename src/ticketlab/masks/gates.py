@@ -103,7 +103,7 @@ class StructuredGates:
         def hook(module: nn.Module, args: tuple) -> tuple:
             x = args[0]
             heads = self.adapter.num_heads
-            gate = self.heads[layer].to(x.dtype)
+            gate = self.heads[layer].to(device=x.device, dtype=x.dtype)
             if self.fresh is not None:
                 gate = gate * self._fresh_gate(x, (heads,), self.fresh_heads[layer])
             split = x.reshape(*x.shape[:-1], heads, x.shape[-1] // heads)
@@ -114,7 +114,7 @@ class StructuredGates:
 
     def _ffn_layer_hook(self, layer: int):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-            gate = self.ffn[layer].to(output.dtype)
+            gate = self.ffn[layer].to(device=output.device, dtype=output.dtype)
             if self.fresh is not None:
                 gate = gate * self._fresh_gate(output, (1,), self.fresh_ffn[layer])
             return output * gate
@@ -124,7 +124,7 @@ class StructuredGates:
     def _ffn_neuron_hook(self, layer: int):
         def hook(module: nn.Module, args: tuple) -> tuple:
             x = args[0]
-            gate = self.ffn[layer].to(x.dtype)
+            gate = self.ffn[layer].to(device=x.device, dtype=x.dtype)
             if self.fresh is not None:
                 gate = gate * self._fresh_gate(x, (x.shape[-1],), self.fresh_ffn[layer])
             return (x * gate, *args[1:])
