@@ -61,6 +61,9 @@ class StructuredGates:
     ):
         if ffn_granularity not in ("layer", "neuron"):
             raise TicketlabError(f"ffn granularity must be 'layer' or 'neuron', not {ffn_granularity!r}")
+        if getattr(model, "ticketlab_shrink_plan", None) is not None:
+            # Its layers no longer have the config's head count and FFN size.
+            raise TicketlabError("gates go on full models; this model was shrunk (its pruned units are gone)")
         self.adapter = EncoderAdapter(model)
         self.ffn_granularity = ffn_granularity
         a = self.adapter
