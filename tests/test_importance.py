@@ -125,7 +125,8 @@ def test_normalisation_masking_and_restored_state(classifier):
 
 
 def test_scores_save_and_load(tmp_path, classifier):
-    scores = compute_importance(classifier, _batches(1), variant="michel2019")
+    with torch.no_grad():  # scoring turns gradients on for itself
+        scores = compute_importance(classifier, _batches(1), variant="michel2019")
     path = scores.save(tmp_path / "scores.safetensors")
     back = ImportanceScores.load(path)
     assert torch.equal(back.heads, scores.heads) and torch.equal(back.ffn, scores.ffn)

@@ -126,6 +126,9 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         save_shrunk(model, tmp_path / "x")
     with pytest.raises(TicketlabError, match="not a shrunk ticketlab model"):
         load_shrunk(tmp_path)
+    small = shrink(model, StructuredMask.full(EncoderAdapter(model)))
+    with pytest.raises(TicketlabError, match="this model was shrunk"):
+        apply_structured_mask(small, StructuredMask.full(EncoderAdapter(model)))
 
 
 def test_flop_count_of_full_bert_base_layer():
@@ -222,3 +225,30 @@ def test_cli_shrink_structured_masks_and_stability(capsys, tmp_path, bert_dir):
         capsys, "shrink", "--model", bert_dir, "--mask", unstructured, "--out", tmp_path / "s3"
     )
     assert code == 2 and "unstructured" in err and len(err.strip().splitlines()) == 1
+
+
+def test_real_minilm_shrinks_to_the_gated_outputs(tmp_path):
+    from tests.conftest import shared_path
+    from ticketlab.models import load_encoder, load_tokenizer
+    from ticketlab.pruning.structured import nested_structured_masks
+
+    path = str(shared_path("models", "all-MiniLM-L6-v2"))
+    model = load_encoder(path)
+    tokenizer = load_tokenizer(path)
+    inputs = dict(
+        tokenizer(
+            ["a cat sat on the mat", "structured tickets cut heads and feed-forward layers"],
+            padding=True,
+            return_tensors="pt",
+        )
+    )
+    generator = torch.Generator().manual_seed(0)
+    mask = nested_structured_masks(
+        torch.rand(6, 12, generator=generator),
+        torch.rand(6, generator=generator),
+        kind="random",
+        head_fractions=[0.5],
+    )[0.5]
+    mask.heads[2] = False  # and one layer without attention
+    small = load_shrunk(save_shrunk(shrink(model, mask), tmp_path / "minilm"))
+    torch.testing.assert_close(_outputs(small, inputs), _outputs(model, inputs, mask), atol=1e-5, rtol=0)

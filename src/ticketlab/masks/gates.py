@@ -61,6 +61,9 @@ class StructuredGates:
     ):
         if ffn_granularity not in ("layer", "neuron"):
             raise TicketlabError(f"ffn granularity must be 'layer' or 'neuron', not {ffn_granularity!r}")
+        if getattr(model, "ticketlab_shrink_plan", None) is not None:
+            # Its layers no longer have the config's head count and FFN size.
+            raise TicketlabError("gates go on full models; this model was shrunk (its pruned units are gone)")
         self.adapter = EncoderAdapter(model)
         self.ffn_granularity = ffn_granularity
         a = self.adapter
@@ -103,7 +106,7 @@ class StructuredGates:
         def hook(module: nn.Module, args: tuple) -> tuple:
             x = args[0]
             heads = self.adapter.num_heads
-            gate = self.heads[layer].to(x.dtype)
+            gate = self.heads[layer].to(device=x.device, dtype=x.dtype)
             if self.fresh is not None:
                 gate = gate * self._fresh_gate(x, (heads,), self.fresh_heads[layer])
             split = x.reshape(*x.shape[:-1], heads, x.shape[-1] // heads)
@@ -114,7 +117,7 @@ class StructuredGates:
 
     def _ffn_layer_hook(self, layer: int):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-            gate = self.ffn[layer].to(output.dtype)
+            gate = self.ffn[layer].to(device=output.device, dtype=output.dtype)
             if self.fresh is not None:
                 gate = gate * self._fresh_gate(output, (1,), self.fresh_ffn[layer])
             return output * gate
@@ -124,7 +127,7 @@ class StructuredGates:
     def _ffn_neuron_hook(self, layer: int):
         def hook(module: nn.Module, args: tuple) -> tuple:
             x = args[0]
-            gate = self.ffn[layer].to(x.dtype)
+            gate = self.ffn[layer].to(device=x.device, dtype=x.dtype)
             if self.fresh is not None:
                 gate = gate * self._fresh_gate(x, (x.shape[-1],), self.fresh_ffn[layer])
             return (x * gate, *args[1:])

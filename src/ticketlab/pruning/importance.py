@@ -211,12 +211,13 @@ def compute_importance(
         gates.start_fresh(spec.fresh)
         for batch in tqdm(batches, desc=f"importance ({variant})", disable=not progress, leave=False):
             gates.clear_fresh()  # fresh gates, and so fresh gradients, for every batch
-            losses = loss_fn(model, batch)
-            if losses.dim() != 1:
-                raise TicketlabError(
-                    f"the loss function must return per-example losses [batch], got {tuple(losses.shape)}"
-                )
-            total = losses.sum() if spec.batch_loss == "sum" else losses.mean()
+            with torch.enable_grad():  # also when called under no_grad (an evaluation loop)
+                losses = loss_fn(model, batch)
+                if losses.dim() != 1:
+                    raise TicketlabError(
+                        f"the loss function must return per-example losses [batch], got {tuple(losses.shape)}"
+                    )
+                total = losses.sum() if spec.batch_loss == "sum" else losses.mean()
             total.backward()
             for layer in range(a.num_layers):
                 head_scores[layer] += _summed_abs_grad(gates.fresh_heads[layer], a.num_heads)
