@@ -29,12 +29,16 @@ class MagnitudePruning(PruningMethod):
     def select(
         self, weights: Mapping[str, torch.Tensor], sparsity: float, scheme: str, seed: int
     ) -> dict[str, torch.Tensor]:
+        if self.within is None:
+            # Ranked by |w| chunk by chunk: no copy of the weights is made.
+            return lowest_k_mask(
+                {n: w.detach().cpu() for n, w in weights.items()}, sparsity, scheme, absolute=True
+            )
         scores = {}
         for name, weight in weights.items():
             score = weight.detach().abs().float()
-            if self.within is not None:
-                # -1 sits below every |w| (>= 0): already-pruned weights are pruned first.
-                score = score.masked_fill(~self.within.tensors[name].to(score.device), -1.0)
+            # -1 sits below every |w| (>= 0): already-pruned weights are pruned first.
+            score = score.masked_fill(~self.within.tensors[name].to(score.device), -1.0)
             scores[name] = score.cpu()
         return lowest_k_mask(scores, sparsity, scheme)
 

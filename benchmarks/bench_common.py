@@ -1,0 +1,85 @@
+"""Helpers shared by the benchmark scripts: timing, the machine's description, JSON and Markdown output."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Wall-clock seconds of one call, and its result."""
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    """Median (the figure we report), min and max of a list of timings, in seconds."""
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "repeats": len(times),
+    }
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on: CPU count, torch threads, load, versions, date."""
+    import numpy
+    import safetensors
+    import torch
+    import transformers
+
+    import ticketlab
+
+    try:
+        load = os.getloadavg()
+    except OSError:  # not on every platform
+        load = None
+    return {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1_5_15min": [round(x, 2) for x in load] if load else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {
+            "ticketlab": ticketlab.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "safetensors": safetensors.__version__,
+            "numpy": numpy.__version__,
+        },
+    }
+
+
+def write_results(name: str, data: dict[str, Any]) -> Path:
+    """Write ``benchmarks/results/<name>.json`` (with the machine's description) and return its path."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    payload = {"benchmark": name, "machine": machine(), **data}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def markdown_table(rows: list[list[Any]], header: list[str]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def shared_dir() -> Path | None:
+    """``$TICKETLAB_SHARED`` (the real-data folder) if set and present."""
+    value = os.environ.get("TICKETLAB_SHARED")
+    return Path(value) if value and Path(value).is_dir() else None

@@ -1,0 +1,146 @@
+"""Global magnitude mask over a BERT-base-sized encoder: ticketlab vs torch.nn.utils.prune.
+
+Builds ``BertModel`` from the default ``BertConfig`` (12 layers, hidden 768, FFN 3072; random
+weights, no download), takes the ``encoder`` scope (Q, K, V, attention output, FFN in/out of every
+layer plus the pooler: 85.5M weights) and times, side by side and interleaved:
+
+- ticketlab's selection: ``MagnitudePruning().select`` (|W|, then the exact global lowest-k),
+- ticketlab's fingerprint of the result (the other part of ``prune()``), and ``prune()`` whole,
+- ``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured`` and the same count k, on
+  fresh holder modules sharing the same weight tensors (so every repeat starts un-pruned).
+
+The masks of the two are compared bit for bit.
+
+    PYTHONPATH=$PWD/src python benchmarks/bench_global_magnitude.py [--repeats 5] [--sparsity 0.7]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.utils.prune as torch_prune
+from torch import nn
+
+from bench_common import markdown_table, summary, timed, write_results
+from ticketlab.masks.fingerprint import fingerprint
+from ticketlab.masks.unstructured import UnstructuredMask
+from ticketlab.models import EncoderAdapter
+from ticketlab.pruning import MagnitudePruning, num_to_prune, prune
+
+
+def bert_base(seed: int = 0) -> nn.Module:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    model = BertModel(BertConfig())  # bert-base-uncased's shape, random weights
+    model.eval()
+    return model
+
+
+def torch_global_l1(weights: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """torch's global L1 pruning of exactly k weights; returns keep-bits per name."""
+    holders = {}
+    for name, weight in weights.items():
+        holder = nn.Module()
+        holder.weight = nn.Parameter(weight.detach(), requires_grad=False)  # shares storage
+        holders[name] = holder
+    torch_prune.global_unstructured(
+        [(h, "weight") for h in holders.values()], pruning_method=torch_prune.L1Unstructured, amount=k
+    )
+    return {name: h.weight_mask.bool() for name, h in holders.items()}
+
+
+def compare_masks(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], weights) -> dict:
+    """Bitwise comparison; where bits differ, whether only tied magnitudes were swapped."""
+    differing = 0
+    values = set()
+    for name, bits in ours.items():
+        diff = bits != theirs[name]
+        differing += int(diff.sum())
+        values.update(weights[name].detach().abs()[diff].tolist())
+    return {"identical": differing == 0, "differing_bits": differing, "differing_magnitudes": sorted(values)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each variant (interleaved)")
+    parser.add_argument("--sparsity", type=float, default=0.7)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-torch", action="store_true", help="skip torch's global_unstructured (8 s a run)"
+    )
+    args = parser.parse_args()
+
+    model = bert_base(args.seed)
+    adapter = EncoderAdapter(model)
+    weights = adapter.prunable_weights("encoder")
+    n = sum(w.numel() for w in weights.values())
+    k = num_to_prune(n, args.sparsity)
+    print(f"BERT-base-sized encoder scope: {len(weights)} matrices, {n:,} weights; pruning k = {k:,}")
+
+    method = MagnitudePruning()
+    variants = {
+        "ticketlab select (abs W, exact global lowest-k)": lambda: method.select(
+            weights, args.sparsity, "global", 0
+        ),
+        "ticketlab fingerprint (BLAKE2b of kept weights)": lambda: fingerprint(ours_mask, model),
+        "ticketlab prune() (select + fingerprint + mask object)": lambda: prune(
+            model, "omp", args.sparsity, scope="encoder", scheme="global"
+        ),
+    }
+    if not args.no_torch:
+        variants["torch global_unstructured(L1Unstructured)"] = lambda: torch_global_l1(weights, k)
+
+    ours_bits = method.select(weights, args.sparsity, "global", 0)  # warm-up, and the mask to check
+    ours_mask = UnstructuredMask(ours_bits)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    theirs_bits = None
+    names = list(variants)
+    for repeat in range(args.repeats):
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:  # rotate the order
+            seconds, result = timed(variants[name])
+            times[name].append(seconds)
+            if name.startswith("torch") and theirs_bits is None:
+                theirs_bits = result
+            del result
+        print(f"repeat {repeat + 1}/{args.repeats}: " + ", ".join(f"{times[v][-1]:.3f}s" for v in names))
+
+    pruned = sum(int((~b).sum()) for b in ours_bits.values())
+    assert pruned == k, (pruned, k)
+    results: dict = {
+        "model": "BertModel(BertConfig()) random weights, scope encoder (incl. pooler)",
+        "num_weights": n,
+        "sparsity": args.sparsity,
+        "k": k,
+        "timings": {name: summary(t) for name, t in times.items()},
+    }
+    select_name = names[0]
+    if theirs_bits is not None:
+        check = compare_masks(ours_bits, theirs_bits, weights)
+        results["masks_compared"] = check
+        torch_name = names[-1]
+        results["torch_over_ticketlab_select"] = (
+            results["timings"][torch_name]["median_s"] / results["timings"][select_name]["median_s"]
+        )
+    path = write_results("global_magnitude", results)
+
+    rows = [
+        [name, f"{s['median_s']:.3f}", f"{s['min_s']:.3f}", f"{s['max_s']:.3f}", s["repeats"]]
+        for name, s in results["timings"].items()
+    ]
+    print()
+    print(markdown_table(rows, ["variant", "median s", "min s", "max s", "repeats"]))
+    if theirs_bits is not None:
+        print(
+            f"\ntorch / ticketlab select: {results['torch_over_ticketlab_select']:.1f}x; "
+            f"masks identical: {check['identical']} (differing bits: {check['differing_bits']})"
+        )
+        assert check["identical"] or len(check["differing_magnitudes"]) == 1, check
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
