@@ -7,10 +7,10 @@ that the mask holds. (The full lottery story, with IMP and a plot, grows here wi
 
 from __future__ import annotations
 
-HELP_ORDER = 90  # last in --help
-
 import argparse
 from pathlib import Path
+
+HELP_ORDER = 90  # last in --help
 
 
 def register(verbs: argparse._SubParsersAction) -> None:

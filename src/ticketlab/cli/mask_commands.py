@@ -6,10 +6,10 @@ import argparse
 import os
 from typing import Any
 
-HELP_ORDER = 10  # prune, inspect, compare, import-mask come first in --help
-
 from ticketlab.cli.common import add_output_flags, format_table, human_size, print_json
 from ticketlab.errors import TicketlabError
+
+HELP_ORDER = 10  # prune, inspect, compare, import-mask come first in --help
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
