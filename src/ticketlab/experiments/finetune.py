@@ -180,15 +180,18 @@ def _finished_run(out: Path, spec: FinetuneSpec) -> dict[str, Any] | None:
     return results
 
 
-def _load_ticket(spec: FinetuneSpec, model) -> tuple[Any, dict[str, Any]]:
+def _load_ticket(spec: FinetuneSpec, model, mask=None) -> tuple[Any, dict[str, Any]]:
     """The unstructured mask to hold on ``model`` and the ticket's facts for results.json."""
     from ticketlab.masks import StructuredMask, load_mask
     from ticketlab.models import EncoderAdapter
 
-    if spec.mask is None:
+    if mask is not None:
+        facts: dict[str, Any] = {"mask": None, "mask_sha256": None}
+    elif spec.mask is None:
         return None, {"mask": None, "mask_sha256": None, "sparsity": 0.0, "scope": None, "scheme": None}
-    mask = load_mask(spec.mask)
-    facts: dict[str, Any] = {"mask": spec.mask, "mask_sha256": sha256_file(spec.mask)}
+    else:
+        mask = load_mask(spec.mask)
+        facts = {"mask": spec.mask, "mask_sha256": sha256_file(spec.mask)}
     if isinstance(mask, StructuredMask):
         # Zeroing a pruned head's Q/K/V rows and output columns (and an FFN's in rows and out
         # columns) removes its contribution exactly, so the structured ticket trains as weight bits.
@@ -225,9 +228,16 @@ def run_finetune(
     cache_dir: str | os.PathLike | None = None,
     quiet: bool = False,
     accelerator: Any = None,
+    model: Any = None,
+    mask: Any = None,
 ) -> dict[str, Any]:
     """Fine-tune ``spec.model`` (with ``spec.mask`` held, if any) on ``spec.task``; write the run
-    directory ``out_dir`` and return the contents of its results.json."""
+    directory ``out_dir`` and return the contents of its results.json.
+
+    Pipelines pass ``model`` to train a model they prepared (IMP's rewound weights with the kept
+    task head, a control's permuted weights) instead of loading ``spec.model``; it is trained in
+    place. ``mask`` (a mask object) stands in for ``spec.mask``.
+    """
     import torch
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
@@ -250,8 +260,9 @@ def run_finetune(
     wall_start = time.perf_counter()
     accelerator = accelerator or default_accelerator()
     set_seed(spec.seed)  # before the model: the task head's initialisation depends on it
-    model = task.build_model(spec.model)
-    mask, ticket = _load_ticket(spec, model)
+    if model is None:
+        model = task.build_model(spec.model)
+    mask, ticket = _load_ticket(spec, model, mask)
     enforcer = (
         apply_mask(model, mask, allow_fingerprint_mismatch=spec.allow_fingerprint_mismatch) if mask else None
     )
