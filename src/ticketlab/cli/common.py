@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import types
+import typing
+from dataclasses import MISSING, fields
 from typing import Any
 
 
@@ -37,3 +40,47 @@ def human_size(num_bytes: int) -> str:
             return f"{num_bytes:.1f} {unit}" if unit != "B" else f"{num_bytes} B"
         num_bytes /= 1024
     return f"{num_bytes:.1f} GB"
+
+
+def _flag_type(annotation: Any) -> Any:
+    """The argparse type of a spec field: ``int | None`` -> int, ``bool`` -> bool, ..."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def add_spec_arguments(
+    parser: argparse.ArgumentParser,
+    spec_class: type,
+    *,
+    skip: tuple[str, ...] = (),
+    overrides_only: bool = False,
+) -> None:
+    """One flag per field of a spec dataclass, with the field's help text and default.
+
+    ``overrides_only``: every flag defaults to None (the help still shows the spec's default), so
+    a caller can tell which fields the user set; for recipes stored as overrides.
+    """
+    hints = typing.get_type_hints(spec_class)
+    for spec_field in fields(spec_class):
+        if spec_field.name in skip:
+            continue
+        flag = "--" + spec_field.name.replace("_", "-")
+        kind = _flag_type(hints[spec_field.name])
+        help_text = spec_field.metadata.get("help", "")
+        required = spec_field.default is MISSING and not overrides_only
+        if kind is bool:
+            parser.add_argument(
+                flag, action="store_true", default=None if overrides_only else False, help=help_text
+            )
+        else:
+            if not required and spec_field.default is not None:
+                help_text += f" (default: {spec_field.default})"
+            parser.add_argument(
+                flag,
+                type=kind,
+                required=required,
+                default=None if required or overrides_only else spec_field.default,
+                help=help_text,
+                metavar=spec_field.name.upper(),
+            )

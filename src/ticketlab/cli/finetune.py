@@ -4,42 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import types
-import typing
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from typing import Any
 
-from ticketlab.cli.common import add_output_flags, print_json
-
-
-def _flag_type(annotation: Any) -> Any:
-    """The argparse type of a spec field: ``int | None`` -> int, ``bool`` -> bool, ..."""
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
-    return annotation
-
-
-def add_spec_arguments(parser: argparse.ArgumentParser, spec_class: type) -> None:
-    """One flag per field of a spec dataclass, with the field's help text and default."""
-    hints = typing.get_type_hints(spec_class)
-    for spec_field in fields(spec_class):
-        flag = "--" + spec_field.name.replace("_", "-")
-        kind = _flag_type(hints[spec_field.name])
-        help_text = spec_field.metadata.get("help", "")
-        required = spec_field.default is MISSING
-        if kind is bool:
-            parser.add_argument(flag, action="store_true", help=help_text)
-        else:
-            if not required and spec_field.default is not None:
-                help_text += f" (default: {spec_field.default})"
-            parser.add_argument(
-                flag,
-                type=kind,
-                required=required,
-                default=None if required else spec_field.default,
-                help=help_text,
-                metavar=spec_field.name.upper(),
-            )
+from ticketlab.cli.common import add_output_flags, add_spec_arguments, print_json
 
 
 def register(verbs: argparse._SubParsersAction) -> None:

@@ -40,7 +40,8 @@ class ImpSpec:
     """What an IMP run does. The run directory's identity is the hash of the non-default fields."""
 
     model: str = field(metadata={"help": "hub id or local directory of the pre-trained model"})
-    task: str = field(metadata={"help": "GLUE task, squad, or mlm"})
+    task: str = field(metadata={"help": "GLUE task or squad"})
+    data_dir: str | None = field(default=None, metadata={"help": "local task data (default: the hub)"})
     levels: list[float] = field(
         default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 10)],
         metadata={"help": "total sparsity after each pruning step, increasing, each in (0, 1)"},
@@ -151,3 +152,76 @@ def run_imp(
     }
     write_json(run.path / "results.json", summary)
     return summary
+
+
+# Recipe fields an IMP (or grid) spec may override; the rest of FinetuneSpec is set by the pipeline.
+RECIPE_FIELDS = (
+    "lr",
+    "batch_size",
+    "eval_batch_size",
+    "epochs",
+    "max_length",
+    "warmup_ratio",
+    "weight_decay",
+    "max_grad_norm",
+    "eval_every",
+    "max_train_samples",
+    "max_eval_samples",
+    "main_metric",
+    "log_every",
+)
+
+
+def check_recipe(recipe: dict[str, Any]) -> None:
+    unknown = sorted(set(recipe) - set(RECIPE_FIELDS))
+    if unknown:
+        raise TicketlabError(f"unknown recipe field {unknown[0]!r} (known: {', '.join(RECIPE_FIELDS)})")
+
+
+def finetune_functions(
+    model: str,
+    task_name: str,
+    data_dir: str | None,
+    recipe: dict[str, Any],
+    *,
+    seed: int,
+    cache_dir: str | None = None,
+    quiet: bool = False,
+) -> tuple[Callable[[], nn.Module], TrainFunction]:
+    """``build_model`` and ``train`` for IMP on a downstream task, through ``run_finetune``."""
+    from accelerate.utils import set_seed
+
+    from ticketlab.experiments.finetune import FinetuneSpec, run_finetune
+    from ticketlab.training.tasks import get_task
+
+    check_recipe(recipe)
+    task = get_task(task_name)
+
+    def build_model() -> nn.Module:
+        set_seed(seed)  # the fresh task head is the same at every level (and with reinit)
+        return task.build_model(model)
+
+    def train(
+        prepared: nn.Module, mask: UnstructuredMask | None, train_seed: int, out: Path
+    ) -> dict[str, Any]:
+        spec = FinetuneSpec(model=model, task=task_name, data_dir=data_dir, seed=train_seed, **recipe)
+        return run_finetune(spec, out, model=prepared, mask=mask, cache_dir=cache_dir, quiet=quiet)
+
+    return build_model, train
+
+
+def run_imp_on_task(
+    spec: ImpSpec,
+    out: str | Path,
+    *,
+    cache_dir: str | None = None,
+    quiet: bool = False,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """IMP on a GLUE task or SQuAD with ticketlab's fine-tuning (``ticketlab imp``)."""
+    spec.validate()
+    check_recipe(spec.recipe)
+    build_model, train = finetune_functions(
+        spec.model, spec.task, spec.data_dir, spec.recipe, seed=spec.seed, cache_dir=cache_dir, quiet=quiet
+    )
+    return run_imp(spec, out, build_model, train, echo=echo)

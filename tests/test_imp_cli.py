@@ -1,0 +1,71 @@
+"""`ticketlab imp` end to end on generated GLUE data: levels, resume, refusal to mix specs."""
+
+import json
+
+import pytest
+
+from tests.glue_fixtures import one_thread, tiny_model_dir, write_glue_task  # noqa: F401 (autouse fixture)
+from ticketlab.cli import main
+from ticketlab.masks import load_mask
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TICKETLAB_CACHE", str(tmp_path / "cache"))
+
+
+def imp(model_dir, data, out, *extra):
+    return main(
+        [
+            "imp",
+            "--model",
+            str(model_dir),
+            "--task",
+            "sst2",
+            "--data-dir",
+            str(data),
+            "--out",
+            str(out),
+            "--levels",
+            "0.3,0.6",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--lr",
+            "1e-3",
+            "--quiet",
+            *extra,
+        ]
+    )
+
+
+def test_imp_runs_levels_and_resumes(tmp_path, capsys):
+    model_dir = tiny_model_dir(tmp_path / "model")
+    data = write_glue_task(tmp_path / "glue", "sst2", {"train": 48, "dev": 16})
+    out = tmp_path / "imp"
+    assert imp(model_dir, data, out, "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [round(level["sparsity"], 2) for level in summary["levels"]] == [0.0, 0.3, 0.6]
+    assert all("accuracy" in level["best"] for level in summary["levels"])
+    for level, target in ((1, 0.3), (2, 0.6)):
+        mask = load_mask(out / f"level_{level:02d}" / "mask.safetensors")
+        assert mask.num_pruned() == int(mask.num_weights() * target)
+        assert json.loads((out / f"level_{level:02d}" / "results.json").read_text())["pruned_nonzero"] == 0
+    assert json.loads((out / "spec.json").read_text())["spec"]["recipe"] == {
+        "lr": 1e-3,
+        "batch_size": 16,
+        "epochs": 1,
+    }
+
+    # A finished run is not trained again; a half-finished level is redone.
+    import shutil
+
+    shutil.rmtree(out / "level_02")
+    before = load_mask(out / "level_01" / "next_mask.safetensors")
+    assert imp(model_dir, data, out) == 0
+    assert "level" in capsys.readouterr().out
+    assert load_mask(out / "level_02" / "mask.safetensors") == before
+
+    assert imp(model_dir, data, out, "--seed", "1") == 2
+    assert "holds a different ImpSpec" in capsys.readouterr().err
