@@ -11,6 +11,9 @@ import torch
 from ticketlab.models.tiny import tiny_model
 
 SHARED = os.environ.get("TICKETLAB_SHARED")
+# Tests never reach the network: a forgotten --data-dir fails at once instead of retrying the hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 def shared_path(*parts: str) -> Path:

@@ -65,6 +65,9 @@ class GridSpec:
     run_prefix = "grid"
 
     def validate(self) -> None:
+        from ticketlab.experiments.imp import check_recipe
+
+        check_recipe(self.recipe)
         unknown = [m for m in self.methods if m not in GRID_METHODS]
         if unknown:
             raise TicketlabError(
@@ -162,6 +165,7 @@ def imp_spec_for(spec: GridSpec, task: str, seed: int) -> ImpSpec:
     return ImpSpec(
         model=spec.model,
         task=task,
+        data_dir=spec.data_dir,
         levels=spec.levels(),
         head=spec.imp_head,
         scope=spec.scope,
@@ -208,3 +212,168 @@ def collect_records(
 def open_grid(spec: GridSpec, out: str | Path) -> RunDirectory:
     spec.validate()
     return RunDirectory.open(spec, out)
+
+
+def main_metric_of(task: str, results: dict[str, Any]) -> tuple[str, float]:
+    """The task's main metric and its best dev value (as the papers report) from a results.json."""
+    metric = results.get("main_metric")
+    best = results.get("best") or {}
+    if metric not in best:
+        raise TicketlabError(f"results for {task} have no best value of their main metric {metric!r}")
+    return metric, float(best[metric])
+
+
+class GridRunner:
+    """Runs (or resumes) every ticket and cell of a grid into its run directory."""
+
+    def __init__(
+        self,
+        spec: GridSpec,
+        out: str | Path,
+        *,
+        cache_dir: str | None = None,
+        quiet: bool = False,
+        echo: Callable[[str], None] = print,
+    ):
+        self.spec = spec
+        self.run = open_grid(spec, out)
+        self.root = self.run.path
+        self.cache_dir = cache_dir
+        self.quiet = quiet
+        self.echo = echo
+
+    # -- tickets ----------------------------------------------------------------------------------
+    def _pretrained(self) -> nn.Module:
+        from ticketlab.models import load_encoder
+
+        return load_encoder(self.spec.model)
+
+    def omp_ticket(self, sparsity: float) -> Path:
+        from ticketlab.masks import save_mask
+        from ticketlab.pruning import prune
+
+        path = self.root / "tickets" / f"omp-{sparsity:.2f}.safetensors"
+        if not path.exists():
+            mask = prune(
+                self._pretrained(),
+                "omp",
+                sparsity,
+                scope=self.spec.scope,
+                scheme=self.spec.scheme,
+                source_model=self.spec.model,
+            )
+            save_mask(mask, path)
+        return path
+
+    def random_ticket(self, sparsity: float, seed: int) -> Path:
+        from ticketlab.masks import load_mask, save_mask
+        from ticketlab.pruning import prune
+
+        path = self.root / "tickets" / f"random-{sparsity:.2f}-seed{seed}.safetensors"
+        if not path.exists():
+            params: dict[str, Any] = {}
+            if self.spec.random_variant == "matched":
+                params["reference"] = load_mask(self.omp_ticket(sparsity))
+            mask = prune(
+                self._pretrained(),
+                "random",
+                sparsity,
+                scope=self.spec.scope,
+                scheme=self.spec.scheme,
+                seed=seed,
+                source_model=self.spec.model,
+                **params,
+            )
+            save_mask(mask, path)
+        return path
+
+    def imp_run(self, task: str, seed: int) -> Path:
+        from ticketlab.experiments.imp import run_imp_on_task
+
+        out = self.root / "imp" / task / f"seed{seed}"
+        spec = imp_spec_for(self.spec, task, seed)
+        if not (out / "results.json").exists():
+            self.echo(f"IMP on {task}, seed {seed}: levels {', '.join(f'{lv:.0%}' for lv in spec.levels)}")
+            run_imp_on_task(spec, out, cache_dir=self.cache_dir, quiet=self.quiet, echo=self.echo)
+        return out
+
+    def imp_ticket(self, task: str, sparsity: float, seed: int) -> Path:
+        return self.imp_run(task, seed) / level_name(imp_level_for(self.spec, sparsity)) / "mask.safetensors"
+
+    # -- cells ------------------------------------------------------------------------------------
+    def run_cell(self, cell: Cell) -> dict[str, Any]:
+        from ticketlab.experiments.finetune import FinetuneSpec, run_finetune
+        from ticketlab.masks import load_mask
+        from ticketlab.models.controls import permute_layers, reinitialize
+        from ticketlab.training.tasks import get_task
+
+        out = self.root / "cells" / cell.task / cell.name
+        if (out / "results.json").exists():
+            return read_json(out / "results.json")
+        mask_path: Path | None = None
+        model = None
+        control = cell.method in ("permuted", "random-init")
+        if cell.method in ("omp", "permuted", "random-init"):
+            mask_path = self.omp_ticket(cell.sparsity)
+        elif cell.method == "random":
+            mask_path = self.random_ticket(cell.sparsity, cell.seed)
+        elif cell.method.startswith("imp@"):
+            mask_path = self.imp_ticket(cell.method.split("@", 1)[1], cell.sparsity, cell.seed)
+        if control:
+            from accelerate.utils import set_seed
+
+            set_seed(cell.seed)
+            model = get_task(cell.task).build_model(self.spec.model)
+            if cell.method == "permuted":
+                permute_layers(model, seed=cell.seed)
+            else:
+                reinitialize(model, seed=cell.seed)
+        spec = FinetuneSpec(
+            model=self.spec.model,
+            task=cell.task,
+            data_dir=self.spec.data_dir,
+            seed=cell.seed,
+            mask=str(mask_path) if mask_path else None,
+            allow_fingerprint_mismatch=control,
+            **self.spec.recipe,
+        )
+        self.echo(f"fine-tune {cell.task}: {cell.method} at {cell.sparsity:.0%}, seed {cell.seed}")
+        mask = load_mask(mask_path) if control and mask_path else None
+        return run_finetune(spec, out, model=model, mask=mask, cache_dir=self.cache_dir, quiet=self.quiet)
+
+    def run_all(self) -> dict[str, Any]:
+        """Every IMP run and cell (finished ones skipped), then the aggregate in results.json."""
+        from ticketlab.analysis.aggregate import aggregate, highest_matching_sparsity
+        from ticketlab.experiments.store import write_json
+
+        if "imp" in self.spec.methods or self.spec.transfer_from:
+            for task in self.spec.tasks:
+                if "imp" in self.spec.methods or task in self.spec.transfer_from:
+                    for seed in self.spec.seeds:
+                        self.imp_run(task, seed)
+        for cell in plan_cells(self.spec):
+            self.run_cell(cell)
+        records = collect_records(self.spec, self.root, main_metric_of)
+        cells = aggregate(records)
+        summary = {
+            "cells": [
+                {
+                    "task": c.task,
+                    "method": c.method,
+                    "sparsity": c.sparsity,
+                    "metric": c.metric,
+                    "mean": c.mean,
+                    "std": c.std,
+                    "n": len(c.values),
+                    "values": c.values,
+                    "matching": c.matching,
+                }
+                for c in cells
+            ],
+            "highest_matching_sparsity": [
+                {"task": task, "method": method, "sparsity": sparsity}
+                for (task, method), sparsity in highest_matching_sparsity(cells).items()
+            ],
+        }
+        write_json(self.root / "results.json", summary)
+        return summary

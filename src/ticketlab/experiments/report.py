@@ -1,0 +1,163 @@
+"""``ticketlab report``: read run directories of any kind and write tables and plots."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ticketlab.analysis.aggregate import FULL_MODEL, Cell, ResultRecord, aggregate, csv_table, markdown_table
+from ticketlab.errors import TicketlabError
+from ticketlab.experiments.store import read_json, write_json
+
+
+def _finetune_record(path: Path, results: dict[str, Any]) -> ResultRecord:
+    from ticketlab.experiments.grid import main_metric_of
+
+    metric, value = main_metric_of(results["task"], results)
+    method = results.get("mask_method") or FULL_MODEL
+    return ResultRecord(
+        results["task"],
+        method,
+        round(float(results.get("sparsity") or 0.0), 4),
+        int(results.get("seed", 0)),
+        metric,
+        value,
+        str(path),
+    )
+
+
+def records_from(run_dir: str | Path) -> tuple[list[ResultRecord], list[Path]]:
+    """Result records and mask files of a grid, IMP or fine-tuning run directory."""
+    from ticketlab.experiments.grid import GridSpec, collect_records, main_metric_of
+
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise TicketlabError(f"run directory {root} does not exist")
+    spec_file = root / "spec.json"
+    if not spec_file.exists():
+        raise TicketlabError(f"{root} has no spec.json: not a ticketlab run directory")
+    spec = read_json(spec_file)
+    kind = spec.get("kind")
+    if kind == "GridSpec":
+        grid = GridSpec(**spec["spec"])
+        masks = sorted((root / "tickets").glob("omp-*.safetensors"))
+        masks += sorted((root / "imp").glob(f"*/seed{grid.seeds[0]}/level_*/mask.safetensors"))
+        return collect_records(grid, root, main_metric_of), masks
+    if kind == "ImpSpec":
+        records, masks = [], []
+        for level in sorted(root.glob("level_*")):
+            if (level / "results.json").exists():
+                results = read_json(level / "results.json")
+                metric, value = main_metric_of(results["task"], results)
+                method = "imp" if results.get("level") else FULL_MODEL
+                records.append(
+                    ResultRecord(
+                        results["task"],
+                        method,
+                        round(float(results["sparsity"]), 4),
+                        int(spec["spec"].get("seed", 0)),
+                        metric,
+                        value,
+                        str(level),
+                    )
+                )
+            if (level / "mask.safetensors").exists():
+                masks.append(level / "mask.safetensors")
+        return records, masks
+    if (root / "results.json").exists():  # a single fine-tuning run
+        results = read_json(root / "results.json")
+        masks = [Path(results["mask"])] if results.get("mask") and Path(results["mask"]).exists() else []
+        return [_finetune_record(root, results)], masks
+    raise TicketlabError(f"{root} holds no finished results yet")
+
+
+def transfer_table(cells: Iterable[Cell], scale: float = 100.0) -> str:
+    """Tickets found on one task (``imp@source``) fine-tuned on others, beside the task's own IMP ticket."""
+    cells = list(cells)
+    transfer = [c for c in cells if c.method.startswith("imp@")]
+    if not transfer:
+        return ""
+    lines = ["### Transfer (IMP tickets found on the source task, fine-tuned on the target)\n"]
+    lines += [
+        "| source → target | sparsity | transferred | own IMP ticket | full model |",
+        "|---|---|---|---|---|",
+    ]
+    own = {(c.task, c.sparsity): c for c in cells if c.method == "imp"}
+    full = {c.task: c for c in cells if c.method == FULL_MODEL}
+    for c in sorted(transfer, key=lambda c: (c.method, c.task, c.sparsity)):
+        mine = own.get((c.task, c.sparsity))
+        ref = full.get(c.task)
+        lines.append(
+            f"| {c.method[4:]} → {c.task} | {c.sparsity:.0%} | {c.mean * scale:.2f} ± {c.std * scale:.2f}"
+            f"{' ✓' if c.matching else ''} | "
+            + (f"{mine.mean * scale:.2f}" if mine else "")
+            + " | "
+            + (f"{ref.mean * scale:.2f}" if ref else "")
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dirs: list[str | Path], out: str | Path) -> dict[str, Any]:
+    """Tables (Markdown, CSV, JSON) and plots (PNG) for the runs; returns what was written."""
+    from ticketlab.analysis.overlap import pairwise_overlap
+    from ticketlab.analysis.plots import plot_layer_profile, plot_overlap_heatmap, plot_score_vs_sparsity
+    from ticketlab.masks import UnstructuredMask, load_mask
+
+    out = Path(out)
+    records: list[ResultRecord] = []
+    mask_paths: list[Path] = []
+    for run_dir in run_dirs:
+        found, masks = records_from(run_dir)
+        records += found
+        mask_paths += masks
+    if not records:
+        raise TicketlabError("no finished results in the given run directories")
+    cells = aggregate(records)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    table = markdown_table(cells) + "\n" + transfer_table(cells)
+    (out / "results.md").write_text(table)
+    (out / "results.csv").write_text(csv_table(cells))
+    files += [out / "results.md", out / "results.csv"]
+    for task in sorted({c.task for c in cells}):
+        files.append(plot_score_vs_sparsity(cells, task, out / f"{task}_score_vs_sparsity.png"))
+    masks = {}
+    for path in mask_paths[:12]:  # an overlap heat-map stays readable up to about a dozen masks
+        mask = load_mask(path)
+        if isinstance(mask, UnstructuredMask):
+            label = f"{mask.provenance.method} {mask.sparsity:.0%}"
+            masks[label if label not in masks else f"{label} ({path.parent.name})"] = mask
+    same_matrices = [m for m in masks.values() if list(m.tensors) == list(next(iter(masks.values())).tensors)]
+    if len(masks) >= 2 and len(same_matrices) == len(masks):
+        names = list(masks)
+        matrix = np.eye(len(names))
+        for pair in pairwise_overlap(masks):
+            i, j = names.index(pair.a), names.index(pair.b)
+            matrix[i, j] = matrix[j, i] = pair.jaccard
+        files.append(plot_overlap_heatmap(names, matrix, out / "mask_overlap.png"))
+    if masks:
+        files.append(
+            plot_layer_profile({n: m.layer_sparsity() for n, m in masks.items()}, out / "layer_sparsity.png")
+        )
+    summary = {
+        "cells": [
+            {
+                "task": c.task,
+                "method": c.method,
+                "sparsity": c.sparsity,
+                "metric": c.metric,
+                "mean": c.mean,
+                "std": c.std,
+                "n": len(c.values),
+                "matching": c.matching,
+            }
+            for c in cells
+        ],
+        "files": [str(f) for f in files],
+    }
+    write_json(out / "report.json", summary)
+    return summary

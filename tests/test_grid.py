@@ -1,0 +1,90 @@
+"""The ticket grid and the report, end to end on generated GLUE data with a tiny model."""
+
+import json
+
+import pytest
+
+from tests.glue_fixtures import one_thread, tiny_model_dir, write_glue_task  # noqa: F401 (autouse fixture)
+from ticketlab.cli import main
+from ticketlab.errors import TicketlabError
+from ticketlab.experiments.grid import GridSpec, plan_cells
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TICKETLAB_CACHE", str(tmp_path / "cache"))
+
+
+def test_grid_runs_every_method_skips_finished_cells_and_reports(tmp_path, capsys):
+    model_dir = tiny_model_dir(tmp_path / "model")
+    data = write_glue_task(tmp_path / "glue", "sst2", {"train": 32, "dev": 16})
+    write_glue_task(data, "cola", {"train": 32, "dev": 16})
+    spec = {
+        "model": str(model_dir),
+        "tasks": ["sst2", "cola"],
+        "data_dir": str(data),
+        "seeds": [0],
+        "methods": ["full", "omp", "random", "imp", "permuted", "random-init"],
+        "sparsities": [0.5],
+        "imp_levels": [0.5],
+        "transfer_from": ["sst2"],
+        "recipe": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "log_every": 100},
+    }
+    spec_path = tmp_path / "grid.yaml"
+    import yaml
+
+    spec_path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "grid"
+    assert main(["grid", str(spec_path), "--out", str(out), "--quiet", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    methods = {(c["task"], c["method"]) for c in summary["cells"]}
+    assert {("sst2", m) for m in ("full", "omp", "random", "imp", "permuted", "random-init")} <= methods
+    assert ("cola", "imp@sst2") in methods and ("sst2", "imp@sst2") not in methods
+    assert all(c["matching"] is None for c in summary["cells"] if c["method"] == "full")
+    assert (out / "report" / "results.md").exists() and (
+        out / "report" / "sst2_score_vs_sparsity.png"
+    ).exists()
+    assert (out / "report" / "mask_overlap.png").exists()
+    omp = json.loads((out / "cells" / "sst2" / "omp-0.50-seed0" / "results.json").read_text())
+    assert omp["pruned_nonzero"] == 0 and abs(omp["sparsity"] - 0.5) < 1e-3
+
+    # Rerun: nothing trains again (results files untouched).
+    stamp = (out / "cells" / "sst2" / "omp-0.50-seed0" / "results.json").stat().st_mtime_ns
+    assert main(["grid", str(spec_path), "--out", str(out), "--quiet"]) == 0
+    assert (out / "cells" / "sst2" / "omp-0.50-seed0" / "results.json").stat().st_mtime_ns == stamp
+    assert "Transfer" in capsys.readouterr().out
+
+    assert (
+        main(["report", str(out), str(out / "imp" / "sst2" / "seed0"), "--out", str(tmp_path / "rep")]) == 0
+    )
+    assert (tmp_path / "rep" / "results.csv").read_text().startswith("task,method")
+
+
+def test_bad_grid_specs_are_refused(tmp_path):
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps({"model": "m", "tasks": ["rte"], "methods": ["omp", "magic"]}))
+    with pytest.raises(TicketlabError, match="unknown grid method 'magic'"):
+        GridSpec.from_file(path)
+    path.write_text(json.dumps({"model": "m", "tasks": ["rte"], "sparsity": [0.5]}))
+    with pytest.raises(TicketlabError, match="unknown field 'sparsity'"):
+        GridSpec.from_file(path)
+    path.write_text(json.dumps({"model": "m", "tasks": ["rte"], "sparsities": [0.55]}))
+    with pytest.raises(TicketlabError, match="not one of the IMP levels"):
+        GridSpec.from_file(path)
+    path.write_text(json.dumps({"model": "m", "tasks": ["rte"], "recipe": {"learning_rate": 1}}))
+    with pytest.raises(TicketlabError, match="unknown recipe field"):
+        GridSpec.from_file(path)
+
+
+def test_plan_counts_cells():
+    spec = GridSpec(
+        model="m",
+        tasks=["a", "b"],
+        methods=["full", "omp", "random", "imp"],
+        sparsities=[0.5, 0.7],
+        seeds=[0, 1, 2],
+        transfer_from=["a"],
+    )
+    cells = plan_cells(spec)
+    # per task and seed: full + 2 omp + 2 random; transfer a -> b: 2 per seed
+    assert len(cells) == 2 * 3 * 5 + 3 * 2
