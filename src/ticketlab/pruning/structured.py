@@ -23,6 +23,7 @@ import torch
 from ticketlab.errors import TicketlabError
 from ticketlab.masks.provenance import Provenance
 from ticketlab.masks.structured import StructuredMask
+from ticketlab.models.adapters import EncoderAdapter
 
 # Super tickets: head fractions 0.1 ... 0.8, each with round(10 p) of 12 FFN layers.
 DEFAULT_LEVELS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -292,3 +293,30 @@ def good_random_bad(good: StructuredMask, seed: int = 0) -> dict[str, Structured
         )
         result[name] = mask
     return result
+
+
+# -- accounting and the stopping rule -------------------------------------------------------------
+def kept_weight_fraction(mask: StructuredMask, adapter: EncoderAdapter, scope: str = "encoder") -> float:
+    """Fraction of the weights in ``scope`` that a structured mask keeps (the x-axis of the phase
+    transition): a head owns ``4 x hidden x head_dim`` weights (its Q, K, V rows and output
+    columns), an FFN neuron ``2 x hidden``; the pooler and embeddings are never pruned."""
+    total = sum(adapter.parameter(m.name).numel() for m in adapter.prunable_matrices(scope))
+    hidden, d = adapter.hidden_size, adapter.head_dim
+    heads_pruned = int((~mask.heads).sum())
+    if mask.ffn.dim() == 1:
+        neurons_pruned = int((~mask.ffn).sum()) * adapter.ffn_size
+    else:
+        neurons_pruned = int((~mask.ffn).sum())
+    pruned = heads_pruned * 4 * hidden * d + neurons_pruned * 2 * hidden
+    return 1.0 - pruned / total
+
+
+def last_step_above(metrics: Sequence[float], reference: float, fraction: float = 0.9) -> int:
+    """The all-tickets-winning stopping rule: the index of the last step before the first whose
+    metric falls below ``fraction`` x ``reference`` (the fine-tuned full model's); -1 when even the
+    first step falls below (keep the full model)."""
+    threshold = fraction * reference
+    for index, value in enumerate(metrics):
+        if value < threshold:
+            return index - 1
+    return len(metrics) - 1
