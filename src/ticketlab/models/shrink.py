@@ -184,6 +184,8 @@ def shrink(model: nn.Module, mask: UnitMask) -> nn.Module:
     ``mask`` is a :class:`ticketlab.masks.StructuredMask` (FFN per layer or per neuron). The copy
     records its plan in ``model.ticketlab_shrink_plan``; save it with :func:`save_shrunk`.
     """
+    if getattr(model, "ticketlab_shrink_plan", None) is not None:
+        raise TicketlabError("this model is already shrunk; shrink the full model with the combined mask")
     adapter = EncoderAdapter(model)
     plan = plan_from_mask(adapter, mask)
     old = {}
