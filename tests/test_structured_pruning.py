@@ -138,3 +138,21 @@ def test_stopping_rule_keeps_the_step_before_the_first_drop_below_90_percent():
     assert last_step_above([0.85, 0.84, 0.77, 0.80], reference=0.86) == 1  # 0.77 < 0.774
     assert last_step_above([0.85, 0.84], reference=0.86) == 1
     assert last_step_above([0.70], reference=0.86) == -1
+
+
+def test_good_random_bad_of_an_unstructured_magnitude_mask(bert):
+    from ticketlab.pruning import prune
+
+    good = prune(bert, "omp", 0.3)  # 70% survive, so bad = all pruned + random survivors
+    sets = good_random_bad(good, seed=0)
+    kept = good.num_kept()
+    for name in ("random", "bad"):
+        mask = sets[name]
+        assert mask.names == good.names and mask.num_kept() == kept
+        assert mask.provenance.method.startswith(f"{name}-of:")
+    for name, bits in good.tensors.items():
+        assert not (~bits & ~sets["bad"].tensors[name]).any()  # every pruned weight is in bad
+    assert sets["random"] != good
+    heavy = prune(bert, "omp", 0.8)
+    bad = good_random_bad(heavy, seed=1)["bad"]
+    assert bad.num_kept() == heavy.num_kept() and (bad & heavy).num_kept() == 0
