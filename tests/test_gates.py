@@ -169,3 +169,23 @@ def test_gates_can_require_grad_and_shapes_are_checked():
         apply_structured_mask(
             model, StructuredMask(torch.ones(3, 4, dtype=torch.bool), torch.ones(3, dtype=torch.bool))
         )
+
+
+def test_switching_masks_in_place_matches_fresh_gates():
+    model = _model("bert")
+    inputs = _inputs()
+    adapter = EncoderAdapter(model)
+    first, second = StructuredMask.full(adapter), StructuredMask.full(adapter)
+    first.heads[0, :2] = False
+    second.heads[1, 3] = False
+    second.ffn[0] = False
+    expected = []
+    for mask in (first, second):
+        with apply_structured_mask(model, mask):
+            expected.append(_out(model, inputs))
+    with apply_structured_mask(model, first) as gates:
+        for mask, reference in zip((first, second, first), expected + expected[:1]):
+            gates.set_mask(mask)
+            assert torch.equal(_out(model, inputs), reference)
+        with pytest.raises(MaskMismatchError, match="do not match"):
+            gates.set_mask(StructuredMask.full(adapter, "neuron"))

@@ -129,6 +129,8 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     small = shrink(model, StructuredMask.full(EncoderAdapter(model)))
     with pytest.raises(TicketlabError, match="this model was shrunk"):
         apply_structured_mask(small, StructuredMask.full(EncoderAdapter(model)))
+    with pytest.raises(TicketlabError, match="already shrunk"):
+        shrink(small, StructuredMask.full(EncoderAdapter(model)))
 
 
 def test_flop_count_of_full_bert_base_layer():

@@ -145,3 +145,48 @@ def test_structured_stability_survival_and_super_survivors(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(TicketlabError, match="at least two"):
         structured_stability(_masks()[:1])
+
+
+def test_phase_transition_summary_super_ticket_and_plot(tmp_path):
+    from ticketlab.analysis.phase_transition import (
+        plot_phase_transition,
+        summarize_phase_transition,
+        super_ticket,
+    )
+
+    records = []
+    for seed, noise in enumerate([0.0, 0.02, -0.02]):
+        for level, remaining, win, rnd in [
+            (0.1, 0.95, 0.84, 0.83),
+            (0.3, 0.8, 0.86, 0.8),
+            (0.5, 0.6, 0.86, 0.7),
+        ]:
+            records.append(
+                {
+                    "kind": "winning",
+                    "level": level,
+                    "weights_remaining": remaining,
+                    "metric": win + noise,
+                    "seed": seed,
+                }
+            )
+            records.append(
+                {
+                    "kind": "random",
+                    "level": level,
+                    "weights_remaining": remaining,
+                    "metric": rnd + noise,
+                    "seed": seed,
+                }
+            )
+    points = summarize_phase_transition(records)
+    first = next(p for p in points if p.kind == "random" and p.level == 0.1)
+    assert first.mean == pytest.approx(0.83) and first.std == pytest.approx(0.02) and first.seeds == 3
+    best = super_ticket(points)
+    assert best.level == 0.5  # ties with 0.3 on the mean; fewer weights wins
+    path = plot_phase_transition(points, tmp_path / "phase.png", full_score=(0.85, 0.01), metric_name="F1")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(TicketlabError, match="lacks"):
+        summarize_phase_transition([{"kind": "winning"}])
+    with pytest.raises(TicketlabError, match="disagree"):
+        summarize_phase_transition([dict(records[0]), dict(records[0], weights_remaining=0.5)])

@@ -111,3 +111,48 @@ def test_good_random_bad_have_equal_sizes_and_bad_holds_the_pruned_units():
     heavy = structured_mask_from_scores(heads, ffn, 100, 8)  # 44 survive, 100 pruned
     bad = good_random_bad(heavy, seed=0)["bad"]
     assert int(bad.heads.sum()) == 44 and not (bad.heads & heavy.heads).any()  # drawn from the pruned only
+
+
+def test_kept_weight_fraction_matches_the_expanded_mask(bert):
+    from ticketlab.models import EncoderAdapter
+    from ticketlab.pruning.structured import kept_weight_fraction
+
+    adapter = EncoderAdapter(bert)
+    layer_mask = StructuredMask(
+        torch.tensor([[True, False, True, False], [False, True, True, True]]), torch.tensor([False, True])
+    )
+    neuron_mask = StructuredMask(
+        layer_mask.heads, torch.rand(2, 64, generator=torch.Generator().manual_seed(0)) > 0.3
+    )
+    for mask in (layer_mask, neuron_mask):
+        for scope in ("encoder", "encoder+embeddings"):
+            expanded = mask.to_unstructured(adapter, scope)
+            assert kept_weight_fraction(mask, adapter, scope) == pytest.approx(
+                1 - expanded.sparsity, abs=1e-12
+            )
+
+
+def test_stopping_rule_keeps_the_step_before_the_first_drop_below_90_percent():
+    from ticketlab.pruning.structured import last_step_above
+
+    assert last_step_above([0.85, 0.84, 0.77, 0.80], reference=0.86) == 1  # 0.77 < 0.774
+    assert last_step_above([0.85, 0.84], reference=0.86) == 1
+    assert last_step_above([0.70], reference=0.86) == -1
+
+
+def test_good_random_bad_of_an_unstructured_magnitude_mask(bert):
+    from ticketlab.pruning import prune
+
+    good = prune(bert, "omp", 0.3)  # 70% survive, so bad = all pruned + random survivors
+    sets = good_random_bad(good, seed=0)
+    kept = good.num_kept()
+    for name in ("random", "bad"):
+        mask = sets[name]
+        assert mask.names == good.names and mask.num_kept() == kept
+        assert mask.provenance.method.startswith(f"{name}-of:")
+    for name, bits in good.tensors.items():
+        assert not (~bits & ~sets["bad"].tensors[name]).any()  # every pruned weight is in bad
+    assert sets["random"] != good
+    heavy = prune(bert, "omp", 0.8)
+    bad = good_random_bad(heavy, seed=1)["bad"]
+    assert bad.num_kept() == heavy.num_kept() and (bad & heavy).num_kept() == 0

@@ -210,13 +210,13 @@ def plot_survival(
     for axis, data, name in ((axes[0, 0], heads, "heads"), (axes[0, 1], ffn_map, "FFN")):
         image = axis.imshow(data, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         axis.set_title(name)
-        axis.set_ylabel("layer")
         axis.set_yticks(range(data.shape[0]))
         if data.shape[1] <= 32:
             for (row, column), value in np.ndenumerate(data):
                 if value == 1.0:
                     axis.text(column, row, "*", ha="center", va="center", color="black")
     axes[0, 0].set_xlabel("head")
+    axes[0, 0].set_ylabel("layer")
     axes[0, 1].set_xlabel("neuron" if ffn.ndim == 2 else "")
     axes[0, 1].set_xticks([] if ffn.ndim == 1 else axes[0, 1].get_xticks())
     figure.colorbar(image, ax=axes[0, :].tolist(), label="fraction of seeds keeping the unit")

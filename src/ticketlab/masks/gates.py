@@ -152,6 +152,20 @@ class StructuredGates:
             store.clear()
 
     # -- state ----------------------------------------------------------------------------------
+    def set_mask(self, mask: StructuredMask) -> None:
+        """Switch the gates to ``mask``'s 0/1 in place (multi-task training switches the task's
+        ticket before each batch this way, without reinstalling hooks)."""
+        if tuple(mask.heads.shape) != tuple(self.heads.shape) or tuple(mask.ffn.shape) != tuple(
+            self.ffn.shape
+        ):
+            raise MaskMismatchError(
+                f"mask shapes heads {tuple(mask.heads.shape)}, ffn {tuple(mask.ffn.shape)} do not match the "
+                f"gates' {tuple(self.heads.shape)}, {tuple(self.ffn.shape)}"
+            )
+        with torch.no_grad():
+            self.heads.copy_(mask.heads)
+            self.ffn.copy_(mask.ffn)
+
     def to_mask(self) -> StructuredMask:
         """The structured mask of the gates that are not 0."""
         return StructuredMask(self.heads.detach().cpu() != 0, self.ffn.detach().cpu() != 0)

@@ -177,6 +177,10 @@ def _copy_into(target: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | Non
             target.bias.copy_(bias)
 
 
+def _rows(bias: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
+    return None if bias is None else bias[index]
+
+
 @torch.no_grad()
 def shrink(model: nn.Module, mask: UnitMask) -> nn.Module:
     """A copy of ``model`` with the pruned heads and FFN neurons physically removed.
@@ -184,40 +188,32 @@ def shrink(model: nn.Module, mask: UnitMask) -> nn.Module:
     ``mask`` is a :class:`ticketlab.masks.StructuredMask` (FFN per layer or per neuron). The copy
     records its plan in ``model.ticketlab_shrink_plan``; save it with :func:`save_shrunk`.
     """
+    if getattr(model, "ticketlab_shrink_plan", None) is not None:
+        raise TicketlabError("this model is already shrunk; shrink the full model with the combined mask")
     adapter = EncoderAdapter(model)
     plan = plan_from_mask(adapter, mask)
-    old = {}
-    for index in range(adapter.num_layers):
-        for role in ("query", "key", "value", "attention_output", "ffn_in", "ffn_out"):
-            linear = adapter.layer_linear(index, role)
-            old[index, role] = (
-                linear.weight.detach().clone(),
-                None if linear.bias is None else linear.bias.detach().clone(),
-            )
     small = copy.deepcopy(model)
-    _resize(small, plan)
+    _resize(small, plan)  # fresh linears of the new sizes, filled below from the untouched original
     small_adapter = EncoderAdapter(small)
     d = plan.head_dim
     for index in range(adapter.num_layers):
-        rows = torch.tensor([h * d + j for h in plan.heads_kept[index] for j in range(d)], dtype=torch.long)
-        for role in ("query", "key", "value") if rows.numel() else ():
-            weight, bias = old[index, role]
-            _copy_into(
-                small_adapter.layer_linear(index, role), weight[rows], None if bias is None else bias[rows]
-            )
-        weight, bias = old[index, "attention_output"]
-        _copy_into(small_adapter.layer_linear(index, "attention_output"), weight[:, rows], bias)
+        heads = torch.tensor(plan.heads_kept[index], dtype=torch.long)
+        rows = (heads.unsqueeze(1) * d + torch.arange(d)).reshape(-1)  # the kept heads' features
         neurons = torch.tensor(plan.ffn_kept[index], dtype=torch.long)
-        weight, bias = old[index, "ffn_in"]
+        for role in ("query", "key", "value") if rows.numel() else ():
+            source = adapter.layer_linear(index, role)
+            _copy_into(small_adapter.layer_linear(index, role), source.weight[rows], _rows(source.bias, rows))
+        source = adapter.layer_linear(index, "attention_output")
+        _copy_into(small_adapter.layer_linear(index, "attention_output"), source.weight[:, rows], source.bias)
+        source = adapter.layer_linear(index, "ffn_in")
         _copy_into(
-            small_adapter.layer_linear(index, "ffn_in"),
-            weight[neurons],
-            None if bias is None else bias[neurons],
+            small_adapter.layer_linear(index, "ffn_in"), source.weight[neurons], _rows(source.bias, neurons)
         )
-        weight, bias = old[index, "ffn_out"]
+        source = adapter.layer_linear(index, "ffn_out")
+        bias = source.bias
         if bias is not None and plan.ffn_bias_cleared[index]:
-            bias = torch.zeros_like(bias)
-        _copy_into(small_adapter.layer_linear(index, "ffn_out"), weight[:, neurons], bias)
+            bias = torch.zeros_like(bias)  # a layer gate of 0 multiplies the bias too
+        _copy_into(small_adapter.layer_linear(index, "ffn_out"), source.weight[:, neurons], bias)
     small.ticketlab_shrink_plan = plan
     small.train(model.training)
     return small

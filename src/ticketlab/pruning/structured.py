@@ -14,6 +14,7 @@ Because the order does not depend on the level, the masks of increasing levels a
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ import torch
 from ticketlab.errors import TicketlabError
 from ticketlab.masks.provenance import Provenance
 from ticketlab.masks.structured import StructuredMask
+from ticketlab.masks.unstructured import UnstructuredMask
+from ticketlab.models.adapters import EncoderAdapter
 
 # Super tickets: head fractions 0.1 ... 0.8, each with round(10 p) of 12 FFN layers.
 DEFAULT_LEVELS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -263,32 +266,78 @@ def _bad_units(good: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return pruned | _draw(good, size - int(pruned.sum()), generator)
 
 
-def good_random_bad(good: StructuredMask, seed: int = 0) -> dict[str, StructuredMask]:
-    """The three subnetworks of the same size (heads and FFNs counted separately).
+def good_random_bad(
+    good: StructuredMask | UnstructuredMask, seed: int = 0
+) -> dict[str, StructuredMask | UnstructuredMask]:
+    """The three subnetworks of the same size.
 
-    - ``good``: the survivors of importance pruning;
-    - ``random``: the same numbers of heads and FFNs drawn uniformly from the whole model;
+    - ``good``: the survivors of pruning (importance pruning of heads and FFNs, or magnitude
+      pruning of weights);
+    - ``random``: the same number of units drawn uniformly from the whole model;
     - ``bad``: the pruned units, topped up with random survivors to the same size (or, when more
       units were pruned than survived, a uniform draw from the pruned ones).
 
-    Random draws ignore the one-head-per-layer rule (a layer may lose all its heads).
+    Structured masks count heads and FFNs separately, and random draws ignore the
+    one-head-per-layer rule (a layer may lose all its heads). Unstructured masks are drawn over
+    all their matrices at once (global), as the magnitude variant of all tickets winning prunes.
     """
     generator = torch.Generator().manual_seed(int(seed))
-    everything_heads = torch.ones_like(good.heads)
-    everything_ffn = torch.ones_like(good.ffn)
-    random_mask = StructuredMask(
-        _draw(everything_heads, int(good.heads.sum()), generator),
-        _draw(everything_ffn, int(good.ffn.sum()), generator),
-    )
-    bad_mask = StructuredMask(_bad_units(good.heads, generator), _bad_units(good.ffn, generator))
+    if isinstance(good, UnstructuredMask):
+        names = good.names
+        flat = torch.cat([good.tensors[n].reshape(-1) for n in names])
+        sizes = [good.tensors[n].numel() for n in names]
+
+        def unflatten(bits: torch.Tensor) -> UnstructuredMask:
+            pieces = torch.split(bits, sizes)
+            tensors = {n: p.reshape(good.tensors[n].shape).clone() for n, p in zip(names, pieces)}
+            return UnstructuredMask(tensors, info=copy.deepcopy(good.info))
+
+        random_mask = unflatten(_draw(torch.ones_like(flat), int(flat.sum()), generator))
+        bad_mask = unflatten(_bad_units(flat, generator))
+        scope, scheme = good.provenance.scope, "global"
+    else:
+        random_mask = StructuredMask(
+            _draw(torch.ones_like(good.heads), int(good.heads.sum()), generator),
+            _draw(torch.ones_like(good.ffn), int(good.ffn.sum()), generator),
+        )
+        bad_mask = StructuredMask(_bad_units(good.heads, generator), _bad_units(good.ffn, generator))
+        scope, scheme = "encoder", "structured"
     result = {"good": good}
     for name, mask in (("random", random_mask), ("bad", bad_mask)):
         mask.provenance = Provenance(
-            method=f"structured-{name}",
+            method=f"{name}-of:{good.provenance.method}",
             method_params={"reference_method": good.provenance.method},
-            scheme="structured",
+            scope=scope,
+            scheme=scheme,
             seed=int(seed),
             source_model=good.provenance.source_model,
         )
         result[name] = mask
     return result
+
+
+# -- accounting and the stopping rule -------------------------------------------------------------
+def kept_weight_fraction(mask: StructuredMask, adapter: EncoderAdapter, scope: str = "encoder") -> float:
+    """Fraction of the weights in ``scope`` that a structured mask keeps (the x-axis of the phase
+    transition): a head owns ``4 x hidden x head_dim`` weights (its Q, K, V rows and output
+    columns), an FFN neuron ``2 x hidden``; the pooler and embeddings are never pruned."""
+    total = sum(adapter.parameter(m.name).numel() for m in adapter.prunable_matrices(scope))
+    hidden, d = adapter.hidden_size, adapter.head_dim
+    heads_pruned = int((~mask.heads).sum())
+    if mask.ffn.dim() == 1:
+        neurons_pruned = int((~mask.ffn).sum()) * adapter.ffn_size
+    else:
+        neurons_pruned = int((~mask.ffn).sum())
+    pruned = heads_pruned * 4 * hidden * d + neurons_pruned * 2 * hidden
+    return 1.0 - pruned / total
+
+
+def last_step_above(metrics: Sequence[float], reference: float, fraction: float = 0.9) -> int:
+    """The all-tickets-winning stopping rule: the index of the last step before the first whose
+    metric falls below ``fraction`` x ``reference`` (the fine-tuned full model's); -1 when even the
+    first step falls below (keep the full model)."""
+    threshold = fraction * reference
+    for index, value in enumerate(metrics):
+        if value < threshold:
+            return index - 1
+    return len(metrics) - 1
