@@ -111,3 +111,24 @@ def test_structured_masks_are_pointed_to_gates(bert):
     adapter = EncoderAdapter(bert)
     with pytest.raises(TicketlabError, match="gates"):
         apply_mask(bert, StructuredMask.full(adapter))
+
+
+def test_a_checkpoint_without_pooler_weights_keeps_its_random_pooler_out_of_scope(tmp_path):
+    from transformers import BertForMaskedLM
+
+    from ticketlab.models import load_encoder
+
+    tiny_model("bert", model_class=BertForMaskedLM).save_pretrained(tmp_path / "mlm")
+    encoder = load_encoder(str(tmp_path / "mlm"))  # its pooler is freshly initialised
+    mask = prune(encoder, "omp", 0.5)
+    assert not any(info.role == "pooler" for info in mask.info.values())
+    torch.manual_seed(123)  # another random pooler: must not matter
+    classifier = load_encoder(str(tmp_path / "mlm"), model_class=BertForSequenceClassification, num_labels=2)
+    apply_mask(classifier, mask)
+
+    with_pooler = prune(tiny_model("bert"), "omp", 0.5)  # a mask that does cover a trained pooler
+    tiny_model("bert").save_pretrained(tmp_path / "base")
+    headless = load_encoder(str(tmp_path / "base"), model_class=BertForSequenceClassification, num_labels=2)
+    assert apply_mask(headless, with_pooler).report.skipped == {}
+    enforcer = apply_mask(classifier, with_pooler, allow_fingerprint_mismatch=True)
+    assert "was not pre-trained" in enforcer.report.skipped["pooler.dense.weight"]

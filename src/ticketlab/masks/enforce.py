@@ -56,6 +56,13 @@ def check_mask_fits(
                 f"mask matrix {name!r} does not exist in this {type(model).__name__} "
                 f"(the mask was made for {source})"
             ) from None
+        if mask.info[name].role in OPTIONAL_ROLES and adapter.full_name(name) in getattr(
+            model, "ticketlab_untrained", frozenset()
+        ):
+            report.skipped[name] = (
+                f"the model's {mask.info[name].role} was not pre-trained (randomly initialised)"
+            )
+            continue
         if tuple(weight.shape) != tuple(bits.shape):
             raise MaskMismatchError(
                 f"mask matrix {name!r} has shape {tuple(bits.shape)}, the model's has {tuple(weight.shape)}"

@@ -129,13 +129,15 @@ class EncoderAdapter:
         return self.layer(index).get_submodule(self.table.layer_module_path(role))
 
     def has_pooler(self) -> bool:
+        """Whether the model has a pre-trained pooler (one initialised at random is not in scope)."""
         if self.table.pooler is None:
             return False
         try:
             self.base.get_submodule(self.table.pooler)
         except AttributeError:
             return False
-        return True
+        untrained = getattr(self.model, "ticketlab_untrained", frozenset())
+        return self.full_name(f"{self.table.pooler}.weight") not in untrained
 
     # -- prunable matrices --------------------------------------------------------------------
     def prunable_matrices(self, scope: str = "encoder") -> list[PrunableMatrix]:

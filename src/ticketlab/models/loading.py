@@ -17,6 +17,9 @@ def _describe_source(name_or_path: str) -> str:
 def load_encoder(name_or_path: str, model_class: Any = None, **kwargs: Any) -> nn.Module:
     """Load a pre-trained model (default: the bare encoder, ``AutoModel``) in eval mode.
 
+    The names of weights the checkpoint lacked (initialised at random) are kept in
+    ``model.ticketlab_untrained``.
+
     ``name_or_path`` is a Hugging Face hub id (the default way users name models) or a local
     directory written by ``save_pretrained``.
     """
@@ -26,12 +29,15 @@ def load_encoder(name_or_path: str, model_class: Any = None, **kwargs: Any) -> n
     if os.path.sep in name_or_path and not os.path.exists(name_or_path):
         raise TicketlabError(f"model directory {name_or_path!r} does not exist")
     try:
-        model = model_class.from_pretrained(name_or_path, **kwargs)
+        model, info = model_class.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise TicketlabError(
             f"could not load model {name_or_path!r} ({_describe_source(name_or_path)}): {first_line}"
         ) from error
+    # Weights the checkpoint did not have were freshly (randomly) initialised: remember them, so a
+    # pooler that was never trained (a checkpoint saved from a masked-LM model) stays out of scope.
+    model.ticketlab_untrained = frozenset(info.get("missing_keys", ()))
     model.eval()
     return model
 

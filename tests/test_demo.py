@@ -1,0 +1,45 @@
+"""The demo's pipeline at toy size: every stage runs and the verdict is computed from the numbers."""
+
+import json
+
+from tests.glue_fixtures import one_thread  # noqa: F401 (autouse fixture)
+from ticketlab.experiments.demo import DemoSettings, run, verdict
+
+
+def test_demo_runs_end_to_end_at_toy_size(tmp_path):
+    settings = DemoSettings(
+        hidden_size=32,
+        layers=2,
+        heads=2,
+        ffn_size=64,
+        pretrain_documents=60,
+        pretrain_steps=10,
+        train_examples=32,
+        dev_examples=16,
+        sparsities=(0.5,),
+        seeds=(0,),
+        finetune_epochs=1,
+    )
+    lines = []
+    result = run(tmp_path / "demo", echo=lines.append, settings=settings)
+    assert (tmp_path / "demo" / "report" / "cola_score_vs_sparsity.png").exists()
+    assert any(line.startswith("plot written to") for line in lines)
+    assert len(result["verdict"]) == 4  # (omp, imp) x (cola, sst2)
+    saved = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert saved["pretraining"]["steps"] == 10
+    # Rerun: the pre-trained model and every finished cell are reused.
+    lines.clear()
+    run(tmp_path / "demo", echo=lines.append, settings=settings)
+    assert any("pre-trained model found" in line for line in lines)
+
+
+def test_verdict_compares_magnitude_with_random():
+    cells = [
+        {"task": "cola", "method": "full", "sparsity": 0.0, "metric": "matthews", "mean": 0.6},
+        {"task": "cola", "method": "omp", "sparsity": 0.9, "metric": "matthews", "mean": 0.4},
+        {"task": "cola", "method": "random", "sparsity": 0.9, "metric": "matthews", "mean": 0.1},
+        {"task": "cola", "method": "imp", "sparsity": 0.9, "metric": "matthews", "mean": 0.05},
+    ]
+    rows = {r["method"]: r for r in verdict({"cells": cells}, 0.9)}
+    assert rows["omp"]["magnitude_wins"] and abs(rows["omp"]["gap"] - 0.3) < 1e-12
+    assert not rows["imp"]["magnitude_wins"]
