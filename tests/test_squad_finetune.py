@@ -283,3 +283,42 @@ def test_minilm_on_real_squad_dev_split(tmp_path):
     assert results["training_steps"] == math.ceil(results["train_examples"] / 16)
     predictions = read_json(out / "predictions.json")
     assert len(predictions) == 32
+
+
+@pytest.mark.slow
+def test_two_processes_predict_like_one(tmp_path, model_dir, dev_only):
+    """torchrun with two CPU processes: windows sharded unevenly, logits gathered, the same answers
+    as one process evaluating the same (untrained: lr 1e-12) model, and one predictions.json."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from accelerate.utils import set_seed
+
+    from ticketlab.models import load_encoder
+
+    out = tmp_path / "run"
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "ticketlab"]
+    command += ["finetune", "--model", str(model_dir), "--task", "squad", "--data-dir", str(dev_only)]
+    command += [*WINDOW_ARGS, "--epochs", "1", "--lr", "1e-12", "--eval-batch-size", "5", "--out", str(out)]
+    completed = subprocess.run(
+        [*command, "--quiet", "--json"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    results = read_json(out / "results.json")
+    assert results["num_processes"] == 2 and results["eval_examples"] == {"dev": 6}
+
+    task = SquadTask(max_length=96, stride=24)
+    set_seed(0)  # as the run did before building the model: the same fresh QA head
+    model = load_encoder(str(model_dir), model_class=task.model_class)
+    examples = task.load_splits(dev_only).eval
+    metrics, reference = evaluate_squad(model, load_tokenizer(str(model_dir)), examples, 4, task=task)
+    assert read_json(out / "predictions.json") == reference
+    assert results["final"] == pytest.approx(metrics)

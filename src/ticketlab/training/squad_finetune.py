@@ -102,6 +102,7 @@ class SquadFinetuneTask(Task):
     test_splits = ()  # the official test set is hidden
     # The recipe (BERT's SQuAD fine-tuning), used where the user did not set these.
     recipe = {"lr": 3e-5, "batch_size": 16, "epochs": 2, "max_length": MAX_LENGTH, "doc_stride": DOC_STRIDE}
+    default_max_length = MAX_LENGTH
 
     def __init__(self, name: str = "squad"):
         self._loaded: tuple[str, SquadSplits] | None = None
