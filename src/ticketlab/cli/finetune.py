@@ -15,11 +15,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
     p = verbs.add_parser(
         "finetune",
-        help="fine-tune a model or a ticket on a GLUE task; writes RUN_DIR/results.json",
+        help="fine-tune a model or a ticket on a GLUE task or SQuAD; writes RUN_DIR/results.json",
         description=(
             "Fine-tune a pre-trained model, or a ticket of it (--mask: pruned weights start at zero and "
-            "stay zero), on a task. Writes RUN_DIR/spec.json, log.jsonl, dev predictions and, last, "
-            "results.json. Multi-GPU and mixed precision: accelerate launch -m ticketlab finetune ..."
+            "stay zero), on a GLUE task or SQuAD v1.1. Writes RUN_DIR/spec.json, log.jsonl, dev predictions "
+            "(SQuAD: predictions.json) and, last, results.json. Recipe defaults follow the task (SQuAD: "
+            "max length 384, doc stride 128, batch 16, lr 3e-5, 2 epochs). Multi-GPU and mixed "
+            "precision: accelerate launch -m ticketlab finetune ..."
         ),
     )
     add_spec_arguments(p, FinetuneSpec)

@@ -4,7 +4,8 @@ A run directory holds (all written atomically, results.json last):
 
 - ``spec.json``: the :class:`FinetuneSpec`;
 - ``log.jsonl``: the training curve and every evaluation (a live log);
-- ``<split>_predictions.tsv``: the final model's predictions on each evaluation split;
+- the final model's predictions on each evaluation split (GLUE: ``<split>_predictions.tsv``;
+  SQuAD: ``predictions.json``, the official ``{question_id: answer_text}`` form);
 - ``submission/<TASK>.tsv``: test-set predictions in the leaderboard format (``predict_test``);
 - ``results.json``: best and final metrics, the step of the best, the ticket, the seed, timings
   and versions. Its presence means the run finished; rerunning the same spec into the same
@@ -13,6 +14,7 @@ A run directory holds (all written atomically, results.json last):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,30 +32,63 @@ from ticketlab.training.metrics import json_safe
 RESULTS_FILE = "results.json"
 SPEC_FILE = "spec.json"
 LOG_FILE = "log.jsonl"
+# The recipe settings whose default depends on the task: these (GLUE's, the papers' recipe) unless
+# the task's ``Task.recipe`` says otherwise (SQuAD: max length 384, batch 16, lr 3e-5, 2 epochs).
+BASE_RECIPE: dict[str, Any] = {
+    "lr": 2e-5,
+    "batch_size": 32,
+    "epochs": 3,
+    "max_length": 128,
+    "doc_stride": None,
+}
 
 
 @dataclass
 class FinetuneSpec:
-    """Everything that decides the outcome of one fine-tuning run (defaults: the papers' recipe)."""
+    """Everything that decides the outcome of one fine-tuning run (defaults: the papers' recipe).
+
+    ``lr``, ``batch_size``, ``epochs``, ``max_length`` and ``doc_stride`` left as None take the
+    task's recipe (:data:`BASE_RECIPE` updated with ``Task.recipe``) when the spec is created.
+    """
 
     model: str = field(metadata={"help": "hub id or local directory of the pre-trained model"})
-    task: str = field(metadata={"help": "GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli)"})
+    task: str = field(
+        metadata={"help": "GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or squad"}
+    )
     data_dir: str | None = field(
         default=None,
         metadata={
-            "help": "local data in the original layout (GLUE: DIR/<TASK>/train.tsv ...); default: the hub"
+            "help": "local data in the original layout (GLUE: DIR/<TASK>/train.tsv ...; SQuAD: "
+            "DIR/train-v1.1.json and DIR/dev-v1.1.json, or only dev-v1.1.json: split by article); "
+            "default: the hub"
         },
     )
     mask: str | None = field(
         default=None, metadata={"help": "ticket mask file: pruned weights start at zero and stay zero"}
     )
-    lr: float = field(default=2e-5, metadata={"help": "peak learning rate (AdamW, linear decay)"})
-    batch_size: int = field(default=32, metadata={"help": "training batch size (per process)"})
+    lr: float | None = field(
+        default=None, metadata={"help": "peak learning rate (AdamW, linear decay; default: 2e-5, SQuAD 3e-5)"}
+    )
+    batch_size: int | None = field(
+        default=None, metadata={"help": "training batch size (per process; default: 32, SQuAD 16)"}
+    )
     eval_batch_size: int | None = field(
         default=None, metadata={"help": "evaluation batch size (default: batch size)"}
     )
-    epochs: int = field(default=3, metadata={"help": "passes over the training data"})
-    max_length: int = field(default=128, metadata={"help": "tokens per example (longer ones are truncated)"})
+    epochs: int | None = field(
+        default=None, metadata={"help": "passes over the training data (default: 3, SQuAD 2)"}
+    )
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "tokens per example, longer ones are truncated (default: 128); SQuAD: tokens per "
+            "window, longer contexts get several windows (default: 384)"
+        },
+    )
+    doc_stride: int | None = field(
+        default=None,
+        metadata={"help": "SQuAD only: context tokens shared by consecutive windows (default: 128)"},
+    )
     warmup_ratio: float = field(default=0.0, metadata={"help": "fraction of the steps spent warming up"})
     weight_decay: float = field(
         default=0.01, metadata={"help": "AdamW weight decay (not on biases and LayerNorm weights)"}
@@ -81,6 +116,20 @@ class FinetuneSpec:
     )
     log_every: int = field(default=10, metadata={"help": "steps per line of the training log"})
 
+    def __post_init__(self) -> None:
+        task_recipe = self.recipe_defaults()
+        for name, value in task_recipe.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.doc_stride is not None and task_recipe.get("doc_stride") is None:
+            raise TicketlabError(f"doc stride applies to SQuAD's windows only, not to task {self.task!r}")
+
+    def recipe_defaults(self) -> dict[str, Any]:
+        """The defaults of the task-dependent recipe settings for this spec's task."""
+        from ticketlab.training.tasks import get_task
+
+        return {**BASE_RECIPE, **get_task(self.task).recipe}
+
     def validate(self) -> None:
         positive = {
             "batch_size": self.batch_size,
@@ -94,6 +143,8 @@ class FinetuneSpec:
             "max_train_samples": self.max_train_samples,
             "max_eval_samples": self.max_eval_samples,
         }
+        if self.doc_stride is not None and self.doc_stride < 0:
+            raise TicketlabError(f"doc stride must be at least 0, got {self.doc_stride}")
         for name, value in {**positive, **{k: v for k, v in optional.items() if v is not None}}.items():
             if value < 1:
                 raise TicketlabError(f"{name.replace('_', ' ')} must be at least 1, got {value}")
@@ -122,6 +173,7 @@ class FinetuneSpec:
     def digest(self) -> str:
         """A short hash of the fields that differ from the defaults (a stable name for the run)."""
         defaults = {f.name: f.default for f in fields(self) if f.default is not MISSING}
+        defaults.update(self.recipe_defaults())
         changed = {k: v for k, v in self.to_dict().items() if k not in defaults or defaults[k] != v}
         return hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -171,6 +223,10 @@ def _finished_run(out: Path, spec: FinetuneSpec) -> dict[str, Any] | None:
         results = json.loads(results_path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise TicketlabError(f"{out} holds a finished run whose files cannot be read ({error})") from error
+    # Through the spec class, so fields added since that run compare at their defaults; a spec that
+    # does not load is simply different.
+    with contextlib.suppress(TicketlabError, TypeError):
+        previous_spec = FinetuneSpec.from_dict(previous_spec).to_dict()
     if previous_spec != spec.to_dict():
         changed = sorted(k for k, v in spec.to_dict().items() if previous_spec.get(k) != v)
         raise TicketlabError(
@@ -253,6 +309,8 @@ def run_finetune(
         raise TicketlabError(f"output {str(out)!r} exists and is not a directory")
     spec.validate()
     task = get_task(spec.task)
+    if spec.predict_test and not task.test_splits:
+        raise TicketlabError(f"--predict-test: task {task.name} has no test set to predict")
     finished = _finished_run(out, spec)
     if finished is not None:
         return finished | {"skipped": True}
@@ -269,6 +327,7 @@ def run_finetune(
     tokenizer = load_tokenizer(spec.model)
     options = DataOptions(
         max_length=spec.max_length,
+        doc_stride=spec.doc_stride,
         data_dir=spec.data_dir,
         cache_dir=cache_dir,
         max_train_samples=spec.max_train_samples,
@@ -284,8 +343,6 @@ def run_finetune(
             if spec.predict_test
             else {}
         )
-    if spec.predict_test and not test_data:
-        raise TicketlabError(f"task {task.name} has no test splits to predict")
     loader = DataLoader(
         train_data,
         batch_size=spec.batch_size,

@@ -21,7 +21,7 @@ from torch import nn
 from ticketlab.errors import TicketlabError
 
 # Modules that register tasks when imported (kept lazy so that importing ticketlab stays cheap).
-TASK_MODULES: list[str] = ["ticketlab.training.glue_task"]
+TASK_MODULES: list[str] = ["ticketlab.training.glue_task", "ticketlab.training.squad_finetune"]
 _REGISTRY: dict[str, Callable[[str], Task]] = {}
 
 
@@ -30,6 +30,7 @@ class DataOptions:
     """How a task loads its data (the same for every split)."""
 
     max_length: int = 128
+    doc_stride: int | None = None  # tokens shared by consecutive windows (SQuAD); None: the task's
     data_dir: str | os.PathLike | None = None  # local files; None: the hub
     cache_dir: str | os.PathLike | None = (
         None  # tokenisation cache; None: $TICKETLAB_CACHE or ~/.cache/ticketlab
@@ -60,6 +61,9 @@ class Task(ABC):
     greater_is_better: bool = True
     eval_splits: tuple[str, ...] = ("dev",)
     test_splits: tuple[str, ...] = ()
+    # Recipe settings (FinetuneSpec field -> value) that replace the spec's defaults for this task
+    # when the user did not set them, e.g. SQuAD's max length 384 and lr 3e-5.
+    recipe: dict[str, Any] = {}
 
     @abstractmethod
     def build_model(self, model_name_or_path: str) -> nn.Module:
