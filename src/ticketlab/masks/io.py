@@ -38,7 +38,7 @@ Mask = UnstructuredMask | StructuredMask
 
 
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:
-    packed = np.packbits(bits.detach().cpu().numpy().reshape(-1).astype(np.uint8))
+    packed = np.packbits(bits.detach().cpu().numpy().reshape(-1))  # bool input: no uint8 copy
     return torch.from_numpy(packed)
 
 

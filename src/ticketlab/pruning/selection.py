@@ -63,6 +63,13 @@ class _Scores:
     def whole(self) -> torch.Tensor:
         return self.prepare(self.flat)
 
+    def sample(self, picks: torch.Tensor) -> np.ndarray:
+        """The float32 scores at positions ``picks``."""
+        if self.flat.dtype == torch.float32:
+            values = self.flat.numpy()[picks.numpy()]
+            return np.abs(values, out=values) if self.absolute else values
+        return self.prepare(self.flat[picks]).numpy()
+
     def chunks(self, buffer: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """(start, float32 scores) of consecutive chunks of at most ``buffer.size`` entries.
 
@@ -121,19 +128,24 @@ def _prune_lowest_exact(scores: list[_Scores], k: int) -> list[torch.Tensor]:
     return _keep_ties_beyond(keeps, ties, k - below)
 
 
-def _sample_bracket(scores: list[_Scores], k: int, total: int) -> tuple[float, float]:
+def _kth_smallest(values: np.ndarray, k: int) -> np.float32:
+    """The k-th smallest (1-based) of ``values``, without sorting them."""
+    return np.partition(values, k - 1)[k - 1]
+
+
+def _sample_bracket(scores: list[_Scores], k: int, total: int) -> tuple[np.float32, np.float32]:
     """A narrow interval [lo, hi] that holds the k-th smallest score with near certainty."""
     generator = torch.Generator().manual_seed(0)
     sample = []
     for score in scores:
         count = max(1, int(_SAMPLE_SIZE * score.numel() / total))
-        sample.append(score.prepare(score.flat[torch.randint(score.numel(), (count,), generator=generator)]))
-    sample = torch.cat(sample)
+        sample.append(score.sample(torch.randint(score.numel(), (count,), generator=generator)))
+    sample = np.concatenate(sample)
     q = k / total
-    lo_i = int(max(0.0, q - _BRACKET_MARGIN) * (sample.numel() - 1))
-    hi_i = int(math.ceil(min(1.0, q + _BRACKET_MARGIN) * (sample.numel() - 1)))
-    # kthvalue is 1-based: the (i+1)-th smallest is sorted(sample)[i], found without sorting.
-    return float(torch.kthvalue(sample, lo_i + 1).values), float(torch.kthvalue(sample, hi_i + 1).values)
+    lo_i = int(max(0.0, q - _BRACKET_MARGIN) * (sample.size - 1))
+    hi_i = int(math.ceil(min(1.0, q + _BRACKET_MARGIN) * (sample.size - 1)))
+    # The (i+1)-th smallest is sorted(sample)[i].
+    return _kth_smallest(sample, lo_i + 1), _kth_smallest(sample, hi_i + 1)
 
 
 def _prune_lowest_bracketed(scores: list[_Scores], k: int, total: int) -> list[torch.Tensor] | None:
@@ -143,8 +155,11 @@ def _prune_lowest_bracketed(scores: list[_Scores], k: int, total: int) -> list[t
     keep-bits of everything above the bracket, counts what lies below it, and collects the positions
     and values inside it (about 1% of the scores); the exact threshold is found among those, and
     only they are revisited. The sample decides the bracket, never the answer.
+
+    All of it runs in NumPy: single-threaded loops over cache-sized chunks are as fast as torch's
+    threaded kernels here, and they do not stall when other processes hold the cores.
     """
-    lo, hi = (np.float32(x) for x in _sample_bracket(scores, k, total))  # float32 values: exact
+    lo, hi = _sample_bracket(scores, k, total)
     buffer = np.empty(min(_CHUNK_SIZE, total), dtype=np.float32)
     at_least_lo = np.empty(buffer.shape, dtype=bool)
     at_most_hi = np.empty(buffer.shape, dtype=bool)
@@ -165,17 +180,22 @@ def _prune_lowest_bracketed(scores: list[_Scores], k: int, total: int) -> list[t
             positions.append(index + start)
             values_in_band.append(values[index])  # a copy: the buffer is reused
         keeps.append(keep)
-        band_positions.append(torch.from_numpy(np.concatenate(positions)))
-        band_values.append(torch.from_numpy(np.concatenate(values_in_band)))
-    band = torch.cat(band_values)
-    if not below < k <= below + band.numel():
+        band_positions.append(np.concatenate(positions))
+        band_values.append(np.concatenate(values_in_band))
+    band = np.concatenate(band_values)
+    if not below < k <= below + band.size:
         return None
-    threshold = torch.kthvalue(band, k - below).values
-    below += int(torch.count_nonzero(band < threshold))
+    threshold = _kth_smallest(band, k - below)
+    below += int(np.count_nonzero(band < threshold))
+    needed = k - below  # entries equal to the threshold still to prune, first ones first
     for keep, position, value in zip(keeps, band_positions, band_values):
-        keep[position[value > threshold]] = True
-    ties = [position[value == threshold] for position, value in zip(band_positions, band_values)]
-    return _keep_ties_beyond(keeps, ties, k - below)
+        keep_bits = keep.numpy()
+        keep_bits[position[value > threshold]] = True
+        ties = position[value == threshold]
+        if ties.size > needed:
+            keep_bits[ties[max(needed, 0) :]] = True
+        needed -= ties.size
+    return keeps
 
 
 def _prune_lowest(scores: list[_Scores], k: int) -> list[torch.Tensor]:

@@ -1,0 +1,205 @@
+"""Mask enforcement overhead in a training step: masked step / dense step on MiniLM-L6.
+
+MiniLM-L6 (``$TICKETLAB_SHARED/models/all-MiniLM-L6-v2``) as ``AutoModelForSequenceClassification``,
+one real batch (32 rows of 128 tokens: SST-2 training sentences, tokenised with the model's
+tokenizer and packed back to back so every position is a real token), AdamW with weight decay.
+Three copies of the same model, each with its own optimizer, take steps in turn (the order
+rotates every repeat, so load on the machine hits all three alike):
+
+- ``dense``: no mask;
+- ``ticketlab``: ``apply_mask(model, mask)`` + ``enforcer.attach(optimizer)`` (gradient hooks and a
+  post-step re-zeroing; no reparametrisation);
+- ``torch.nn.utils.prune``: ``prune.custom_from_mask`` on the same matrices, as the original
+  BERT-Tickets code did (``weight = weight_orig * weight_mask`` recomputed before every forward).
+
+The mask is global OMP at 70% over the encoder scope (chen2020). After the steps, the pruned weights
+of the ticketlab copy must be exactly zero (and the effective weights of the torch copy).
+
+    TICKETLAB_SHARED=../shared PYTHONPATH=$PWD/src python benchmarks/bench_mask_enforcement.py [--repeats 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import statistics
+import sys
+
+import torch
+import torch.nn.utils.prune as torch_prune
+
+from bench_common import markdown_table, shared_dir, summary, timed, write_results
+from ticketlab.masks import apply_mask
+from ticketlab.models import EncoderAdapter
+from ticketlab.pruning import prune
+
+MODEL = "models/all-MiniLM-L6-v2"
+SST2 = "data/glue/SST-2/train.tsv"
+
+
+def packed_batch(tokenizer, sentences: list[str], rows: int, length: int) -> dict[str, torch.Tensor]:
+    """``rows`` x ``length`` token ids: [CLS] sentence [SEP] sentence [SEP] ... cut at ``length``."""
+    ids = tokenizer(sentences, add_special_tokens=False)["input_ids"]
+    stream = iter(ids)
+    batch = []
+    for _ in range(rows):
+        row = [tokenizer.cls_token_id]
+        while len(row) < length:
+            row += next(stream) + [tokenizer.sep_token_id]
+        batch.append(row[: length - 1] + [tokenizer.sep_token_id])
+    input_ids = torch.tensor(batch)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+def read_sst2(path, limit: int = 2000) -> tuple[list[str], list[int]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        rows = [next(reader) for _ in range(limit)]
+    return [r["sentence"] for r in rows], [int(r["label"]) for r in rows]
+
+
+def train_step(model, optimizer, batch, labels) -> None:
+    loss = model(**batch, labels=labels).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=15, help="timed steps per variant (interleaved)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--sparsity", type=float, default=0.7)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the machine has two cores)")
+    args = parser.parse_args()
+
+    shared = shared_dir()
+    if shared is None or not (shared / MODEL).is_dir() or not (shared / SST2).is_file():
+        print(
+            "skipped: set TICKETLAB_SHARED to the folder holding models/all-MiniLM-L6-v2 and data/glue/SST-2"
+        )
+        return 0
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(shared / MODEL)
+    sentences, sentence_labels = read_sst2(shared / SST2)
+    batch = packed_batch(tokenizer, sentences, args.batch, args.length)
+    labels = torch.tensor(sentence_labels[: args.batch])
+
+    base = AutoModelForSequenceClassification.from_pretrained(shared / MODEL, num_labels=2)
+    mask = prune(base, "omp", args.sparsity, scope="encoder", scheme="global")
+    lr, weight_decay = 1e-4, 0.01
+
+    models = {name: copy.deepcopy(base) for name in ("dense", "ticketlab", "torch.nn.utils.prune")}
+    optimizers = {"dense": make_optimizer(models["dense"], lr, weight_decay)}
+    enforcer = apply_mask(models["ticketlab"], mask)
+    optimizers["ticketlab"] = make_optimizer(models["ticketlab"], lr, weight_decay)
+    enforcer.attach(optimizers["ticketlab"])
+    torch_adapter = EncoderAdapter(models["torch.nn.utils.prune"])
+    torch_modules = {}
+    for name, bits in mask.tensors.items():
+        module = torch_adapter.base.get_submodule(name.rsplit(".", 1)[0])
+        torch_prune.custom_from_mask(module, "weight", bits)
+        torch_modules[name] = module
+    optimizers["torch.nn.utils.prune"] = make_optimizer(models["torch.nn.utils.prune"], lr, weight_decay)
+
+    names = list(models)
+    for model in models.values():
+        model.train()
+    for _ in range(args.warmup):
+        for name in names:
+            train_step(models[name], optimizers[name], batch, labels)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(args.repeats):
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+            seconds, _ = timed(lambda name=name: train_step(models[name], optimizers[name], batch, labels))
+            times[name].append(seconds)
+        print(f"step {repeat + 1}/{args.repeats}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names))
+
+    ticket_adapter = EncoderAdapter(models["ticketlab"])
+    nonzero_pruned = {
+        "ticketlab": sum(
+            int(ticket_adapter.parameter(n).detach()[~b].ne(0).sum()) for n, b in mask.tensors.items()
+        ),
+        "torch.nn.utils.prune": sum(
+            int((torch_modules[n].weight_orig * torch_modules[n].weight_mask).detach()[~b].ne(0).sum())
+            for n, b in mask.tensors.items()
+        ),
+    }
+    moved = sum(
+        int((ticket_adapter.parameter(n).detach()[b] != EncoderAdapter(base).parameter(n).detach()[b]).sum())
+        for n, b in mask.tensors.items()
+    )
+    # The enforcement work alone, timed in isolation (many repeats, so far less noisy than whole
+    # steps): the gradient hooks' masked_fill on gradient-sized tensors, and the post-step re-zeroing.
+    pruned = {n: ~b for n, b in mask.tensors.items() if not bool(b.all())}
+    params = {n: ticket_adapter.parameter(n) for n in pruned}
+    grads = {n: torch.randn_like(p) for n, p in params.items()}
+    hook_times = [
+        timed(lambda: [grads[n].masked_fill(pruned[n], 0.0) for n in pruned])[0]
+        for _ in range(args.repeats * 4)
+    ]
+    enforce_times = [timed(enforcer.enforce)[0] for _ in range(args.repeats * 4)]
+    dense = statistics.median(times["dense"])
+    results = {
+        "model": "all-MiniLM-L6-v2 as AutoModelForSequenceClassification (2 labels)",
+        "batch": {"rows": args.batch, "length": args.length, "text": "SST-2 train sentences, packed"},
+        "optimizer": {"name": "AdamW", "lr": lr, "weight_decay": weight_decay},
+        "mask": {"method": "omp", "scope": "encoder", "scheme": "global", "sparsity": mask.sparsity},
+        "torch_threads": args.threads,
+        "warmup_steps": args.warmup,
+        "timings": {name: summary(t) for name, t in times.items()},
+        "ratio_to_dense": {name: statistics.median(t) / dense for name, t in times.items()},
+        # The median of per-repeat ratios pairs steps taken back to back, so slow phases of the
+        # machine's load cancel out.
+        "paired_ratio_to_dense": {
+            name: statistics.median(a / d for a, d in zip(t, times["dense"])) for name, t in times.items()
+        },
+        "isolated_enforcement_work": {
+            "gradient_hooks": summary(hook_times),
+            "post_step_rezero": summary(enforce_times),
+            "fraction_of_dense_step": (statistics.median(hook_times) + statistics.median(enforce_times))
+            / dense,
+        },
+        "nonzero_pruned_weights_after_training": nonzero_pruned,
+        "kept_weights_that_trained": moved,
+    }
+    path = write_results("mask_enforcement", results)
+    rows = [
+        [
+            name,
+            f"{results['timings'][name]['median_s']:.3f}",
+            f"{results['timings'][name]['min_s']:.3f}",
+            f"{results['ratio_to_dense'][name]:.3f}",
+            f"{results['paired_ratio_to_dense'][name]:.3f}",
+        ]
+        for name in names
+    ]
+    print()
+    print(markdown_table(rows, ["variant", "median step s", "min step s", "median / dense", "paired ratio"]))
+    work = results["isolated_enforcement_work"]
+    print(
+        f"\nenforcement work alone: gradient hooks {1e3 * work['gradient_hooks']['median_s']:.1f} ms + "
+        f"re-zeroing {1e3 * work['post_step_rezero']['median_s']:.1f} ms per step = "
+        f"{100 * work['fraction_of_dense_step']:.2f}% of the dense step"
+    )
+    print(f"pruned weights not zero after training: {nonzero_pruned}; kept weights that trained: {moved:,}")
+    print(f"wrote {path}")
+    return 0 if all(v == 0 for v in nonzero_pruned.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
