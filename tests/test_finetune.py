@@ -207,6 +207,10 @@ def test_bad_input_is_one_line(tmp_path, model_dir, capsys):
         == 2
     )
     assert "epochs must be at least 1" in capsys.readouterr().err
+    assert finetune(model_dir, "mnli", None, tmp_path / "d", "--main-metric", "accuracy") == 2
+    assert (
+        "no metric 'accuracy' (its metrics: accuracy_matched, accuracy_mismatched)" in capsys.readouterr().err
+    )
 
 
 @pytest.mark.real_data

@@ -37,7 +37,11 @@ class FinetuneSpec:
     """Everything that decides the outcome of one fine-tuning run (defaults: the papers' recipe)."""
 
     model: str = field(metadata={"help": "hub id or local directory of the pre-trained model"})
-    task: str = field(metadata={"help": "GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli)"})
+    task: str = field(
+        metadata={
+            "help": "task: a GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or another registered one"
+        }
+    )
     data_dir: str | None = field(
         default=None,
         metadata={
@@ -53,7 +57,10 @@ class FinetuneSpec:
         default=None, metadata={"help": "evaluation batch size (default: batch size)"}
     )
     epochs: int = field(default=3, metadata={"help": "passes over the training data"})
-    max_length: int = field(default=128, metadata={"help": "tokens per example (longer ones are truncated)"})
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": "tokens per example, longer ones truncated (default: the task's; GLUE 128)"},
+    )
     warmup_ratio: float = field(default=0.0, metadata={"help": "fraction of the steps spent warming up"})
     weight_decay: float = field(
         default=0.01, metadata={"help": "AdamW weight decay (not on biases and LayerNorm weights)"}
@@ -85,11 +92,11 @@ class FinetuneSpec:
         positive = {
             "batch_size": self.batch_size,
             "epochs": self.epochs,
-            "max_length": self.max_length,
             "log_every": self.log_every,
         }
         optional = {
             "eval_batch_size": self.eval_batch_size,
+            "max_length": self.max_length,
             "eval_every": self.eval_every,
             "max_train_samples": self.max_train_samples,
             "max_eval_samples": self.max_eval_samples,
@@ -190,8 +197,8 @@ def _load_ticket(spec: FinetuneSpec, model) -> tuple[Any, dict[str, Any]]:
     mask = load_mask(spec.mask)
     facts: dict[str, Any] = {"mask": spec.mask, "mask_sha256": sha256_file(spec.mask)}
     if isinstance(mask, StructuredMask):
-        # Zeroing a pruned head's Q/K/V rows and output columns (and an FFN's in rows and out
-        # columns) removes its contribution exactly, so the structured ticket trains as weight bits.
+        # Zeroing a pruned head's Q/K/V rows and output columns (and an FFN neuron's in row and out
+        # column) removes it exactly; a whole pruned FFN sub-layer keeps only its output bias.
         facts.update(
             head_sparsity=mask.head_sparsity(), ffn_sparsity=mask.ffn_sparsity(), mask_kind="structured"
         )
@@ -243,6 +250,10 @@ def run_finetune(
         raise TicketlabError(f"output {str(out)!r} exists and is not a directory")
     spec.validate()
     task = get_task(spec.task)
+    if spec.main_metric is not None and spec.main_metric not in task.metric_names:
+        raise TicketlabError(
+            f"task {task.name} has no metric {spec.main_metric!r} (its metrics: {', '.join(task.metric_names)})"
+        )
     finished = _finished_run(out, spec)
     if finished is not None:
         return finished | {"skipped": True}
@@ -257,7 +268,7 @@ def run_finetune(
     )
     tokenizer = load_tokenizer(spec.model)
     options = DataOptions(
-        max_length=spec.max_length,
+        max_length=spec.max_length or task.default_max_length,
         data_dir=spec.data_dir,
         cache_dir=cache_dir,
         max_train_samples=spec.max_train_samples,
@@ -326,6 +337,7 @@ def run_finetune(
         **ticket,
         "pruned_nonzero": _pruned_nonzero(enforcer) if enforcer else 0,
         "seed": spec.seed,
+        "max_length": options.max_length,
         "training_steps": result.steps,
         "epochs": result.epochs,
         "train_examples": len(train_data),

@@ -50,6 +50,7 @@ class GlueTask(Task):
         self.info = glue_task(name)
         self.name = self.info.name
         self.main_metric = self.info.main_metric
+        self.metric_names = self.info.metrics
         self.eval_splits = self.info.dev_splits
         self.test_splits = self.info.test_splits
 
