@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ticketlab.errors import TicketlabError
+
 CACHE_ENV = "TICKETLAB_CACHE"
 CACHE_FORMAT_VERSION = 1
 
@@ -69,8 +71,14 @@ def cached_dataset(
         return datasets.load_from_disk(str(folder))
     columns = build()
     dataset = datasets.Dataset.from_dict(columns)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    except OSError as error:
+        raise TicketlabError(
+            f"cannot write the tokenisation cache in {folder.parent} ({error.strerror or error}); "
+            f"choose another with --cache-dir or ${CACHE_ENV}"
+        ) from error
     try:
         _save_quietly(dataset, tmp)
         (tmp / "ticketlab_key.json").write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")

@@ -225,6 +225,53 @@ def _pruned_nonzero(enforcer) -> int:
     return total
 
 
+def _results_record(
+    spec: FinetuneSpec,
+    task: Any,
+    result: Any,
+    *,
+    ticket: dict[str, Any],
+    enforcer: Any,
+    evaluator: Any,
+    train_examples: int,
+    max_length: int,
+    accelerator: Any,
+    files: list[str],
+    wall_seconds: float,
+) -> dict[str, Any]:
+    """The contents of results.json."""
+    return {
+        **task.describe(),
+        "main_metric": result.main_metric,
+        "model": spec.model,
+        "best": result.best.metrics if result.best else {},
+        "best_step": result.best.step if result.best else None,
+        "best_epoch": result.best.epoch if result.best else None,
+        "final": result.final.metrics if result.final else {},
+        "final_step": result.final.step if result.final else None,
+        **ticket,
+        "pruned_nonzero": _pruned_nonzero(enforcer) if enforcer else 0,
+        "seed": spec.seed,
+        "max_length": max_length,
+        "training_steps": result.steps,
+        "epochs": result.epochs,
+        "train_examples": train_examples,
+        "eval_examples": {split: len(p) for split, p in evaluator.predictions.items()},
+        "train_examples_seen": result.train_examples,
+        "train_seconds": result.train_seconds,
+        "eval_seconds": result.eval_seconds,
+        "train_examples_per_second": result.examples_per_second,
+        "wall_seconds": wall_seconds,
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": str(accelerator.mixed_precision),
+        "device": str(accelerator.device),
+        "files": files,
+        "spec_digest": spec.digest(),
+        "versions": versions(),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 def run_finetune(
     spec: FinetuneSpec,
     out_dir: str | os.PathLike,
@@ -254,6 +301,8 @@ def run_finetune(
         raise TicketlabError(
             f"task {task.name} has no metric {spec.main_metric!r} (its metrics: {', '.join(task.metric_names)})"
         )
+    if spec.predict_test and not task.test_splits:
+        raise TicketlabError(f"task {task.name} has no test splits to predict")
     finished = _finished_run(out, spec)
     if finished is not None:
         return finished | {"skipped": True}
@@ -284,8 +333,6 @@ def run_finetune(
             if spec.predict_test
             else {}
         )
-    if spec.predict_test and not test_data:
-        raise TicketlabError(f"task {task.name} has no test splits to predict")
     loader = DataLoader(
         train_data,
         batch_size=spec.batch_size,
@@ -325,36 +372,19 @@ def run_finetune(
         if accelerator.is_main_process:
             files += task.write_submission(test_predictions, out / "submission")
 
-    results: dict[str, Any] = {
-        **task.describe(),
-        "main_metric": result.main_metric,
-        "model": spec.model,
-        "best": result.best.metrics if result.best else {},
-        "best_step": result.best.step if result.best else None,
-        "best_epoch": result.best.epoch if result.best else None,
-        "final": result.final.metrics if result.final else {},
-        "final_step": result.final.step if result.final else None,
-        **ticket,
-        "pruned_nonzero": _pruned_nonzero(enforcer) if enforcer else 0,
-        "seed": spec.seed,
-        "max_length": options.max_length,
-        "training_steps": result.steps,
-        "epochs": result.epochs,
-        "train_examples": len(train_data),
-        "eval_examples": {split: len(p) for split, p in evaluator.predictions.items()},
-        "train_examples_seen": result.train_examples,
-        "train_seconds": result.train_seconds,
-        "eval_seconds": result.eval_seconds,
-        "train_examples_per_second": result.examples_per_second,
-        "wall_seconds": time.perf_counter() - wall_start,
-        "num_processes": accelerator.num_processes,
-        "mixed_precision": str(accelerator.mixed_precision),
-        "device": str(accelerator.device),
-        "files": [str(Path(f).relative_to(out)) for f in files],
-        "spec_digest": spec.digest(),
-        "versions": versions(),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    results = _results_record(
+        spec,
+        task,
+        result,
+        ticket=ticket,
+        enforcer=enforcer,
+        evaluator=evaluator,
+        train_examples=len(train_data),
+        max_length=options.max_length,
+        accelerator=accelerator,
+        files=[str(Path(f).relative_to(out)) for f in files],
+        wall_seconds=time.perf_counter() - wall_start,
+    )
     if accelerator.is_main_process:
         write_json(out / RESULTS_FILE, results)  # last: its presence means the run finished
     accelerator.wait_for_everyone()
