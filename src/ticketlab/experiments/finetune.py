@@ -339,6 +339,7 @@ def run_finetune(
         shuffle=True,
         generator=torch.Generator().manual_seed(spec.seed),
         collate_fn=task.collate_fn(tokenizer),
+        pin_memory=accelerator.device.type == "cuda",  # faster copies to the GPU, as Trainer does
     )
     if accelerator.is_main_process:
         write_json(out / SPEC_FILE, spec.to_dict())

@@ -38,7 +38,13 @@ class GlueSplitData:
             inputs = self.dataset.remove_columns(
                 [c for c in ("index", "labels") if c in self.dataset.column_names]
             )
-            loader = DataLoader(inputs, batch_size=batch_size, shuffle=False, collate_fn=self.collate_fn)
+            loader = DataLoader(
+                inputs,
+                batch_size=batch_size,
+                shuffle=False,
+                collate_fn=self.collate_fn,
+                pin_memory=accelerator.device.type == "cuda",
+            )
             self._loaders[key] = accelerator.prepare(loader)
         return self._loaders[key]
 
