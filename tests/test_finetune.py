@@ -82,6 +82,9 @@ def test_rte_end_to_end(tmp_path, model_dir, capsys):
 
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log if e["event"] == "eval"] == [2, 3]
+    assert [e["metrics"] for e in log if e["event"] == "eval"] == [
+        e["metrics"] for e in results["evaluations"]
+    ]
     assert log[-1]["event"] == "train_end"
 
     # Rerunning the same spec returns the finished run; another spec in the same folder is an error.
@@ -153,6 +156,17 @@ def test_same_seed_same_run(tmp_path, model_dir):
     losses = {n: [json.loads(x).get("loss") for x in log.splitlines()] for n, (_, log) in runs.items()}
     assert runs["a"][0] == runs["b"][0] and losses["a"] == losses["b"]
     assert losses["a"] != losses["c"]
+
+
+def test_spec_digest_names_the_non_default_fields():
+    from ticketlab.experiments.finetune import FinetuneSpec
+
+    spec = FinetuneSpec(model="bert-base-uncased", task="rte")
+    # Pinned: a change here renames every run directory derived from a digest.
+    assert spec.digest() == "8fed6bb0c4f87e4f"
+    assert FinetuneSpec(model="bert-base-uncased", task="rte", lr=2e-5, seed=0).digest() == spec.digest()
+    assert FinetuneSpec(model="bert-base-uncased", task="rte", seed=1).digest() != spec.digest()
+    assert FinetuneSpec.from_dict(spec.to_dict()) == spec
 
 
 def test_nan_loss_leaves_no_results(tmp_path, model_dir, capsys):

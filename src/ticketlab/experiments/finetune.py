@@ -249,6 +249,7 @@ def _results_record(
         "best_epoch": result.best.epoch if result.best else None,
         "final": result.final.metrics if result.final else {},
         "final_step": result.final.step if result.final else None,
+        "evaluations": [record.to_dict() for record in result.history],
         **ticket,
         "pruned_nonzero": _pruned_nonzero(enforcer) if enforcer else 0,
         "seed": spec.seed,
