@@ -53,6 +53,15 @@ def tokenizer_digest(tokenizer: Any) -> str:
     return hasher.hexdigest()
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in chunks."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
 def key_digest(key: dict[str, Any]) -> str:
     text = json.dumps({"cache_format": CACHE_FORMAT_VERSION, **key}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ticketlab.data.cache import file_sha256
 from ticketlab.errors import TicketlabError
 from ticketlab.masks.io import atomic_write
 from ticketlab.training.metrics import json_safe
@@ -88,28 +89,36 @@ class FinetuneSpec:
     )
     log_every: int = field(default=10, metadata={"help": "steps per line of the training log"})
 
+    def train_config(self, *, main_metric: str | None = None, quiet: bool = False):
+        """The training loop's recipe for this spec."""
+        from ticketlab.training.loop import TrainConfig
+
+        return TrainConfig(
+            lr=self.lr,
+            epochs=self.epochs,
+            weight_decay=self.weight_decay,
+            warmup_ratio=self.warmup_ratio,
+            max_grad_norm=self.max_grad_norm,
+            eval_every=self.eval_every,
+            seed=self.seed,
+            main_metric=main_metric or self.main_metric,
+            quiet=quiet,
+        )
+
     def validate(self) -> None:
-        positive = {
+        """Raise :class:`TicketlabError` on a value that cannot work, before anything is loaded."""
+        counts = {
             "batch_size": self.batch_size,
-            "epochs": self.epochs,
             "log_every": self.log_every,
-        }
-        optional = {
             "eval_batch_size": self.eval_batch_size,
             "max_length": self.max_length,
-            "eval_every": self.eval_every,
             "max_train_samples": self.max_train_samples,
             "max_eval_samples": self.max_eval_samples,
         }
-        for name, value in {**positive, **{k: v for k, v in optional.items() if v is not None}}.items():
-            if value < 1:
+        for name, value in counts.items():
+            if value is not None and value < 1:
                 raise TicketlabError(f"{name.replace('_', ' ')} must be at least 1, got {value}")
-        if not self.lr > 0:
-            raise TicketlabError(f"learning rate must be positive, got {self.lr}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise TicketlabError(f"warm-up ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.weight_decay < 0:
-            raise TicketlabError(f"weight decay must be >= 0, got {self.weight_decay}")
+        self.train_config().validate()  # lr, epochs, warm-up, weight decay, eval interval
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise TicketlabError(f"data directory {self.data_dir!r} does not exist")
         if self.mask is not None and not Path(self.mask).is_file():
@@ -142,12 +151,6 @@ def write_json(path: Path, data: Any) -> None:
             handle.write("\n")
 
     atomic_write(path, write)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    from ticketlab.data.glue import file_sha256
-
-    return file_sha256(path)
 
 
 def versions() -> dict[str, str]:
@@ -195,7 +198,7 @@ def _load_ticket(spec: FinetuneSpec, model) -> tuple[Any, dict[str, Any]]:
     if spec.mask is None:
         return None, {"mask": None, "mask_sha256": None, "sparsity": 0.0, "scope": None, "scheme": None}
     mask = load_mask(spec.mask)
-    facts: dict[str, Any] = {"mask": spec.mask, "mask_sha256": sha256_file(spec.mask)}
+    facts: dict[str, Any] = {"mask": spec.mask, "mask_sha256": file_sha256(spec.mask)}
     if isinstance(mask, StructuredMask):
         # Zeroing a pruned head's Q/K/V rows and output columns (and an FFN neuron's in row and out
         # column) removes it exactly; a whole pruned FFN sub-layer keeps only its output bias.
@@ -290,7 +293,7 @@ def run_finetune(
     from ticketlab.masks import apply_mask
     from ticketlab.models import load_tokenizer
     from ticketlab.training.callbacks import JsonlLogger, MaskEnforcement
-    from ticketlab.training.loop import TrainConfig, default_accelerator, train
+    from ticketlab.training.loop import default_accelerator, train
     from ticketlab.training.tasks import DataOptions, TaskEvaluator, get_task
 
     out = Path(out_dir)
@@ -348,18 +351,8 @@ def run_finetune(
     evaluator = TaskEvaluator(task, eval_data, batch_size=eval_batch_size, quiet=quiet)
     callbacks = [MaskEnforcement(enforcer)] if enforcer else []
     callbacks.append(JsonlLogger(out / LOG_FILE, every=spec.log_every, extra={"task": task.name}))
-    config = TrainConfig(
-        lr=spec.lr,
-        epochs=spec.epochs,
-        weight_decay=spec.weight_decay,
-        warmup_ratio=spec.warmup_ratio,
-        max_grad_norm=spec.max_grad_norm,
-        eval_every=spec.eval_every,
-        seed=spec.seed,
-        main_metric=spec.main_metric or task.main_metric,
-        greater_is_better=task.greater_is_better,
-        quiet=quiet,
-    )
+    config = spec.train_config(main_metric=spec.main_metric or task.main_metric, quiet=quiet)
+    config.greater_is_better = task.greater_is_better
     result = train(model, loader, evaluator, config, callbacks=callbacks, accelerator=accelerator)
 
     files = []
