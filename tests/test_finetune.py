@@ -82,6 +82,9 @@ def test_rte_end_to_end(tmp_path, model_dir, capsys):
 
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log if e["event"] == "eval"] == [2, 3]
+    assert [e["metrics"] for e in log if e["event"] == "eval"] == [
+        e["metrics"] for e in results["evaluations"]
+    ]
     assert log[-1]["event"] == "train_end"
 
     # Rerunning the same spec returns the finished run; another spec in the same folder is an error.
@@ -155,6 +158,17 @@ def test_same_seed_same_run(tmp_path, model_dir):
     assert losses["a"] != losses["c"]
 
 
+def test_spec_digest_names_the_non_default_fields():
+    from ticketlab.experiments.finetune import FinetuneSpec
+
+    spec = FinetuneSpec(model="bert-base-uncased", task="rte")
+    # Pinned: a change here renames every run directory derived from a digest.
+    assert spec.digest() == "8fed6bb0c4f87e4f"
+    assert FinetuneSpec(model="bert-base-uncased", task="rte", lr=2e-5, seed=0).digest() == spec.digest()
+    assert FinetuneSpec(model="bert-base-uncased", task="rte", seed=1).digest() != spec.digest()
+    assert FinetuneSpec.from_dict(spec.to_dict()) == spec
+
+
 def test_nan_loss_leaves_no_results(tmp_path, model_dir, capsys):
     data = write_glue_task(tmp_path / "glue", "sst2", {"train": 48, "dev": 8})
     out = tmp_path / "run"
@@ -207,6 +221,10 @@ def test_bad_input_is_one_line(tmp_path, model_dir, capsys):
         == 2
     )
     assert "epochs must be at least 1" in capsys.readouterr().err
+    assert finetune(model_dir, "mnli", None, tmp_path / "d", "--main-metric", "accuracy") == 2
+    assert (
+        "no metric 'accuracy' (its metrics: accuracy_matched, accuracy_mismatched)" in capsys.readouterr().err
+    )
 
 
 @pytest.mark.real_data

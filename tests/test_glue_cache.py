@@ -102,3 +102,10 @@ def test_no_half_written_entries_and_bad_sample_count(glue_dir, tmp_path):
         tokenized_glue_split(
             "rte", "dev", tiny_tokenizer(), data_dir=glue_dir, cache_dir=cache, max_samples=0
         )
+
+
+def test_unwritable_cache_is_a_clear_error(glue_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(TicketlabError, match="cannot write the tokenisation cache"):
+        tokenized_glue_split("rte", "dev", tiny_tokenizer(), data_dir=glue_dir, cache_dir=blocker, quiet=True)

@@ -195,3 +195,13 @@ def test_real_glue_files(task, split, count):
         assert set(examples.labels) == set(range(info.num_labels))
     if task == "stsb" and split == "dev":
         assert min(examples.labels) >= 0.0 and max(examples.labels) <= 5.0
+
+
+def test_crlf_endings_and_blank_trailing_lines(tmp_path):
+    path = tmp_path / "RTE" / "dev.tsv"
+    path.parent.mkdir()
+    path.write_bytes(
+        b"index\tsentence1\tsentence2\tlabel\r\n0\ta\tb\tentailment\r\n1\tc\td\tnot_entailment\r\n\r\n"
+    )
+    examples = load_glue_examples("rte", "dev", tmp_path)
+    assert examples.text_b == ["b", "d"] and examples.labels == [0, 1]

@@ -173,7 +173,7 @@ def test_recipe_defaults_follow_the_task():
 
 def test_bad_input_is_one_line(tmp_path, model_dir, dev_only, capsys):
     assert finetune(model_dir, dev_only, tmp_path / "a", "--predict-test") == 2
-    assert "task squad has no test set" in capsys.readouterr().err
+    assert "task squad has no test splits to predict" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
     assert finetune(model_dir, tmp_path / "empty", tmp_path / "b") == 2
     assert "data directory" in capsys.readouterr().err

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ticketlab.errors import TicketlabError
+
 CACHE_ENV = "TICKETLAB_CACHE"
 CACHE_FORMAT_VERSION = 1
 
@@ -51,6 +53,15 @@ def tokenizer_digest(tokenizer: Any) -> str:
     return hasher.hexdigest()
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in chunks."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
 def key_digest(key: dict[str, Any]) -> str:
     text = json.dumps({"cache_format": CACHE_FORMAT_VERSION, **key}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -69,8 +80,14 @@ def cached_dataset(
         return datasets.load_from_disk(str(folder))
     columns = build()
     dataset = datasets.Dataset.from_dict(columns)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    except OSError as error:
+        raise TicketlabError(
+            f"cannot write the tokenisation cache in {folder.parent} ({error.strerror or error}); "
+            f"choose another with --cache-dir or ${CACHE_ENV}"
+        ) from error
     try:
         _save_quietly(dataset, tmp)
         (tmp / "ticketlab_key.json").write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")

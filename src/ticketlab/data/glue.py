@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ticketlab.data.cache import file_sha256
 from ticketlab.data.tsv import read_tsv
 from ticketlab.errors import TicketlabError
 
@@ -184,14 +185,6 @@ def glue_task(name: str) -> GlueTaskInfo:
     raise TicketlabError(f"unknown GLUE task {name!r} (known: {', '.join(GLUE_TASKS)})")
 
 
-def is_glue_task(name: str) -> bool:
-    try:
-        glue_task(name)
-    except TicketlabError:
-        return False
-    return True
-
-
 @dataclass
 class GlueExamples:
     """The examples of one split: texts, labels (ids, floats for STS-B, None for test), indices."""
@@ -230,14 +223,6 @@ class GlueExamples:
                 hasher.update(f"{len(text)}:".encode())
                 hasher.update(text.encode())
         return hasher.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            hasher.update(chunk)
-    return hasher.hexdigest()
 
 
 def _check_split(task: GlueTaskInfo, split: str) -> None:

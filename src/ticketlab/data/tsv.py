@@ -55,7 +55,7 @@ def read_tsv(path: str | os.PathLike, columns: Sequence[str] | None = None) -> T
     line_numbers: list[int] = []
     for number, line in enumerate(lines, start=1):
         line = line.removesuffix("\r")
-        if not line.strip():
+        if not line:  # blank lines (e.g. at the end) carry no row; a line of tabs is a row
             continue
         fields = line.split("\t")
         if header is None:

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ticketlab.data.cache import file_sha256
 from ticketlab.errors import TicketlabError
 from ticketlab.masks.io import atomic_write
 from ticketlab.training.metrics import json_safe
@@ -53,7 +54,9 @@ class FinetuneSpec:
 
     model: str = field(metadata={"help": "hub id or local directory of the pre-trained model"})
     task: str = field(
-        metadata={"help": "GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or squad"}
+        metadata={
+            "help": "task: a GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) squad, or another registered one"
+        }
     )
     data_dir: str | None = field(
         default=None,
@@ -130,30 +133,38 @@ class FinetuneSpec:
 
         return {**BASE_RECIPE, **get_task(self.task).recipe}
 
+    def train_config(self, *, main_metric: str | None = None, quiet: bool = False):
+        """The training loop's recipe for this spec."""
+        from ticketlab.training.loop import TrainConfig
+
+        return TrainConfig(
+            lr=self.lr,
+            epochs=self.epochs,
+            weight_decay=self.weight_decay,
+            warmup_ratio=self.warmup_ratio,
+            max_grad_norm=self.max_grad_norm,
+            eval_every=self.eval_every,
+            seed=self.seed,
+            main_metric=main_metric or self.main_metric,
+            quiet=quiet,
+        )
+
     def validate(self) -> None:
-        positive = {
+        """Raise :class:`TicketlabError` on a value that cannot work, before anything is loaded."""
+        counts = {
             "batch_size": self.batch_size,
-            "epochs": self.epochs,
-            "max_length": self.max_length,
             "log_every": self.log_every,
-        }
-        optional = {
             "eval_batch_size": self.eval_batch_size,
-            "eval_every": self.eval_every,
+            "max_length": self.max_length,
             "max_train_samples": self.max_train_samples,
             "max_eval_samples": self.max_eval_samples,
         }
         if self.doc_stride is not None and self.doc_stride < 0:
             raise TicketlabError(f"doc stride must be at least 0, got {self.doc_stride}")
-        for name, value in {**positive, **{k: v for k, v in optional.items() if v is not None}}.items():
-            if value < 1:
+        for name, value in counts.items():
+            if value is not None and value < 1:
                 raise TicketlabError(f"{name.replace('_', ' ')} must be at least 1, got {value}")
-        if not self.lr > 0:
-            raise TicketlabError(f"learning rate must be positive, got {self.lr}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise TicketlabError(f"warm-up ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.weight_decay < 0:
-            raise TicketlabError(f"weight decay must be >= 0, got {self.weight_decay}")
+        self.train_config().validate()  # lr, epochs, warm-up, weight decay, eval interval
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise TicketlabError(f"data directory {self.data_dir!r} does not exist")
         if self.mask is not None and not Path(self.mask).is_file():
@@ -187,12 +198,6 @@ def write_json(path: Path, data: Any) -> None:
             handle.write("\n")
 
     atomic_write(path, write)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    from ticketlab.data.glue import file_sha256
-
-    return file_sha256(path)
 
 
 def versions() -> dict[str, str]:
@@ -247,10 +252,10 @@ def _load_ticket(spec: FinetuneSpec, model, mask=None) -> tuple[Any, dict[str, A
         return None, {"mask": None, "mask_sha256": None, "sparsity": 0.0, "scope": None, "scheme": None}
     else:
         mask = load_mask(spec.mask)
-        facts = {"mask": spec.mask, "mask_sha256": sha256_file(spec.mask)}
+        facts = {"mask": spec.mask, "mask_sha256": file_sha256(spec.mask)}
     if isinstance(mask, StructuredMask):
-        # Zeroing a pruned head's Q/K/V rows and output columns (and an FFN's in rows and out
-        # columns) removes its contribution exactly, so the structured ticket trains as weight bits.
+        # Zeroing a pruned head's Q/K/V rows and output columns (and an FFN neuron's in row and out
+        # column) removes it exactly; a whole pruned FFN sub-layer keeps only its output bias.
         facts.update(
             head_sparsity=mask.head_sparsity(), ffn_sparsity=mask.ffn_sparsity(), mask_kind="structured"
         )
@@ -277,6 +282,54 @@ def _pruned_nonzero(enforcer) -> int:
     return total
 
 
+def _results_record(
+    spec: FinetuneSpec,
+    task: Any,
+    result: Any,
+    *,
+    ticket: dict[str, Any],
+    enforcer: Any,
+    evaluator: Any,
+    train_examples: int,
+    max_length: int,
+    accelerator: Any,
+    files: list[str],
+    wall_seconds: float,
+) -> dict[str, Any]:
+    """The contents of results.json."""
+    return {
+        **task.describe(),
+        "main_metric": result.main_metric,
+        "model": spec.model,
+        "best": result.best.metrics if result.best else {},
+        "best_step": result.best.step if result.best else None,
+        "best_epoch": result.best.epoch if result.best else None,
+        "final": result.final.metrics if result.final else {},
+        "final_step": result.final.step if result.final else None,
+        "evaluations": [record.to_dict() for record in result.history],
+        **ticket,
+        "pruned_nonzero": _pruned_nonzero(enforcer) if enforcer else 0,
+        "seed": spec.seed,
+        "max_length": max_length,
+        "training_steps": result.steps,
+        "epochs": result.epochs,
+        "train_examples": train_examples,
+        "eval_examples": {split: len(p) for split, p in evaluator.predictions.items()},
+        "train_examples_seen": result.train_examples,
+        "train_seconds": result.train_seconds,
+        "eval_seconds": result.eval_seconds,
+        "train_examples_per_second": result.examples_per_second,
+        "wall_seconds": wall_seconds,
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": str(accelerator.mixed_precision),
+        "device": str(accelerator.device),
+        "files": files,
+        "spec_digest": spec.digest(),
+        "versions": versions(),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 def run_finetune(
     spec: FinetuneSpec,
     out_dir: str | os.PathLike,
@@ -301,7 +354,7 @@ def run_finetune(
     from ticketlab.masks import apply_mask
     from ticketlab.models import load_tokenizer
     from ticketlab.training.callbacks import JsonlLogger, MaskEnforcement
-    from ticketlab.training.loop import TrainConfig, default_accelerator, train
+    from ticketlab.training.loop import default_accelerator, train
     from ticketlab.training.tasks import DataOptions, TaskEvaluator, get_task
 
     out = Path(out_dir)
@@ -309,8 +362,12 @@ def run_finetune(
         raise TicketlabError(f"output {str(out)!r} exists and is not a directory")
     spec.validate()
     task = get_task(spec.task)
+    if spec.main_metric is not None and spec.main_metric not in task.metric_names:
+        raise TicketlabError(
+            f"task {task.name} has no metric {spec.main_metric!r} (its metrics: {', '.join(task.metric_names)})"
+        )
     if spec.predict_test and not task.test_splits:
-        raise TicketlabError(f"--predict-test: task {task.name} has no test set to predict")
+        raise TicketlabError(f"task {task.name} has no test splits to predict")
     finished = _finished_run(out, spec)
     if finished is not None:
         return finished | {"skipped": True}
@@ -349,6 +406,7 @@ def run_finetune(
         shuffle=True,
         generator=torch.Generator().manual_seed(spec.seed),
         collate_fn=task.collate_fn(tokenizer),
+        pin_memory=accelerator.device.type == "cuda",  # faster copies to the GPU, as Trainer does
     )
     if accelerator.is_main_process:
         write_json(out / SPEC_FILE, spec.to_dict())
@@ -356,18 +414,8 @@ def run_finetune(
     evaluator = TaskEvaluator(task, eval_data, batch_size=eval_batch_size, quiet=quiet)
     callbacks = [MaskEnforcement(enforcer)] if enforcer else []
     callbacks.append(JsonlLogger(out / LOG_FILE, every=spec.log_every, extra={"task": task.name}))
-    config = TrainConfig(
-        lr=spec.lr,
-        epochs=spec.epochs,
-        weight_decay=spec.weight_decay,
-        warmup_ratio=spec.warmup_ratio,
-        max_grad_norm=spec.max_grad_norm,
-        eval_every=spec.eval_every,
-        seed=spec.seed,
-        main_metric=spec.main_metric or task.main_metric,
-        greater_is_better=task.greater_is_better,
-        quiet=quiet,
-    )
+    config = spec.train_config(main_metric=spec.main_metric or task.main_metric, quiet=quiet)
+    config.greater_is_better = task.greater_is_better
     result = train(model, loader, evaluator, config, callbacks=callbacks, accelerator=accelerator)
 
     files = []
@@ -382,35 +430,19 @@ def run_finetune(
         if accelerator.is_main_process:
             files += task.write_submission(test_predictions, out / "submission")
 
-    results: dict[str, Any] = {
-        **task.describe(),
-        "main_metric": result.main_metric,
-        "model": spec.model,
-        "best": result.best.metrics if result.best else {},
-        "best_step": result.best.step if result.best else None,
-        "best_epoch": result.best.epoch if result.best else None,
-        "final": result.final.metrics if result.final else {},
-        "final_step": result.final.step if result.final else None,
-        **ticket,
-        "pruned_nonzero": _pruned_nonzero(enforcer) if enforcer else 0,
-        "seed": spec.seed,
-        "training_steps": result.steps,
-        "epochs": result.epochs,
-        "train_examples": len(train_data),
-        "eval_examples": {split: len(p) for split, p in evaluator.predictions.items()},
-        "train_examples_seen": result.train_examples,
-        "train_seconds": result.train_seconds,
-        "eval_seconds": result.eval_seconds,
-        "train_examples_per_second": result.examples_per_second,
-        "wall_seconds": time.perf_counter() - wall_start,
-        "num_processes": accelerator.num_processes,
-        "mixed_precision": str(accelerator.mixed_precision),
-        "device": str(accelerator.device),
-        "files": [str(Path(f).relative_to(out)) for f in files],
-        "spec_digest": spec.digest(),
-        "versions": versions(),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    results = _results_record(
+        spec,
+        task,
+        result,
+        ticket=ticket,
+        enforcer=enforcer,
+        evaluator=evaluator,
+        train_examples=len(train_data),
+        max_length=options.max_length,
+        accelerator=accelerator,
+        files=[str(Path(f).relative_to(out)) for f in files],
+        wall_seconds=time.perf_counter() - wall_start,
+    )
     if accelerator.is_main_process:
         write_json(out / RESULTS_FILE, results)  # last: its presence means the run finished
     accelerator.wait_for_everyone()

@@ -38,7 +38,13 @@ class GlueSplitData:
             inputs = self.dataset.remove_columns(
                 [c for c in ("index", "labels") if c in self.dataset.column_names]
             )
-            loader = DataLoader(inputs, batch_size=batch_size, shuffle=False, collate_fn=self.collate_fn)
+            loader = DataLoader(
+                inputs,
+                batch_size=batch_size,
+                shuffle=False,
+                collate_fn=self.collate_fn,
+                pin_memory=accelerator.device.type == "cuda",
+            )
             self._loaders[key] = accelerator.prepare(loader)
         return self._loaders[key]
 
@@ -50,6 +56,7 @@ class GlueTask(Task):
         self.info = glue_task(name)
         self.name = self.info.name
         self.main_metric = self.info.main_metric
+        self.metric_names = self.info.metrics
         self.eval_splits = self.info.dev_splits
         self.test_splits = self.info.test_splits
 

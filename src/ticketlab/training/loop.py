@@ -283,9 +283,6 @@ def train(
         for callback in callbacks:
             callback.on_evaluate(state, record, improved)
 
-    for callback in callbacks:
-        callback.on_train_begin(state)
-
     bar = tqdm(
         total=total_steps,
         desc="training",
@@ -295,6 +292,8 @@ def train(
     prepared_model.train()
     epoch_index = 0
     try:
+        for callback in callbacks:
+            callback.on_train_begin(state)
         while state.step < total_steps and not state.should_stop:
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(epoch_index)

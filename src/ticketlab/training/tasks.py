@@ -58,6 +58,8 @@ class Task(ABC):
 
     name: str
     main_metric: str
+    metric_names: tuple[str, ...] = ()  # every metric :meth:`metrics` returns
+    default_max_length: int = 128  # tokens per example when the user does not say
     greater_is_better: bool = True
     eval_splits: tuple[str, ...] = ("dev",)
     test_splits: tuple[str, ...] = ()
