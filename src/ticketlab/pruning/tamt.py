@@ -143,6 +143,7 @@ class LearnedMask(nn.Module):
         self._cache_key: tuple[int, ...] | None = None
         self._keep: dict[str, torch.Tensor] = {}
         self._installed: list[tuple[nn.Module, nn.Module]] = []
+        self._requires_grad: dict[nn.Parameter, bool] = {}
 
     # -- the mask -----------------------------------------------------------------------------
     def score(self, name: str) -> nn.Parameter:
@@ -187,6 +188,7 @@ class LearnedMask(nn.Module):
         if self._installed:
             return self
         for parameter in self.model.parameters():
+            self._requires_grad[parameter] = parameter.requires_grad
             parameter.requires_grad_(False)
         for name in self.names:
             owners = self._owners(name)
@@ -199,11 +201,15 @@ class LearnedMask(nn.Module):
         return self
 
     def detach(self) -> None:
-        """Remove the parametrizations; the model's weights are the dense originals again."""
+        """Remove the parametrizations: the model's weights are the dense originals again, and
+        trainable as before :meth:`attach`."""
         for module, _ in self._installed:
             if parametrize.is_parametrized(module, "weight"):
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
         self._installed.clear()
+        for parameter, requires_grad in self._requires_grad.items():
+            parameter.requires_grad_(requires_grad)
+        self._requires_grad.clear()
 
     @contextlib.contextmanager
     def attached(self) -> Iterator[LearnedMask]:
