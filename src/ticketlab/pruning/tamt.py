@@ -44,10 +44,14 @@ def keep_lowest_k_pruned(flat_scores: list[torch.Tensor], k: int) -> list[torch.
         return [torch.ones_like(s, dtype=torch.bool) for s in flat_scores]
     whole = flat_scores[0] if len(flat_scores) == 1 else torch.cat(flat_scores)
     threshold = torch.kthvalue(whole, k).values
-    below = whole < threshold
-    ties = whole == threshold
-    needed = k - below.sum()
-    pruned = below | (ties & (torch.cumsum(ties, 0) <= needed))
+    at_or_below = whole <= threshold
+    surplus = int(at_or_below.sum()) - k  # entries equal to the threshold that must stay
+    if surplus == 0:  # the usual case (distinct scores, or all tied entries pruned): no tie-break
+        pruned = at_or_below
+    else:
+        ties = whole == threshold
+        needed = int(ties.sum()) - surplus
+        pruned = (whole < threshold) | (ties & (torch.cumsum(ties, 0, dtype=torch.int32) <= needed))
     return list(torch.split(~pruned, [s.numel() for s in flat_scores]))
 
 
