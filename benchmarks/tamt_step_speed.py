@@ -18,18 +18,26 @@ import time
 import torch
 
 
-def _timed(step, steps: int) -> float:
-    step(-1)  # warm-up
-    times = []
-    for i in range(steps):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step(i)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _time_once(step, i: int) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    step(i)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def _round_robin(steps: dict, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each step, the steps interleaved so that a machine whose load
+    changes during the run (shared CPUs) affects them alike; one warm-up call each first."""
+    for step in steps.values():
+        step(-1)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(repeats):
+        for name, step in steps.items():
+            times[name].append(_time_once(step, i))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -60,24 +68,24 @@ def main() -> None:
     results: dict[str, float] = {}
 
     # Dense MLM training step: every weight and the head train.
-    encoder = load_encoder(args.model).to(device)
-    masking = MlmMasking.for_tokenizer(tokenizer, vocab_size=word_embeddings(encoder).weight.shape[0])
-    head = MlmHead.for_encoder(encoder).to(device)
-    optimizer = torch.optim.AdamW(
-        list(encoder.parameters()) + list(head.parameters()), lr=1e-5, foreach=False
+    dense_encoder = load_encoder(args.model).to(device)
+    masking = MlmMasking.for_tokenizer(tokenizer, vocab_size=word_embeddings(dense_encoder).weight.shape[0])
+    dense_head = MlmHead.for_encoder(dense_encoder).to(device)
+    dense_optimizer = torch.optim.AdamW(
+        list(dense_encoder.parameters()) + list(dense_head.parameters()), lr=1e-5, foreach=False
     )
-    encoder.train()
+    dense_encoder.train()
 
     def dense_step(_):
         corrupted, labels = masking(ids, seed=0, keys=keys)
-        hidden = encoder(input_ids=corrupted, attention_mask=attention).last_hidden_state
+        hidden = dense_encoder(input_ids=corrupted, attention_mask=attention).last_hidden_state
         targets = labels != -100
-        loss = mlm_loss(head(hidden[targets], word_embeddings(encoder).weight), labels[targets])
-        optimizer.zero_grad(set_to_none=True)
+        loss = mlm_loss(dense_head(hidden[targets], word_embeddings(dense_encoder).weight), labels[targets])
+        dense_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        dense_optimizer.step()
 
-    results["dense_mlm_step_s"] = _timed(dense_step, args.steps)
+    steps = {"dense_mlm_step_s": dense_step}
 
     for objective in ("mlm", "kd"):
         student = load_encoder(args.model).to(device)
@@ -86,17 +94,13 @@ def main() -> None:
         head = MlmHead.for_encoder(student).to(device) if objective == "mlm" else None
         tamt = TamtObjective(student, learned, objective, head, masking)
         optimizer = tamt_optimizer(learned, head, objective, lr=1e-4)
-        with learned.attached():
-            results[f"tamt_{objective}_step_s"] = _timed(
-                lambda i, tamt=tamt, optimizer=optimizer: tamt_step(
-                    tamt, optimizer, ids, attention, keys, 0, i + 1
-                ),
-                args.steps,
-            )
-        scores = {n: learned.score(n) for n in learned.names}
-        results["top_k_per_step_s"] = _timed(
-            lambda _, scores=scores: keep_bits(scores, args.sparsity, "per-matrix"), args.steps
+        learned.attach()  # each student has its own weights, so all stay attached at once
+        steps[f"tamt_{objective}_step_s"] = lambda i, tamt=tamt, optimizer=optimizer: tamt_step(
+            tamt, optimizer, ids, attention, keys, 0, i + 2
         )
+        scores = {n: learned.score(n) for n in learned.names}
+        steps["top_k_per_step_s"] = lambda _, scores=scores: keep_bits(scores, args.sparsity, "per-matrix")
+    results.update(_round_robin(steps, args.steps))
     results["tamt_mlm_over_dense"] = results["tamt_mlm_step_s"] / results["dense_mlm_step_s"]
     results["tamt_kd_over_dense"] = results["tamt_kd_step_s"] / results["dense_mlm_step_s"]
     results.update(
