@@ -90,6 +90,7 @@ def test_exact_counts_every_step_and_frozen_weights(tiny_setup):
     assert sum(int((final.tensors[n] != init.tensors[n]).sum()) for n in final.tensors) > 0  # the mask moved
     for name, parameter in model.named_parameters():
         assert torch.equal(parameter, dense[name]), name  # weights frozen, parametrization removed
+        assert parameter.requires_grad  # and trainable again after detaching
 
 
 def _kd_mse(model_dir, tokenizer, text, mask):

@@ -126,6 +126,11 @@ def head_from_checkpoint(name_or_path: str, encoder: nn.Module) -> tuple[MlmHead
     layout = HEAD_LAYOUTS.get(config.model_type)
     if layout is None:
         return None, f"ticketlab has no MLM head layout for model type {config.model_type!r}"
+    from transformers.utils import logging as hf_logging
+
+    # A checkpoint without head loads with a long "MISSING" report: expected here, so kept quiet.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         full, info = AutoModelForMaskedLM.from_pretrained(name_or_path, output_loading_info=True)
     except (OSError, ValueError) as error:
@@ -133,6 +138,8 @@ def head_from_checkpoint(name_or_path: str, encoder: nn.Module) -> tuple[MlmHead
             None,
             f"no masked-LM model could be loaded from {name_or_path!r} ({str(error).splitlines()[0]})",
         )
+    finally:
+        hf_logging.set_verbosity(verbosity)
     head_keys = (f"{layout.dense}.weight", f"{layout.layer_norm}.weight", layout.bias)
     missing = [k for k in info.get("missing_keys", []) if k in head_keys or k.startswith(head_keys)]
     if missing:

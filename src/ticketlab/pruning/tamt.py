@@ -44,10 +44,14 @@ def keep_lowest_k_pruned(flat_scores: list[torch.Tensor], k: int) -> list[torch.
         return [torch.ones_like(s, dtype=torch.bool) for s in flat_scores]
     whole = flat_scores[0] if len(flat_scores) == 1 else torch.cat(flat_scores)
     threshold = torch.kthvalue(whole, k).values
-    below = whole < threshold
-    ties = whole == threshold
-    needed = k - below.sum()
-    pruned = below | (ties & (torch.cumsum(ties, 0) <= needed))
+    at_or_below = whole <= threshold
+    surplus = int(at_or_below.sum()) - k  # entries equal to the threshold that must stay
+    if surplus == 0:  # the usual case (distinct scores, or all tied entries pruned): no tie-break
+        pruned = at_or_below
+    else:
+        ties = whole == threshold
+        needed = int(ties.sum()) - surplus
+        pruned = (whole < threshold) | (ties & (torch.cumsum(ties, 0, dtype=torch.int32) <= needed))
     return list(torch.split(~pruned, [s.numel() for s in flat_scores]))
 
 
@@ -143,6 +147,7 @@ class LearnedMask(nn.Module):
         self._cache_key: tuple[int, ...] | None = None
         self._keep: dict[str, torch.Tensor] = {}
         self._installed: list[tuple[nn.Module, nn.Module]] = []
+        self._requires_grad: dict[nn.Parameter, bool] = {}
 
     # -- the mask -----------------------------------------------------------------------------
     def score(self, name: str) -> nn.Parameter:
@@ -187,6 +192,7 @@ class LearnedMask(nn.Module):
         if self._installed:
             return self
         for parameter in self.model.parameters():
+            self._requires_grad[parameter] = parameter.requires_grad
             parameter.requires_grad_(False)
         for name in self.names:
             owners = self._owners(name)
@@ -199,11 +205,15 @@ class LearnedMask(nn.Module):
         return self
 
     def detach(self) -> None:
-        """Remove the parametrizations; the model's weights are the dense originals again."""
+        """Remove the parametrizations: the model's weights are the dense originals again, and
+        trainable as before :meth:`attach`."""
         for module, _ in self._installed:
             if parametrize.is_parametrized(module, "weight"):
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
         self._installed.clear()
+        for parameter, requires_grad in self._requires_grad.items():
+            parameter.requires_grad_(requires_grad)
+        self._requires_grad.clear()
 
     @contextlib.contextmanager
     def attached(self) -> Iterator[LearnedMask]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ticketlab.errors import TicketlabError
 from ticketlab.models.mlm_head import MlmHead, word_embeddings
@@ -84,15 +85,18 @@ class TamtObjective:
             inputs, labels = self.masking(ids, seed=self.masking_seed, keys=keys)
         teacher = self._teacher_hidden(inputs, attention) if "kd" in self.objective else None
         self.encoder.train(self.dropout)
-        student = self.encoder(
-            input_ids=inputs, attention_mask=attention, output_hidden_states=teacher is not None
-        )
-        if teacher is not None:
-            parts["kd"] = kd_loss(student.hidden_states, teacher, attention, self.kd_kind)
-        if labels is not None:
-            targets = labels != -100
-            logits = self.head(student.last_hidden_state[targets], word_embeddings(self.encoder).weight)
-            parts["mlm"] = mlm_loss(logits, labels[targets])
+        # One masked weight per matrix per step: the tied decoder reuses the embeddings' (cached()
+        # must not cover the teacher's pass above, which reads the dense weights).
+        with parametrize.cached():
+            student = self.encoder(
+                input_ids=inputs, attention_mask=attention, output_hidden_states=teacher is not None
+            )
+            if teacher is not None:
+                parts["kd"] = kd_loss(student.hidden_states, teacher, attention, self.kd_kind)
+            if labels is not None:
+                targets = labels != -100
+                logits = self.head(student.last_hidden_state[targets], word_embeddings(self.encoder).weight)
+                parts["mlm"] = mlm_loss(logits, labels[targets])
         total = sum(parts.values())
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
