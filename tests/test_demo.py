@@ -33,13 +33,45 @@ def test_demo_runs_end_to_end_at_toy_size(tmp_path):
     assert any("pre-trained model found" in line for line in lines)
 
 
-def test_verdict_compares_magnitude_with_random():
-    cells = [
-        {"task": "cola", "method": "full", "sparsity": 0.0, "metric": "matthews", "mean": 0.6},
-        {"task": "cola", "method": "omp", "sparsity": 0.9, "metric": "matthews", "mean": 0.4},
-        {"task": "cola", "method": "random", "sparsity": 0.9, "metric": "matthews", "mean": 0.1},
-        {"task": "cola", "method": "imp", "sparsity": 0.9, "metric": "matthews", "mean": 0.05},
-    ]
-    rows = {r["method"]: r for r in verdict({"cells": cells}, 0.9)}
-    assert rows["omp"]["magnitude_wins"] and abs(rows["omp"]["gap"] - 0.3) < 1e-12
-    assert not rows["imp"]["magnitude_wins"]
+def test_verdict_needs_a_gap_beyond_the_spread_and_a_learned_task():
+    def cells(full):
+        return [
+            {
+                "task": "cola",
+                "method": "full",
+                "sparsity": 0.0,
+                "metric": "matthews",
+                "mean": full,
+                "std": 0.01,
+            },
+            {
+                "task": "cola",
+                "method": "omp",
+                "sparsity": 0.9,
+                "metric": "matthews",
+                "mean": 0.4,
+                "std": 0.05,
+            },
+            {
+                "task": "cola",
+                "method": "random",
+                "sparsity": 0.9,
+                "metric": "matthews",
+                "mean": 0.1,
+                "std": 0.05,
+            },
+            {
+                "task": "cola",
+                "method": "imp",
+                "sparsity": 0.9,
+                "metric": "matthews",
+                "mean": 0.15,
+                "std": 0.05,
+            },
+        ]
+
+    rows = {r["method"]: r for r in verdict({"cells": cells(0.6)}, 0.9)}
+    assert rows["omp"]["magnitude_wins"] is True and abs(rows["omp"]["gap"] - 0.3) < 1e-12
+    assert rows["imp"]["magnitude_wins"] is False  # a gap of 0.05 is within the spread of 0.1
+    unlearned = verdict({"cells": cells(0.03)}, 0.9)
+    assert all(r["magnitude_wins"] is None and not r["full_model_learned"] for r in unlearned)
