@@ -144,12 +144,12 @@ def main() -> int:
         for n, b in mask.tensors.items()
     )
     # The enforcement work alone, timed in isolation (many repeats, so far less noisy than whole
-    # steps): the gradient hooks' masked_fill on gradient-sized tensors, and the post-step re-zeroing.
+    # steps): the gradient hooks' in-place masked_fill_ of the gradients, and the post-step re-zeroing.
     pruned = {n: ~b for n, b in mask.tensors.items() if not bool(b.all())}
     params = {n: ticket_adapter.parameter(n) for n in pruned}
     grads = {n: torch.randn_like(p) for n, p in params.items()}
     hook_times = [
-        timed(lambda: [grads[n].masked_fill(pruned[n], 0.0) for n in pruned])[0]
+        timed(lambda: [grads[n].masked_fill_(pruned[n], 0.0) for n in pruned])[0]
         for _ in range(args.repeats * 4)
     ]
     enforce_times = [timed(enforcer.enforce)[0] for _ in range(args.repeats * 4)]

@@ -117,10 +117,13 @@ class MaskEnforcer:
         for name in self._pruned:
             param = self.parameters[name]
 
-            def zero_pruned_gradient(grad: torch.Tensor, name: str = name) -> torch.Tensor:
-                return grad.masked_fill(self._pruned_on(name, grad.device), 0.0)
+            # After the gradient is accumulated into .grad, zero its pruned entries in place: no new
+            # tensor per step, and clipping and Adam's moments see the sparse network's gradient.
+            def zero_pruned_gradient(param: torch.Tensor, name: str = name) -> None:
+                if param.grad is not None:
+                    param.grad.masked_fill_(self._pruned_on(name, param.grad.device), 0.0)
 
-            self._handles.append(param.register_hook(zero_pruned_gradient))
+            self._handles.append(param.register_post_accumulate_grad_hook(zero_pruned_gradient))
 
     @torch.no_grad()
     def enforce(self) -> None:
