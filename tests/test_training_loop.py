@@ -12,7 +12,14 @@ from torch.utils.data import DataLoader
 from tests.glue_fixtures import one_thread  # noqa: F401 (autouse fixture)
 from ticketlab.models.tiny import tiny_model
 from ticketlab.training.callbacks import JsonlLogger, MaskEnforcement
-from ticketlab.training.loop import Callback, NonFiniteLossError, TrainConfig, parameter_groups, train
+from ticketlab.training.loop import (
+    Callback,
+    NonFiniteLossError,
+    TrainConfig,
+    make_optimizer,
+    parameter_groups,
+    train,
+)
 
 
 def classifier(seed: int = 0):
@@ -188,6 +195,28 @@ def test_warmup_then_linear_decay_and_no_decay_groups():
     assert recorder.lrs == pytest.approx(
         [5e-4, 1e-3, 1e-3 * 5 / 6, 1e-3 * 4 / 6, 1e-3 * 3 / 6, 1e-3 * 2 / 6, 1e-3 / 6, 0.0]
     )
+
+
+def test_fused_adamw_makes_the_per_tensor_update():
+    # The loop uses torch's fused AdamW (several times faster on CPU); it must do the same update
+    # as the reference per-tensor AdamW, with the same groups (no decay on biases and LayerNorm).
+    fused_model, reference_model = classifier(), classifier()
+    config = TrainConfig(lr=1e-3, weight_decay=0.1)
+    fused = make_optimizer(fused_model, config)
+    assert fused.defaults["fused"] is True
+    assert [g["weight_decay"] for g in fused.param_groups] == [0.1, 0.0]
+    reference = torch.optim.AdamW(parameter_groups(reference_model, 0.1), lr=1e-3, foreach=False)
+    batch = {k: torch.stack([d[k] for d in separable_data(16)]) for k in ("input_ids", "labels")}
+    for model, optimizer in ((fused_model, fused), (reference_model, reference)):
+        for _ in range(3):
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    start = dict(classifier().named_parameters())
+    trained = dict(fused_model.named_parameters())
+    for name, value in reference_model.named_parameters():
+        assert not torch.equal(value, start[name]), f"{name} did not move"
+        torch.testing.assert_close(trained[name], value, rtol=1e-5, atol=1e-6)
 
 
 def test_bad_config_is_a_clear_error():

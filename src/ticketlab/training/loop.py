@@ -190,6 +190,21 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     ]
 
 
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over :func:`parameter_groups`, with torch's fused kernel where it has one.
+
+    The fused kernel does the same update in one pass over all parameters; the default
+    per-tensor loop on CPU costs several times more (about 0.7-1 s of CPU per step for a
+    22M-parameter MiniLM, more than the forward and backward passes of a batch of short
+    sentences). ``transformers.Trainer`` also defaults to the fused AdamW.
+    """
+    groups = parameter_groups(model, config.weight_decay)
+    try:
+        return torch.optim.AdamW(groups, lr=config.lr, fused=True)
+    except RuntimeError:  # a parameter on a device (or of a dtype) without the fused kernel
+        return torch.optim.AdamW(groups, lr=config.lr)
+
+
 def default_loss(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     """The loss a Hugging Face model computes itself when the batch has ``labels``."""
     return model(**batch).loss
@@ -231,7 +246,7 @@ def train(
     wall_start = time.perf_counter()
     set_seed(config.seed)
 
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
+    optimizer = make_optimizer(model, config)
     prepared_model, prepared_optimizer, loader = accelerator.prepare(model, optimizer, train_dataloader)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
