@@ -100,3 +100,17 @@ def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         save_mask(UnstructuredMask({"w": torch.ones(4, dtype=torch.bool)}), tmp_path / "m.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from ticketlab.experiments.store import write_json
+
+    path = save_mask(UnstructuredMask({"w": torch.ones(4, dtype=torch.bool)}), tmp_path / "m.safetensors")
+    write_json(tmp_path / "r.json", {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    for written in (path, tmp_path / "r.json"):
+        assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from ticketlab import __version__
 from ticketlab.errors import TicketlabError
+from ticketlab.masks.io import atomic_write
 
 DONE = "DONE"
 T = TypeVar("T")
@@ -72,18 +73,13 @@ def versions() -> dict[str, str]:
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write JSON atomically: a temporary file renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as handle:
             json.dump(data, handle, indent=2)
             handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def read_json(path: str | os.PathLike) -> Any:
