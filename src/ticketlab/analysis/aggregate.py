@@ -46,6 +46,20 @@ class Cell:
     def mean(self) -> float:
         return float(np.mean(self.values)) if self.values else math.nan
 
+    def to_dict(self) -> dict:
+        """The cell as JSON-able data (the grid's and the report's ``cells`` entries)."""
+        return {
+            "task": self.task,
+            "method": self.method,
+            "sparsity": self.sparsity,
+            "metric": self.metric,
+            "mean": self.mean,
+            "std": self.std,
+            "n": len(self.values),
+            "values": list(self.values),
+            "matching": self.matching,
+        }
+
     @property
     def std(self) -> float:
         # Sample standard deviation (ddof=1), as over seeds; 0 for a single seed.

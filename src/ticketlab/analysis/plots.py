@@ -14,6 +14,15 @@ import numpy as np  # noqa: E402
 from ticketlab.analysis.aggregate import FULL_MODEL, Cell  # noqa: E402
 
 
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_score_vs_sparsity(cells: Sequence[Cell], task: str, path: str | Path, scale: float = 100.0) -> Path:
     """One line per method with error bars (std over seeds) and the full model's mean ± std as a band."""
     task_cells = [c for c in cells if c.task == task]
@@ -43,12 +52,7 @@ def plot_score_vs_sparsity(cells: Sequence[Cell], task: str, path: str | Path, s
     ax.set_title(f"{task}: tickets by method")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_overlap_heatmap(names: Sequence[str], matrix: np.ndarray, path: str | Path, title: str = "") -> Path:
@@ -70,12 +74,7 @@ def plot_overlap_heatmap(names: Sequence[str], matrix: np.ndarray, path: str | P
             )
     fig.colorbar(image, ax=ax, fraction=0.046)
     ax.set_title(title or "overlap of kept weights (Jaccard)")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_layer_profile(profiles: dict[str, dict[str, float]], path: str | Path) -> Path:
@@ -89,9 +88,4 @@ def plot_layer_profile(profiles: dict[str, dict[str, float]], path: str | Path) 
     ax.set_title("per-layer sparsity")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

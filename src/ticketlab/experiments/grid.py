@@ -356,20 +356,7 @@ class GridRunner:
         records = collect_records(self.spec, self.root, main_metric_of)
         cells = aggregate(records)
         summary = {
-            "cells": [
-                {
-                    "task": c.task,
-                    "method": c.method,
-                    "sparsity": c.sparsity,
-                    "metric": c.metric,
-                    "mean": c.mean,
-                    "std": c.std,
-                    "n": len(c.values),
-                    "values": c.values,
-                    "matching": c.matching,
-                }
-                for c in cells
-            ],
+            "cells": [c.to_dict() for c in cells],
             "highest_matching_sparsity": [
                 {"task": task, "method": method, "sparsity": sparsity}
                 for (task, method), sparsity in highest_matching_sparsity(cells).items()

@@ -144,19 +144,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> dict[str, Any]:
             plot_layer_profile({n: m.layer_sparsity() for n, m in masks.items()}, out / "layer_sparsity.png")
         )
     summary = {
-        "cells": [
-            {
-                "task": c.task,
-                "method": c.method,
-                "sparsity": c.sparsity,
-                "metric": c.metric,
-                "mean": c.mean,
-                "std": c.std,
-                "n": len(c.values),
-                "matching": c.matching,
-            }
-            for c in cells
-        ],
+        "cells": [c.to_dict() for c in cells],
         "files": [str(f) for f in files],
     }
     write_json(out / "report.json", summary)
