@@ -13,7 +13,9 @@ finished cell is skipped on rerun. Tickets are made once and shared by the cells
   weights with whole layers permuted, or on randomly initialised weights.
 
 Transfer: ``transfer_from`` names source tasks whose IMP tickets (at each sparsity) are also
-fine-tuned on every other task of the grid (method ``imp@<source>``).
+fine-tuned on every other task of the grid (method ``imp@<source>``). The source ``mlm`` is IMP on
+the masked-LM objective (text and training from ``mlm_text``, ``mlm_eval_text``, ``mlm_recipe``):
+its task-agnostic ticket is fine-tuned on every task (``imp@mlm``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch import nn
 
 from ticketlab.analysis.aggregate import FULL_MODEL, ResultRecord
 from ticketlab.errors import TicketlabError
-from ticketlab.experiments.imp import ImpSpec, level_name
+from ticketlab.experiments.imp import MLM_TASK, ImpSpec, level_name
 from ticketlab.experiments.store import RunDirectory, read_json
 from ticketlab.pruning import validate_sparsity
 
@@ -58,9 +60,20 @@ class GridSpec:
     )
     imp_head: str = field(default="keep", metadata={"help": "IMP task head at rewinding: keep or reinit"})
     transfer_from: list[str] = field(
-        default_factory=list, metadata={"help": "source tasks whose IMP tickets are tried on the others"}
+        default_factory=list,
+        metadata={"help": "source tasks (or mlm) whose IMP tickets are tried on the other tasks"},
     )
     recipe: dict[str, Any] = field(default_factory=dict, metadata={"help": "fine-tuning recipe overrides"})
+    # The ``mlm`` transfer source (left out of the run-directory hash while at their defaults).
+    mlm_text: str | None = field(
+        default=None, metadata={"help": "mlm source: training text file (default: the hub text data set)"}
+    )
+    mlm_eval_text: str | None = field(
+        default=None, metadata={"help": "mlm source: held-out text file (default: a held-out slice)"}
+    )
+    mlm_recipe: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "mlm source: MLM training overrides (steps, lr, ...)"}
+    )
 
     run_prefix = "grid"
 
@@ -75,19 +88,24 @@ class GridSpec:
             )
         if not self.tasks or not self.seeds:
             raise TicketlabError("a grid needs at least one task and one seed")
+        if MLM_TASK in self.tasks:
+            raise TicketlabError("mlm is not a fine-tuning task: name it in transfer_from to use its tickets")
         for sparsity in self.sparsities:
             validate_sparsity(sparsity)
         if self.random_variant not in ("matched", "global"):
             raise TicketlabError(f"random_variant must be matched or global, not {self.random_variant!r}")
-        missing = [t for t in self.transfer_from if t not in self.tasks]
+        missing = [t for t in self.transfer_from if t not in self.tasks and t != MLM_TASK]
         if missing:
-            raise TicketlabError(f"transfer source {missing[0]!r} is not one of the grid's tasks")
+            raise TicketlabError(f"transfer source {missing[0]!r} is not one of the grid's tasks (nor mlm)")
+        if MLM_TASK in self.transfer_from:
+            from ticketlab.experiments.imp_mlm import check_mlm_recipe
+
+            check_mlm_recipe(self.mlm_recipe)
+        elif self.mlm_text or self.mlm_eval_text or self.mlm_recipe:
+            raise TicketlabError("mlm_text, mlm_eval_text and mlm_recipe need 'mlm' in transfer_from")
         levels = self.levels()
-        off = [
-            s
-            for s in self.sparsities
-            if "imp" in self.methods and not any(abs(s - lv) < 1e-9 for lv in levels)
-        ]
+        uses_imp = "imp" in self.methods or bool(self.transfer_from)
+        off = [s for s in self.sparsities if uses_imp and not any(abs(s - lv) < 1e-9 for lv in levels)]
         if off:
             raise TicketlabError(f"sparsity {off[0]} is not one of the IMP levels {levels}")
 
@@ -162,16 +180,19 @@ CellRunner = Callable[[Cell, Path | None, Callable[[nn.Module], None] | None, Pa
 
 
 def imp_spec_for(spec: GridSpec, task: str, seed: int) -> ImpSpec:
+    if task == MLM_TASK:
+        data = {"recipe": dict(spec.mlm_recipe), "text": spec.mlm_text, "eval_text": spec.mlm_eval_text}
+    else:
+        data = {"recipe": dict(spec.recipe), "data_dir": spec.data_dir}
     return ImpSpec(
         model=spec.model,
         task=task,
-        data_dir=spec.data_dir,
         levels=spec.levels(),
         head=spec.imp_head,
         scope=spec.scope,
         scheme=spec.scheme,
         seed=seed,
-        recipe=dict(spec.recipe),
+        **data,
     )
 
 

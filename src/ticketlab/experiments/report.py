@@ -75,12 +75,13 @@ def records_from(run_dir: str | Path) -> tuple[list[ResultRecord], list[Path]]:
 
 
 def transfer_table(cells: Iterable[Cell], scale: float = 100.0) -> str:
-    """Tickets found on one task (``imp@source``) fine-tuned on others, beside the task's own IMP ticket."""
+    """Tickets found on one task or on MLM (``imp@source``) fine-tuned on others, beside the task's own
+    IMP ticket."""
     cells = list(cells)
     transfer = [c for c in cells if c.method.startswith("imp@")]
     if not transfer:
         return ""
-    lines = ["### Transfer (IMP tickets found on the source task, fine-tuned on the target)\n"]
+    lines = ["### Transfer (IMP tickets found on the source task or on MLM, fine-tuned on the target)\n"]
     lines += [
         "| source → target | sparsity | transferred | own IMP ticket | full model |",
         "|---|---|---|---|---|",
@@ -129,7 +130,9 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> dict[str, Any]:
     for path in mask_paths[:12]:  # an overlap heat-map stays readable up to about a dozen masks
         mask = load_mask(path)
         if isinstance(mask, UnstructuredMask):
-            label = f"{mask.provenance.method} {mask.sparsity:.0%}"
+            method = mask.provenance.method
+            source = (mask.provenance.method_params or {}).get("task") if method == "imp" else None
+            label = f"{method}@{source} {mask.sparsity:.0%}" if source else f"{method} {mask.sparsity:.0%}"
             masks[label if label not in masks else f"{label} ({path.parent.name})"] = mask
     same_matrices = [m for m in masks.values() if list(m.tensors) == list(next(iter(masks.values())).tensors)]
     if len(masks) >= 2 and len(same_matrices) == len(masks):

@@ -90,6 +90,19 @@ def read_json(path: str | os.PathLike) -> Any:
         raise TicketlabError(f"{path} is not valid JSON ({error})") from error
 
 
+def _record_versions(path: Path) -> None:
+    """Record the versions that started the run; a resume under other versions is added to
+    ``resumed_with`` (never overwriting the first record)."""
+    current = versions()
+    if not path.exists():
+        write_json(path, current)
+        return
+    recorded = read_json(path)
+    history = [{k: recorded.get(k) for k in current}, *recorded.get("resumed_with", [])]
+    if current not in history:
+        write_json(path, {**recorded, "resumed_with": [*recorded.get("resumed_with", []), current]})
+
+
 class RunDirectory:
     """One run: ``spec.json``, ``versions.json``, and step folders that appear only when finished.
 
@@ -125,7 +138,7 @@ class RunDirectory:
         path.mkdir(parents=True, exist_ok=True)
         if not spec_file.exists():
             write_json(spec_file, wanted)
-        write_json(path / "versions.json", versions())
+        _record_versions(path / "versions.json")
         return cls(path, spec)
 
     @classmethod
