@@ -23,6 +23,7 @@ training loop with the mask held by :class:`~ticketlab.training.callbacks.MaskEn
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -312,6 +313,18 @@ def prepare_initial_head(
 
 
 # -- one level's training -------------------------------------------------------------------------
+def freeze_pooler(model: nn.Module) -> None:
+    """The MLM loss never reaches the pooler: freeze it, so that DDP does not wait for its
+    gradients. Training is otherwise unchanged (AdamW skips parameters without a gradient)."""
+    from ticketlab.models.adapters import EncoderAdapter
+
+    adapter = EncoderAdapter(model)
+    if adapter.table.pooler is None:
+        return
+    with contextlib.suppress(AttributeError):  # a checkpoint without pooler has nothing to freeze
+        adapter.base.get_submodule(adapter.table.pooler).requires_grad_(False)
+
+
 def mlm_functions(
     spec: ImpSpec,
     recipe: MlmRecipe,
@@ -344,6 +357,7 @@ def mlm_functions(
         started = time.perf_counter()
         accelerator = loop.default_accelerator()
         enforcer = apply_mask(model, mask) if mask is not None else None
+        freeze_pooler(model)  # after apply_mask: a frozen weight takes no gradient hook
         loader = DataLoader(
             MlmDraws(len(text), draws, seed),
             batch_size=recipe.batch_size,
@@ -450,6 +464,13 @@ def run_imp_on_mlm(
     tokenizer = load_tokenizer(spec.model)
     text, heldout = load_mlm_text(spec, recipe, tokenizer, cache_dir=cache_dir, progress=not quiet)
     encoder = load_encoder(spec.model)
+    positions = getattr(encoder.config, "max_position_embeddings", None)
+    if positions is not None and encoder.config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        positions -= encoder.config.pad_token_id + 1  # RoBERTa's positions start after the padding index
+    if positions is not None and recipe.max_length > positions:
+        raise TicketlabError(
+            f"max length {recipe.max_length} is longer than the model's {positions} positions"
+        )
     masking = MlmMasking.for_tokenizer(
         tokenizer, vocab_size=word_embeddings(encoder).weight.shape[0], probability=recipe.mlm_probability
     )
