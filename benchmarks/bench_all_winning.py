@@ -99,13 +99,12 @@ def real_inputs() -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     import torch
+    import transformers
 
     from ticketlab.analysis.winning import report_run, table_markdown
     from ticketlab.experiments.store import write_json
     from ticketlab.experiments.winning_tickets import WinningSpec, run_all_winning
     from ticketlab.training.metrics import json_safe
-
-    import transformers
 
     transformers.logging.set_verbosity_error()  # no load reports between the progress lines
     args = parse_args(argv)
