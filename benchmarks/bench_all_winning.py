@@ -80,8 +80,8 @@ def smoke_inputs(work: Path, args: argparse.Namespace) -> tuple[str, str]:
         model_dir
     )
     build_tokenizer(model_dir)
-    data = write_glue_tasks(work / "glue", num_train=64, num_dev=32)
-    args.task, args.epochs, args.lr, args.batch_size = "sst2", 2, 3e-3, 16
+    data = write_glue_tasks(work / "glue", num_train=64, num_dev=48)
+    args.task, args.epochs, args.lr, args.batch_size = "sst2", 10, 3e-3, 16
     args.max_train_samples, args.max_eval_samples, args.main_metric = 0, 0, "accuracy"
     return str(model_dir), str(data)
 
