@@ -327,3 +327,22 @@ def test_bad_input_is_one_line(world, tmp_path, capsys):
     assert "unknown subnetwork 'worst'" in capsys.readouterr().err
     assert main(["all-winning-report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "not a finished all-winning run" in capsys.readouterr().err
+
+
+def test_real_data_minilm_on_mrpc_prunes_7_heads_and_one_ffn_per_step(tmp_path):
+    from tests.conftest import shared_path
+
+    model, glue = shared_path("models", "all-MiniLM-L6-v2"), shared_path("data", "glue", "MRPC")
+    args = ["all-winning", "--model", str(model), "--task", "mrpc", "--data-dir", str(glue.parent)]
+    args += ["--main-metric", "accuracy", "--max-train-samples", "32", "--max-eval-samples", "32"]
+    args += ["--epochs", "1", "--lr", "1e-4", "--max-steps", "1", "--no-retrain", "--threshold", "0.1"]
+    assert (
+        main([*args, "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    )
+    trace = json.loads((tmp_path / "run" / "seed_0" / "pruning.json").read_text())
+    assert [(s["heads_kept"], s["ffn_kept"]) for s in trace["steps"]] == [(72, 6), (65, 5)]
+    assert trace["ticket_step"] == 1 and trace["stop_reason"] == "max_steps"
+    # 7 heads of 4 x 384 x 32 weights and one FFN of 2 x 384 x 1536, over the encoder scope.
+    scope = 6 * (4 * 384 * 384 + 2 * 384 * 1536) + 384 * 384
+    expected = 1 - (7 * 4 * 384 * 32 + 2 * 384 * 1536) / scope
+    assert trace["steps"][1]["weights_remaining"] == pytest.approx(expected)
