@@ -227,7 +227,8 @@ def _fmt(value: float, std: float | None = None) -> str:
 
 def table_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     header = (
-        "| subnetwork | size | retrained (best, mean ± std) | n | before retraining |\n|---|---|---|---|---|"
+        "| subnetwork | size (mean over seeds) | retrained (best, mean ± std) | n | before retraining |\n"
+        "|---|---|---|---|---|"
     )
     lines = [header]
     for row in rows:
