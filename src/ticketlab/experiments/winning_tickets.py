@@ -218,7 +218,7 @@ def run_seed(
         max_steps=spec.max_steps,
         echo=(lambda _: None) if quiet else echo,
     )
-    write_json(folder / "pruning.json", trace.to_dict())
+    write_json(folder / "pruning.json", json_safe(trace.to_dict()))
     save_mask(ticket, folder / TICKET_FILE)
     echo(
         f"seed {seed}: ticket at step {trace.ticket_step} ({trace.stop_reason}); "
