@@ -21,6 +21,7 @@ its task-agnostic ticket is fine-tuned on every task (``imp@mlm``).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ from ticketlab.errors import TicketlabError
 from ticketlab.experiments.imp import MLM_TASK, ImpSpec, level_name
 from ticketlab.experiments.store import RunDirectory, read_json
 from ticketlab.pruning import validate_sparsity
+
+log = logging.getLogger(__name__)
 
 GRID_METHODS = ("full", "omp", "random", "imp", "permuted", "random-init")
 
@@ -235,13 +238,25 @@ def open_grid(spec: GridSpec, out: str | Path) -> RunDirectory:
     return RunDirectory.open(spec, out)
 
 
+# A correlation over constant predictions is undefined (scipy gives NaN, stored as null). A ticket
+# that collapsed to one output carries no signal, so tables count it as 0, as scikit-learn's MCC
+# already does for that case; results.json keeps the null.
+UNDEFINED_AS_ZERO = ("pearson", "spearman", "matthews")
+
+
 def main_metric_of(task: str, results: dict[str, Any]) -> tuple[str, float]:
     """The task's main metric and its best dev value (as the papers report) from a results.json."""
     metric = results.get("main_metric")
     best = results.get("best") or {}
     if metric not in best:
         raise TicketlabError(f"results for {task} have no best value of their main metric {metric!r}")
-    return metric, float(best[metric])
+    value = best[metric]
+    if value is None or value != value:  # null in JSON, or NaN
+        if metric not in UNDEFINED_AS_ZERO:
+            raise TicketlabError(f"results for {task} have an undefined {metric}")
+        log.warning("%s: %s undefined (constant predictions); counted as 0", task, metric)
+        return metric, 0.0
+    return metric, float(value)
 
 
 class GridRunner:
