@@ -8,7 +8,16 @@ from typing import Any
 from ticketlab.cli.common import add_output_flags, add_spec_arguments, format_table, print_json
 
 # Fields of FinetuneSpec that IMP sets itself rather than taking as recipe overrides.
-_NOT_RECIPE = ("model", "task", "data_dir", "mask", "seed", "predict_test", "allow_fingerprint_mismatch")
+_NOT_RECIPE = (
+    "model",
+    "task",
+    "data_dir",
+    "mask",
+    "seed",
+    "predict_test",
+    "allow_fingerprint_mismatch",
+    "save_model",
+)
 
 
 def _levels(text: str) -> list[float]:
@@ -57,17 +66,22 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_imp_command)
 
 
-def run_imp_command(args: argparse.Namespace) -> int:
+def recipe_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The fine-tuning recipe flags the user set (added with ``skip=_NOT_RECIPE, overrides_only=True``)."""
     from dataclasses import fields
 
     from ticketlab.experiments.finetune import FinetuneSpec
-    from ticketlab.experiments.imp import ImpSpec, run_imp_on_task
 
-    recipe: dict[str, Any] = {
+    return {
         f.name: getattr(args, f.name)
         for f in fields(FinetuneSpec)
         if f.name not in _NOT_RECIPE and getattr(args, f.name, None) is not None
     }
+
+
+def run_imp_command(args: argparse.Namespace) -> int:
+    from ticketlab.experiments.imp import ImpSpec, run_imp_on_task
+
     spec = ImpSpec(
         model=args.model,
         task=args.task,
@@ -77,7 +91,7 @@ def run_imp_command(args: argparse.Namespace) -> int:
         scope=args.scope,
         scheme=args.scheme,
         seed=args.seed,
-        recipe=recipe,
+        recipe=recipe_from_args(args),
     )
     echo = (lambda _: None) if args.quiet or args.json else print
     summary = run_imp_on_task(spec, args.out, cache_dir=args.cache_dir, quiet=args.quiet, echo=echo)
