@@ -126,17 +126,35 @@ class SuperTicketSpec:
         self.importance_options().validate()
 
     def importance_options(self) -> ImportanceOptions:
-        split = self.importance_split or ImportanceOptions(variant=self.variant).resolved_split()
-        samples = self.importance_samples
-        if samples is None:  # score on what the tickets are fine-tuned (train) or evaluated (dev) on
-            samples = self.recipe.get("max_train_samples" if split == "train" else "max_eval_samples")
-        return ImportanceOptions(
-            variant=self.variant,
+        return importance_options_for(
+            self.variant,
+            self.recipe,
             normalization=self.normalization,
-            split=split,
-            max_samples=samples,
-            batch_size=self.recipe.get("batch_size") or 32,
+            split=self.importance_split,
+            max_samples=self.importance_samples,
         )
+
+
+def importance_options_for(
+    variant: str,
+    recipe: dict[str, Any],
+    *,
+    normalization: str = "l2",
+    split: str | None = None,
+    max_samples: int | None = None,
+) -> ImportanceOptions:
+    """How tickets fine-tuned with ``recipe`` are scored: by default on the examples they are
+    fine-tuned on (train split) or evaluated on (dev), in batches of the recipe's size."""
+    split = split or ImportanceOptions(variant=variant).resolved_split()
+    if max_samples is None:
+        max_samples = recipe.get("max_train_samples" if split == "train" else "max_eval_samples")
+    return ImportanceOptions(
+        variant=variant,
+        normalization=normalization,
+        split=split,
+        max_samples=max_samples,
+        batch_size=recipe.get("batch_size") or 32,
+    )
 
 
 # -- building blocks (also used by the ticket grid) ----------------------------------------------
