@@ -237,3 +237,28 @@ def test_super_ticket_specs_are_checked(tmp_path, world):
         with pytest.raises(TicketlabError, match=message):
             run_super_tickets(spec, tmp_path / "run", quiet=True, echo=lambda _: None)
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_question_answering_losses_average_to_the_models_own_loss():
+    from transformers import BertForQuestionAnswering
+
+    from ticketlab.models.tiny import tiny_model
+    from ticketlab.pruning.importance import question_answering_losses
+
+    model = tiny_model("bert", seed=1, model_class=BertForQuestionAnswering)
+    generator = torch.Generator().manual_seed(0)
+    batch = {
+        "input_ids": torch.randint(5, 120, (4, 9), generator=generator),
+        "attention_mask": torch.ones(4, 9, dtype=torch.long),
+        "start_positions": torch.tensor([0, 3, 8, 2]),
+        "end_positions": torch.tensor([1, 5, 8, 30]),  # 30 is past the window: ignored, as the model does
+    }
+    losses = question_answering_losses(model, batch)
+    assert losses.shape == (4,)
+    # Each example alone gives its own loss (with the model's loss for single examples in range).
+    for i in range(3):
+        one = {k: v[i : i + 1] for k, v in batch.items()}
+        assert torch.allclose(losses[i], model(**one).loss, atol=1e-6)
+    ignored = {k: v[3:] for k, v in batch.items()}
+    start = torch.nn.functional.cross_entropy(model(**ignored).start_logits, batch["start_positions"][3:])
+    assert torch.allclose(losses[3], start / 2, atol=1e-6)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +185,7 @@ def write_super_masks(
     from ticketlab.pruning.structured import kept_weight_fraction
     from ticketlab.training.tasks import get_task
 
+    started = time.perf_counter()
     out = Path(out)
     task = get_task(task_name)
     model = load_task_model(str(model_dir), task)
@@ -227,6 +229,7 @@ def write_super_masks(
         "variant": scores.variant,
         "num_examples": scores.num_examples,
         "split": scores.info.get("split"),
+        "seconds": time.perf_counter() - started,
         "masks": entries,
     }
     write_json(out / MASKS_SUMMARY, summary)
