@@ -262,3 +262,23 @@ def test_question_answering_losses_average_to_the_models_own_loss():
     ignored = {k: v[3:] for k, v in batch.items()}
     start = torch.nn.functional.cross_entropy(model(**ignored).start_logits, batch["start_positions"][3:])
     assert torch.allclose(losses[3], start / 2, atol=1e-6)
+
+
+def test_minilm_importance_on_real_stsb(tmp_path):
+    """Real-data tier: the scoring path reads the GLUE TSVs and scores MiniLM-L6's 6 x 12 heads."""
+    from tests.conftest import shared_path
+    from ticketlab.experiments.importance import ImportanceOptions, score_task_importance
+    from ticketlab.models import load_tokenizer
+    from ticketlab.training.tasks import get_task
+
+    model_dir = shared_path("models", "all-MiniLM-L6-v2")
+    glue = shared_path("data", "glue")
+    model = get_task("stsb").build_model(str(model_dir))  # a fresh regression head is enough to score
+    options = ImportanceOptions(variant="liang2021", max_samples=8, batch_size=4)
+    scores = score_task_importance(
+        model, "stsb", load_tokenizer(str(model_dir)), options, data_dir=glue, cache_dir=tmp_path, quiet=True
+    )
+    assert scores.heads.shape == (6, 12) and scores.ffn.shape == (6,)
+    assert scores.num_examples == 8 and scores.num_batches == 2 and scores.info["split"] == "train"
+    assert torch.allclose(scores.heads.norm(dim=1), torch.ones(6), atol=1e-5)
+    assert bool((scores.ffn > 0).all())
