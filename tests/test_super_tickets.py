@@ -168,6 +168,10 @@ def test_super_tickets_end_to_end_with_a_crash_and_resume(tmp_path, world, capsy
     calls.clear()
     assert main([*argv, "--json"]) == 0 and calls == []
     assert json.loads(capsys.readouterr().out)["points"] == summary["points"]
+    # ticketlab report reads it: the full model and one row per kind, columns by head fraction.
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    table = (tmp_path / "report" / "results.md").read_text()
+    assert "Full model:" in table and "| super-losing |" in table and "| 25% | 50% |" in table
 
     # Exact counts: 2 and 4 of the 8 heads, at least one kept per layer; round(p x 10/12 x 2) FFN layers;
     # masks nested, random without repeats, the same counts for every kind.

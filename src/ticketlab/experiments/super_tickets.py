@@ -436,3 +436,33 @@ def summarize_super_tickets(spec: SuperTicketSpec, root: str | os.PathLike) -> d
     summary = json_safe(summary)
     write_json(root / "results.json", summary)
     return summary
+
+
+def super_ticket_records(root: str | os.PathLike) -> list[Any]:
+    """The finished runs of a super-ticket run directory as the report's records: the full model
+    (method ``full``) and each ticket as method ``super-<kind>`` at its head fraction."""
+    from ticketlab.analysis.aggregate import FULL_MODEL, ResultRecord
+    from ticketlab.training.tasks import get_task
+
+    root = Path(root)
+    task = get_task(read_json(root / "spec.json")["spec"]["task"]).name  # "STS-B" -> "stsb"
+    records = []
+    for path in sorted(root.glob("full-seed*/results.json")):
+        metric, value = _metric(read_json(path))
+        seed = int(path.parent.name.removeprefix("full-seed"))
+        records.append(ResultRecord(task, FULL_MODEL, 0.0, seed, metric, value, str(path.parent)))
+    for path in sorted(root.glob(f"ticket-*/{TICKET_FILE}")):
+        ticket = read_json(path)
+        value = math.nan if ticket["metric"] is None else ticket["metric"]
+        records.append(
+            ResultRecord(
+                task,
+                f"super-{ticket['kind']}",
+                float(ticket["level"]),
+                int(ticket["seed"]),
+                ticket["metric_name"],
+                value,
+                str(path.parent),
+            )
+        )
+    return records
