@@ -292,25 +292,16 @@ def _load_ticket(spec: FinetuneSpec, model, mask=None) -> tuple[Any, Any, dict[s
 
 
 def save_trained_model(model: Any, tokenizer: Any, path: Path) -> Path:
-    """Save ``model`` (safetensors) and ``tokenizer`` into the directory ``path`` atomically: written
-    under a temporary name, renamed when complete (a directory left by a killed run is replaced)."""
-    import shutil
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    """Save ``model`` (safetensors) and ``tokenizer`` into the folder ``path``, atomically."""
     from transformers.utils import logging as hf_logging
+
+    from ticketlab.experiments.store import write_directory
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # its one-shard "writing" bar is noise (and ignores --quiet)
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        write_directory(path, lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp)))
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
         if bars:
             hf_logging.enable_progress_bar()
     return path

@@ -33,8 +33,9 @@ from torch import nn
 from ticketlab.analysis.aggregate import FULL_MODEL, ResultRecord
 from ticketlab.errors import TicketlabError
 from ticketlab.experiments.imp import ImpSpec, level_name
-from ticketlab.experiments.store import RunDirectory, read_json
+from ticketlab.experiments.store import RunDirectory, read_json, write_directory
 from ticketlab.pruning import validate_sparsity
+from ticketlab.pruning.structured import DEFAULT_FFN_RATIO
 
 GRID_METHODS = ("full", "omp", "random", "imp", "permuted", "random-init")
 
@@ -76,7 +77,8 @@ class GridSpec:
     )
     super_variant: str = field(default="liang2021", metadata={"help": "super-* methods: importance variant"})
     super_ffn_ratio: float = field(
-        default=10 / 12, metadata={"help": "super-* methods: FFN layers pruned = round(p x ratio x layers)"}
+        default=DEFAULT_FFN_RATIO,
+        metadata={"help": "super-* methods: FFN layers pruned = round(p x ratio x layers)"},
     )
 
     run_prefix = "grid"
@@ -342,10 +344,6 @@ class GridRunner:
 
     def super_ticket(self, task: str, kind: str, level: float, seed: int) -> Path:
         """The super-ticket mask scored on the full cell's fine-tuned model of ``task`` and ``seed``."""
-        import os
-        import shutil
-        import tempfile
-
         from ticketlab.experiments.finetune import MODEL_DIR
         from ticketlab.experiments.super_tickets import (
             MASKS_DIR,
@@ -362,10 +360,9 @@ class GridRunner:
             self.echo(
                 f"importance on {task}, seed {seed}: super tickets at {self.spec.super_head_fractions()}"
             )
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-            try:
-                write_super_masks(
+            write_directory(
+                folder,
+                lambda tmp: write_super_masks(
                     self.root / "cells" / task / full.name / MODEL_DIR,
                     task,
                     tmp,
@@ -380,11 +377,8 @@ class GridRunner:
                     max_length=self.spec.recipe.get("max_length"),
                     cache_dir=self.cache_dir,
                     quiet=self.quiet,
-                )
-                shutil.rmtree(folder, ignore_errors=True)  # a half-written folder of a killed run
-                os.replace(tmp, folder)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+                ),
+            )
         return folder / MASKS_DIR / mask_file_name(kind, level)
 
     # -- cells ------------------------------------------------------------------------------------
