@@ -8,7 +8,16 @@ from typing import Any
 from ticketlab.cli.common import add_output_flags, add_spec_arguments, format_table, print_json
 
 # Fields of FinetuneSpec that IMP sets itself rather than taking as recipe overrides.
-_NOT_RECIPE = ("model", "task", "data_dir", "mask", "seed", "predict_test", "allow_fingerprint_mismatch")
+_NOT_RECIPE = (
+    "model",
+    "task",
+    "data_dir",
+    "mask",
+    "seed",
+    "predict_test",
+    "allow_fingerprint_mismatch",
+    "save_model",
+)
 
 
 def _recipe_flags(spec_class: type, skip: tuple[str, ...] = ()) -> list[str]:
@@ -77,6 +86,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 def _set_flags(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def recipe_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The fine-tuning recipe flags the user set (added with ``skip=_NOT_RECIPE, overrides_only=True``)."""
+    from ticketlab.experiments.finetune import FinetuneSpec
+
+    return _set_flags(args, _recipe_flags(FinetuneSpec, _NOT_RECIPE))
 
 
 def run_imp_command(args: argparse.Namespace) -> int:

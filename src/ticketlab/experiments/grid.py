@@ -11,6 +11,10 @@ finished cell is skipped on rerun. Tickets are made once and shared by the cells
   results are the cells, as in BERT-Tickets);
 - ``permuted`` / ``random-init``: BERT-Tickets' controls, the OMP ticket's mask on pre-trained
   weights with whole layers permuted, or on randomly initialised weights.
+- ``super-winning`` / ``super-random`` / ``super-losing``: structured super tickets (heads and FFN
+  layers), scored on the fine-tuned model of the grid's ``full`` cell of the same task and seed; the
+  cell's "sparsity" is the fraction of heads pruned (``super_levels``, default: the sparsities),
+  with round(p x ``super_ffn_ratio`` x layers) FFN layers; results.json has the weight sparsity.
 
 Transfer: ``transfer_from`` names source tasks whose IMP tickets (at each sparsity) are also
 fine-tuned on every other task of the grid (method ``imp@<source>``). The source ``mlm`` is IMP on
@@ -32,12 +36,17 @@ from torch import nn
 from ticketlab.analysis.aggregate import FULL_MODEL, ResultRecord
 from ticketlab.errors import TicketlabError
 from ticketlab.experiments.imp import MLM_TASK, ImpSpec, level_name
-from ticketlab.experiments.store import RunDirectory, read_json
+from ticketlab.experiments.store import RunDirectory, read_json, write_directory
 from ticketlab.pruning import validate_sparsity
+from ticketlab.pruning.structured import DEFAULT_FFN_RATIO
 
 log = logging.getLogger(__name__)
 
 GRID_METHODS = ("full", "omp", "random", "imp", "permuted", "random-init")
+
+# Structured super tickets in the grid: method -> ticket kind.
+SUPER_METHODS = {"super-winning": "winning", "super-random": "random", "super-losing": "losing"}
+GRID_METHODS += tuple(SUPER_METHODS)
 
 
 @dataclass
@@ -77,6 +86,16 @@ class GridSpec:
     mlm_recipe: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "mlm source: MLM training overrides (steps, lr, ...)"}
     )
+    # Super tickets (fields at their defaults stay out of the run directory's hash).
+    super_levels: list[float] | None = field(
+        default=None,
+        metadata={"help": "super-* methods: fractions of heads to prune (default: the sparsities)"},
+    )
+    super_variant: str = field(default="liang2021", metadata={"help": "super-* methods: importance variant"})
+    super_ffn_ratio: float = field(
+        default=DEFAULT_FFN_RATIO,
+        metadata={"help": "super-* methods: FFN layers pruned = round(p x ratio x layers)"},
+    )
 
     run_prefix = "grid"
 
@@ -111,6 +130,28 @@ class GridSpec:
         off = [s for s in self.sparsities if uses_imp and not any(abs(s - lv) < 1e-9 for lv in levels)]
         if off:
             raise TicketlabError(f"sparsity {off[0]} is not one of the IMP levels {levels}")
+        self._validate_super()
+
+    def _validate_super(self) -> None:
+        from ticketlab.experiments.super_tickets import SuperTicketSpec
+
+        if not any(m in SUPER_METHODS for m in self.methods):
+            return
+        if FULL_MODEL not in self.methods:
+            raise TicketlabError("super-* methods need the full method: they score its fine-tuned model")
+        kinds = [SUPER_METHODS[m] for m in self.methods if m in SUPER_METHODS]
+        SuperTicketSpec(
+            self.model,
+            self.tasks[0],
+            levels=self.super_head_fractions(),
+            kinds=kinds,
+            variant=self.super_variant,
+            ffn_ratio=self.super_ffn_ratio,
+            recipe=self.recipe,
+        ).validate()
+
+    def super_head_fractions(self) -> list[float]:
+        return list(self.super_levels) if self.super_levels else list(self.sparsities)
 
     def levels(self) -> list[float]:
         if self.imp_levels:
@@ -171,7 +212,8 @@ def plan_cells(spec: GridSpec) -> list[Cell]:
             for method in spec.methods:
                 if method in (FULL_MODEL, "imp"):
                     continue
-                cells += [Cell(task, method, s, seed) for s in spec.sparsities]
+                levels = spec.super_head_fractions() if method in SUPER_METHODS else spec.sparsities
+                cells += [Cell(task, method, s, seed) for s in levels]
             for source in spec.transfer_from:
                 if source != task:
                     cells += [Cell(task, f"imp@{source}", s, seed) for s in spec.sparsities]
@@ -336,6 +378,45 @@ class GridRunner:
     def imp_ticket(self, task: str, sparsity: float, seed: int) -> Path:
         return self.imp_run(task, seed) / level_name(imp_level_for(self.spec, sparsity)) / "mask.safetensors"
 
+    def super_ticket(self, task: str, kind: str, level: float, seed: int) -> Path:
+        """The super-ticket mask scored on the full cell's fine-tuned model of ``task`` and ``seed``."""
+        from ticketlab.experiments.finetune import MODEL_DIR
+        from ticketlab.experiments.super_tickets import (
+            MASKS_DIR,
+            MASKS_SUMMARY,
+            importance_options_for,
+            mask_file_name,
+            write_super_masks,
+        )
+
+        folder = self.root / "tickets" / "super" / task / f"seed{seed}"
+        if not (folder / MASKS_SUMMARY).exists():
+            full = Cell(task, FULL_MODEL, 0.0, seed)
+            self.run_cell(full)
+            self.echo(
+                f"importance on {task}, seed {seed}: super tickets at {self.spec.super_head_fractions()}"
+            )
+            write_directory(
+                folder,
+                lambda tmp: write_super_masks(
+                    self.root / "cells" / task / full.name / MODEL_DIR,
+                    task,
+                    tmp,
+                    options=importance_options_for(self.spec.super_variant, self.spec.recipe),
+                    kinds=[SUPER_METHODS[m] for m in self.spec.methods if m in SUPER_METHODS],
+                    levels=self.spec.super_head_fractions(),
+                    ffn_ratio=self.spec.super_ffn_ratio,
+                    seed=seed,
+                    source_model=self.spec.model,
+                    tokenizer_source=self.spec.model,
+                    data_dir=self.spec.data_dir,
+                    max_length=self.spec.recipe.get("max_length"),
+                    cache_dir=self.cache_dir,
+                    quiet=self.quiet,
+                ),
+            )
+        return folder / MASKS_DIR / mask_file_name(kind, level)
+
     # -- cells ------------------------------------------------------------------------------------
     def run_cell(self, cell: Cell) -> dict[str, Any]:
         from ticketlab.experiments.finetune import FinetuneSpec, run_finetune
@@ -355,6 +436,8 @@ class GridRunner:
             mask_path = self.random_ticket(cell.sparsity, cell.seed)
         elif cell.method.startswith("imp@"):
             mask_path = self.imp_ticket(cell.method.split("@", 1)[1], cell.sparsity, cell.seed)
+        elif cell.method in SUPER_METHODS:
+            mask_path = self.super_ticket(cell.task, SUPER_METHODS[cell.method], cell.sparsity, cell.seed)
         if control:
             from accelerate.utils import set_seed
 
@@ -371,6 +454,8 @@ class GridRunner:
             seed=cell.seed,
             mask=str(mask_path) if mask_path else None,
             allow_fingerprint_mismatch=control,
+            # The super-* methods score the full model's fine-tuned weights.
+            save_model=cell.method == FULL_MODEL and any(m in SUPER_METHODS for m in self.spec.methods),
             **self.spec.recipe,
         )
         self.echo(f"fine-tune {cell.task}: {cell.method} at {cell.sparsity:.0%}, seed {cell.seed}")

@@ -67,6 +67,10 @@ def records_from(run_dir: str | Path) -> tuple[list[ResultRecord], list[Path]]:
             if (level / "mask.safetensors").exists():
                 masks.append(level / "mask.safetensors")
         return records, masks
+    if kind == "SuperTicketSpec":
+        from ticketlab.experiments.super_tickets import super_ticket_records
+
+        return super_ticket_records(root), []
     if (root / "results.json").exists():  # a single fine-tuning run
         results = read_json(root / "results.json")
         masks = [Path(results["mask"])] if results.get("mask") and Path(results["mask"]).exists() else []

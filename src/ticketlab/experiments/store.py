@@ -82,6 +82,22 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     atomic_write(path, write)
 
 
+def write_directory(path: str | os.PathLike, body: Callable[[Path], T]) -> T:
+    """Fill the folder ``path`` atomically: ``body(tmp)`` writes into a temporary folder beside it,
+    which then replaces ``path`` (a folder left half-written by a killed run included)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        result = body(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
 def read_json(path: str | os.PathLike) -> Any:
     try:
         with open(path) as handle:
