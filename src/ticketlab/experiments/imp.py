@@ -81,6 +81,26 @@ def _head_state(model: nn.Module, adapter: EncoderAdapter) -> dict[str, torch.Te
     }
 
 
+def search_cost(level_results: list[dict[str, Any]]) -> dict[str, Any]:
+    """What finding a mask cost: the training of every level before it, summed.
+
+    Steps are optimizer steps, examples the training examples seen, wall time the levels' whole
+    wall-clock time (training and the evaluations during it). A total is None when a level's
+    results do not say (a custom ``train`` function).
+    """
+
+    def total(key: str) -> float | None:
+        values = [r.get(key) for r in level_results]
+        return None if any(v is None for v in values) else sum(values)
+
+    return {
+        "steps": total("training_steps"),
+        "examples": total("train_examples_seen"),
+        "wall_time_s": total("wall_seconds"),
+        "levels_trained": len(level_results),
+    }
+
+
 def run_imp(
     spec: ImpSpec,
     out: str | Path,
@@ -135,11 +155,13 @@ def run_imp(
                     within=mask,
                 )
                 next_mask.provenance.method = "imp"
+                trained = [read_json(run.step_path(level_name(i)) / "results.json") for i in range(index)]
                 next_mask.provenance.method_params = {
                     "level": index + 1,
                     "task": spec.task,
                     "head": spec.head,
                     "levels": list(spec.levels),
+                    "search_cost": search_cost([*trained, results]),
                 }
                 save_mask(next_mask, tmp / "next_mask.safetensors")
             write_json(tmp / "results.json", results)

@@ -46,13 +46,15 @@ INITS: tuple[str, ...] = ("omp", "random")
 _RESUMABLE_CHANGES = ("steps", "save_at", "checkpoint_every")
 
 
-@dataclass
-class TamtSpec:
-    """A TAMT run (each field is a ``ticketlab tamt`` flag)."""
+@dataclass(kw_only=True)
+class TamtSettings:
+    """How a TAMT mask is trained, apart from the model, the sparsity and the ranking.
 
-    model: str = field(metadata={"help": "hub id or local directory of the dense pre-trained model"})
-    objective: str = field(metadata={"help": "mlm, kd or mlm+kd"})
-    sparsity: float = field(metadata={"help": "fraction of the weights in scope to prune, in [0, 1)"})
+    The ``tamt:`` section of a ticket grid (which supplies the rest); :class:`TamtSpec` adds
+    the model, sparsity, scope, scheme and step budgets for one ``ticketlab tamt`` run.
+    """
+
+    objective: str = field(default="kd", metadata={"help": "mlm, kd or mlm+kd"})
     text: str | None = field(default=None, metadata={"help": "training text file (none: the hub data set)"})
     dataset: str = field(default=DEFAULT_DATASET, metadata={"help": "hub text data set when no text file"})
     dataset_config: str | None = field(default=DEFAULT_DATASET_CONFIG, metadata={"help": "its configuration"})
@@ -62,11 +64,6 @@ class TamtSpec:
     init: str = field(
         default="omp", metadata={"help": "initial mask: omp (the paper) or random (its ablation)"}
     )
-    scope: str = field(
-        default="encoder+embeddings", metadata={"help": "weights that can be pruned (TAMT: with embeddings)"}
-    )
-    scheme: str = field(default="per-matrix", metadata={"help": "per-matrix (TAMT) or global top-k"})
-    save_at: tuple[int, ...] = field(default=(), metadata={"help": "also save the mask after these steps"})
     seed: int = field(default=0, metadata={"help": "seed of data order, corruption, dropout and random init"})
     batch_size: int = field(default=16, metadata={"help": "blocks per step (the paper: 16)"})
     max_length: int = field(default=128, metadata={"help": "block length in tokens (the paper: 512)"})
@@ -88,7 +85,6 @@ class TamtSpec:
 
     def validate(self) -> None:
         check_objective(self.objective)
-        validate_sparsity(self.sparsity)
         if self.init not in INITS:
             raise TicketlabError(f"unknown init {self.init!r} (choose from {', '.join(INITS)})")
         if self.kd_loss not in KD_LOSSES:
@@ -100,6 +96,24 @@ class TamtSpec:
                 raise TicketlabError(
                     f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
                 )
+
+
+@dataclass(kw_only=True)
+class TamtSpec(TamtSettings):
+    """A TAMT run (each field is a ``ticketlab tamt`` flag)."""
+
+    model: str = field(metadata={"help": "hub id or local directory of the dense pre-trained model"})
+    objective: str = field(metadata={"help": "mlm, kd or mlm+kd"})
+    sparsity: float = field(metadata={"help": "fraction of the weights in scope to prune, in [0, 1)"})
+    scope: str = field(
+        default="encoder+embeddings", metadata={"help": "weights that can be pruned (TAMT: with embeddings)"}
+    )
+    scheme: str = field(default="per-matrix", metadata={"help": "per-matrix (TAMT) or global top-k"})
+    save_at: tuple[int, ...] = field(default=(), metadata={"help": "also save the mask after these steps"})
+
+    def validate(self) -> None:
+        super().validate()
+        validate_sparsity(self.sparsity)
         bad = [s for s in self.save_at if not 1 <= s <= self.steps]
         if bad:
             raise TicketlabError(f"--save-at step {bad[0]} is outside 1..{self.steps} (--steps)")
