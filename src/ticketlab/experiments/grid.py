@@ -72,6 +72,12 @@ class GridSpec:
         default_factory=list, metadata={"help": "source tasks whose IMP tickets are tried on the others"}
     )
     recipe: dict[str, Any] = field(default_factory=dict, metadata={"help": "fine-tuning recipe overrides"})
+    task_recipes: dict[str, dict[str, Any]] = field(
+        default_factory=dict,
+        metadata={
+            "help": "per-task recipe overrides on top of recipe, e.g. {cola: {max_train_samples: 2000}}"
+        },
+    )
     tamt: TamtSettings | None = field(
         default=None,
         metadata={
@@ -101,6 +107,12 @@ class GridSpec:
         from ticketlab.experiments.imp import check_recipe
 
         check_recipe(self.recipe)
+        for task, overrides in self.task_recipes.items():
+            if task not in self.tasks:
+                raise TicketlabError(f"task_recipes names {task!r}, which is not one of the grid's tasks")
+            if not isinstance(overrides, dict):
+                raise TicketlabError(f"task_recipes.{task} must be a mapping of recipe fields")
+            check_recipe(overrides)
         unknown = [m for m in self.methods if m not in GRID_METHODS]
         if unknown:
             raise TicketlabError(
@@ -135,6 +147,10 @@ class GridSpec:
             self.pretrain_loss.validate()
             _check_file(self.pretrain_loss.text, "pretrain_loss.text")
             _check_file(self.pretrain_loss.head_text, "pretrain_loss.head_text")
+
+    def recipe_for(self, task: str) -> dict[str, Any]:
+        """The fine-tuning recipe of ``task``: ``recipe`` updated with its ``task_recipes`` entry."""
+        return {**self.recipe, **self.task_recipes.get(task, {})}
 
     def levels(self) -> list[float]:
         if self.imp_levels:
@@ -267,7 +283,7 @@ def imp_spec_for(spec: GridSpec, task: str, seed: int) -> ImpSpec:
         scope=spec.scope,
         scheme=spec.scheme,
         seed=seed,
-        recipe=dict(spec.recipe),
+        recipe=spec.recipe_for(task),
     )
 
 
@@ -512,7 +528,7 @@ class GridRunner:
             seed=cell.seed,
             mask=str(mask_path) if mask_path else None,
             allow_fingerprint_mismatch=control,
-            **self.spec.recipe,
+            **self.spec.recipe_for(cell.task),
         )
         self.echo(f"fine-tune {cell.task}: {cell.method} at {cell.sparsity:.0%}, seed {cell.seed}")
         mask = load_mask(mask_path) if control and mask_path else None
