@@ -88,3 +88,17 @@ def test_plan_counts_cells():
     cells = plan_cells(spec)
     # per task and seed: full + 2 omp + 2 random; transfer a -> b: 2 per seed
     assert len(cells) == 2 * 3 * 5 + 3 * 2
+
+
+def test_undefined_correlation_counts_as_zero_but_other_metrics_must_exist():
+    from ticketlab.experiments.grid import main_metric_of
+
+    collapsed = {"main_metric": "pearson", "best": {"pearson": None, "spearman": None}}
+    assert main_metric_of("stsb", collapsed) == ("pearson", 0.0)
+    assert main_metric_of("cola", {"main_metric": "matthews", "best": {"matthews": float("nan")}}) == (
+        "matthews",
+        0.0,
+    )
+    assert main_metric_of("stsb", {"main_metric": "pearson", "best": {"pearson": 0.8}}) == ("pearson", 0.8)
+    with pytest.raises(TicketlabError, match="undefined accuracy"):
+        main_metric_of("rte", {"main_metric": "accuracy", "best": {"accuracy": None}})

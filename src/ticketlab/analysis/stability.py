@@ -206,6 +206,7 @@ def plot_survival(
         figsize=(3 + 0.45 * heads.shape[1] + 0.6 * min(ffn_map.shape[1], 12), 1.5 + 0.4 * heads.shape[0]),
         gridspec_kw={"width_ratios": [heads.shape[1], max(1, min(ffn_map.shape[1], 12))]},
         squeeze=False,
+        layout="constrained",  # room for the title above the panels' own titles
     )
     for axis, data, name in ((axes[0, 0], heads, "heads"), (axes[0, 1], ffn_map, "FFN")):
         image = axis.imshow(data, vmin=0, vmax=1, cmap="viridis", aspect="auto")

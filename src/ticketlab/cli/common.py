@@ -84,3 +84,25 @@ def add_spec_arguments(
                 help=help_text,
                 metavar=spec_field.name.upper(),
             )
+
+
+def comma_separated(convert: Any = str, what: str = "values") -> Any:
+    """An argparse ``type``: ``"a, b,c"`` -> ``[convert("a"), convert("b"), convert("c")]``."""
+
+    def parse(text: str) -> list[Any]:
+        try:
+            return [convert(part.strip()) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+
+    return parse
+
+
+def spec_overrides(args: argparse.Namespace, spec_class: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields of ``spec_class`` given on the command line (flags added by
+    :func:`add_spec_arguments` with ``overrides_only``, which default to None)."""
+    return {
+        f.name: getattr(args, f.name)
+        for f in fields(spec_class)
+        if f.name not in skip and getattr(args, f.name, None) is not None
+    }

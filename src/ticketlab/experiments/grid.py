@@ -25,6 +25,7 @@ fine-tuned on every other task of the grid (method ``imp@<source>``).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +41,8 @@ from ticketlab.experiments.pretrain_loss import PretrainLossSettings
 from ticketlab.experiments.store import RunDirectory, read_json, settings_from_dict
 from ticketlab.experiments.tamt import TamtSettings, TamtSpec
 from ticketlab.pruning import validate_sparsity
+
+log = logging.getLogger(__name__)
 
 GRID_METHODS = ("full", "omp", "random", "imp", "tamt", "permuted", "random-init")
 # Methods whose ticket is not a mask on the pre-trained weights alone: no pre-training loss.
@@ -344,13 +347,25 @@ def open_grid(spec: GridSpec, out: str | Path) -> RunDirectory:
     return RunDirectory.open(spec, out)
 
 
+# A correlation over constant predictions is undefined (scipy gives NaN, stored as null). A ticket
+# that collapsed to one output carries no signal, so tables count it as 0, as scikit-learn's MCC
+# already does for that case; results.json keeps the null.
+UNDEFINED_AS_ZERO = ("pearson", "spearman", "matthews")
+
+
 def main_metric_of(task: str, results: dict[str, Any]) -> tuple[str, float]:
     """The task's main metric and its best dev value (as the papers report) from a results.json."""
     metric = results.get("main_metric")
     best = results.get("best") or {}
     if metric not in best:
         raise TicketlabError(f"results for {task} have no best value of their main metric {metric!r}")
-    return metric, float(best[metric])
+    value = best[metric]
+    if value is None or value != value:  # null in JSON, or NaN
+        if metric not in UNDEFINED_AS_ZERO:
+            raise TicketlabError(f"results for {task} have an undefined {metric}")
+        log.warning("%s: %s undefined (constant predictions); counted as 0", task, metric)
+        return metric, 0.0
+    return metric, float(value)
 
 
 class GridRunner:

@@ -223,16 +223,18 @@ def iterative_step(
     head_step_fraction: float = 0.1,
     ffn_step: int = 1,
     min_heads_per_layer: int = 1,
+    num_heads: int | None = None,
 ) -> StructuredMask:
     """One step of iterative importance pruning (all tickets winning) on fresh scores.
 
-    Prunes round(``head_step_fraction`` x all heads) more heads (14 of BERT-base's 144) and
-    ``ffn_step`` more FFN layers, the least important among the survivors; fewer when fewer are
-    left to prune.
+    Prunes round(``head_step_fraction`` x all heads) more heads (14 of BERT-base's 144), or
+    ``num_heads`` when given, and ``ffn_step`` more FFN layers, the least important among the
+    survivors; fewer when fewer are left to prune.
     """
     layers, heads = current.heads.shape
     heads_left = int(current.heads.sum()) - layers * min_heads_per_layer
-    head_count = min(round_half_up(head_step_fraction * layers * heads), max(0, heads_left))
+    wanted = round_half_up(head_step_fraction * layers * heads) if num_heads is None else int(num_heads)
+    head_count = min(wanted, max(0, heads_left))
     ffn_count = min(ffn_step, int(current.ffn.sum()))
     mask = structured_mask_from_scores(
         head_scores,
@@ -335,9 +337,10 @@ def kept_weight_fraction(mask: StructuredMask, adapter: EncoderAdapter, scope: s
 def last_step_above(metrics: Sequence[float], reference: float, fraction: float = 0.9) -> int:
     """The all-tickets-winning stopping rule: the index of the last step before the first whose
     metric falls below ``fraction`` x ``reference`` (the fine-tuned full model's); -1 when even the
-    first step falls below (keep the full model)."""
+    first step falls below (keep the full model). A NaN metric (e.g. the correlation of constant
+    predictions) counts as falling below."""
     threshold = fraction * reference
     for index, value in enumerate(metrics):
-        if value < threshold:
+        if not value >= threshold:
             return index - 1
     return len(metrics) - 1

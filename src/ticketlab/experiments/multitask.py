@@ -1,0 +1,386 @@
+"""Multi-task learning with shared tickets (super tickets, MT-DNN style), and plain multi-task learning.
+
+One shared pre-trained encoder and one freshly initialised head per GLUE task. Every epoch visits
+every training batch of every task once, in a seeded random order, so each task comes up in
+proportion to its data size (MT-DNN's sampling). With tickets, each task has a structured mask
+(heads and FFN layers; a task without one uses the whole encoder): before a task's batch the
+encoder's gates switch to that task's mask, so the heads and FFN layers outside its ticket compute
+nothing and receive none of its gradient, and the task is evaluated through its own ticket. Without
+masks it is plain multi-task training, the baseline.
+
+What the gates do not stop: parameters shared by every unit of a layer (LayerNorms, the attention
+output bias) train on every task, and AdamW keeps moving a weight by its momentum from other tasks'
+batches; weights outside *every* ticket get no gradient at all. This is what ticket sharing means
+in the super-tickets paper: a task's gradient reaches only its ticket.
+
+``run_multitask(spec, out)`` trains once and writes ``out/results.json`` (per task: the metrics of
+the evaluation with the best task average, and of the final one; batches per task; the tickets);
+``compare_multitask`` sets a ticket-sharing run beside a plain one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ticketlab.errors import MaskMismatchError, TicketlabError
+from ticketlab.experiments.store import RunDirectory, read_json, write_json
+from ticketlab.masks import StructuredGates, StructuredMask, load_mask
+from ticketlab.training.metrics import json_safe
+
+AVERAGE = "average"  # the main metric of a multi-task run: the mean of the tasks' main metrics
+
+
+@dataclass
+class MultitaskSpec:
+    """One multi-task training run (plain, or with a ticket per task)."""
+
+    model: str = field(metadata={"help": "hub id or local directory of the pre-trained encoder"})
+    tasks: list[str] = field(metadata={"help": "GLUE tasks, one head each"})
+    data_dir: str | None = field(default=None, metadata={"help": "local GLUE data (default: the hub)"})
+    masks: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "task -> structured mask file (its ticket); empty: plain multi-task training"},
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the heads, dropout and the batch order"})
+    lr: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW, linear decay)"})
+    batch_size: int = field(default=32, metadata={"help": "batch size (every batch from one task)"})
+    eval_batch_size: int | None = field(default=None, metadata={"help": "default: batch size"})
+    epochs: int = field(default=3, metadata={"help": "passes over every task's training data"})
+    max_length: int = field(default=128, metadata={"help": "tokens per example"})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "fraction of the steps warming up"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "the first N training examples of each task"}
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "the first N dev examples"})
+
+    run_prefix = "multitask"
+
+    def validate(self) -> None:
+        from ticketlab.training.glue_task import GlueTask
+        from ticketlab.training.tasks import get_task
+
+        if len(self.tasks) < 1 or len({get_task(t).name for t in self.tasks}) != len(self.tasks):
+            raise TicketlabError(f"tasks must be a non-empty list of distinct GLUE tasks, got {self.tasks}")
+        for name in self.tasks:
+            if not isinstance(get_task(name), GlueTask):
+                raise TicketlabError(f"multi-task training runs GLUE tasks, not {name!r}")
+        unknown = sorted(set(self.masks) - set(self.tasks))
+        if unknown:
+            raise TicketlabError(f"a mask is given for {unknown[0]!r}, which is not one of the tasks")
+        for task, path in self.masks.items():
+            if not Path(path).is_file():
+                raise TicketlabError(f"mask file {path!r} (task {task}) does not exist")
+        for name in ("batch_size", "epochs", "max_length"):
+            if getattr(self, name) < 1:
+                raise TicketlabError(f"{name.replace('_', ' ')} must be at least 1")
+        if not self.lr > 0:
+            raise TicketlabError(f"learning rate must be positive, got {self.lr}")
+
+
+# -- model ---------------------------------------------------------------------------------------
+class ClassificationHead(nn.Module):
+    """A task head on the shared encoder, as Hugging Face's sequence classifiers: on the pooler
+    output (BERT) when the encoder has a pre-trained pooler, else dense + tanh on the first token
+    (RoBERTa, ELECTRA)."""
+
+    def __init__(self, config: Any, num_labels: int, use_pooler: bool):
+        super().__init__()
+        hidden = config.hidden_size
+        dropout = getattr(config, "classifier_dropout", None)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
+        self.use_pooler = use_pooler
+        self.dense = None if use_pooler else nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, num_labels)
+        for linear in (self.dense, self.out):
+            if linear is not None:  # Hugging Face's initialisation of task heads
+                nn.init.normal_(linear.weight, std=config.initializer_range)
+                nn.init.zeros_(linear.bias)
+
+    def forward(self, outputs: Any) -> torch.Tensor:
+        if self.use_pooler:
+            features = outputs.pooler_output
+        else:
+            features = torch.tanh(self.dense(self.dropout(outputs.last_hidden_state[:, 0])))
+        return self.out(self.dropout(features))
+
+
+class MultitaskModel(nn.Module):
+    """A shared encoder and one head per task: ``model(task, **inputs)`` returns that task's logits."""
+
+    def __init__(self, encoder: nn.Module, num_labels: Mapping[str, int]):
+        super().__init__()
+        from ticketlab.models import EncoderAdapter
+
+        self.encoder = encoder
+        use_pooler = EncoderAdapter(encoder).has_pooler()
+        self.heads = nn.ModuleDict(
+            {task: ClassificationHead(encoder.config, n, use_pooler) for task, n in num_labels.items()}
+        )
+
+    def forward(self, task: str, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.heads[task](self.encoder(**inputs))
+
+
+class TaskView(nn.Module):
+    """One task's view of a :class:`MultitaskModel` with the interface of a sequence classifier
+    (``view(**batch).logits``), for the task's own prediction code."""
+
+    def __init__(self, model: nn.Module, task: str):
+        super().__init__()
+        self.model = model
+        self.task = task
+
+    def forward(self, **inputs: torch.Tensor):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        return SequenceClassifierOutput(logits=self.model(self.task, **inputs))
+
+
+# -- batches -------------------------------------------------------------------------------------
+class TaskMixture:
+    """Every batch of every task once per epoch, in a seeded random order (so each task comes up in
+    proportion to its number of batches); each batch is a mapping with its ``task`` added last."""
+
+    def __init__(self, loaders: Mapping[str, Any], seed: int = 0):
+        self.loaders = dict(loaders)
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return sum(len(loader) for loader in self.loaders.values())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self, epoch: int | None = None) -> list[str]:
+        """The task of each batch of an epoch."""
+        tasks = [task for task, loader in self.loaders.items() for _ in range(len(loader))]
+        generator = torch.Generator().manual_seed(
+            self.seed * 100_003 + (self.epoch if epoch is None else epoch)
+        )
+        return [tasks[i] for i in torch.randperm(len(tasks), generator=generator).tolist()]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        iterators = {task: iter(loader) for task, loader in self.loaders.items()}
+        for task in self.order():
+            yield {**next(iterators[task]), "task": task}
+
+
+def task_loss(
+    model: nn.Module,
+    batch: Mapping[str, Any],
+    gates: StructuredGates | None,
+    masks: Mapping[str, StructuredMask],
+) -> torch.Tensor:
+    """The loss of one task's batch, with that task's ticket switched on first (the whole encoder
+    for a task without one): cross-entropy, or squared error for a one-output regression task."""
+    task = batch["task"]
+    if gates is not None:
+        gates.set_mask(masks[task])
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in batch.items() if k not in ("task", "labels")}
+    logits = model(task, **inputs)
+    labels = batch["labels"].to(device)
+    if logits.shape[-1] == 1:
+        return nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+    return nn.functional.cross_entropy(logits, labels)
+
+
+def _load_masks(spec: MultitaskSpec, encoder: nn.Module) -> dict[str, StructuredMask]:
+    """Each task's ticket; a task without one gets the whole encoder (in the tickets' FFN granularity)."""
+    from ticketlab.models import EncoderAdapter
+
+    adapter = EncoderAdapter(encoder)
+    given = {}
+    for task, path in spec.masks.items():
+        mask = load_mask(path)
+        if not isinstance(mask, StructuredMask):
+            raise TicketlabError(f"{path} (task {task}) is not a structured (head/FFN) mask")
+        if tuple(mask.heads.shape) != (adapter.num_layers, adapter.num_heads) or (
+            mask.ffn_granularity == "neuron" and mask.ffn.shape[1] != adapter.ffn_size
+        ):
+            raise MaskMismatchError(
+                f"{path} (task {task}) has heads {tuple(mask.heads.shape)} and FFN {tuple(mask.ffn.shape)}; "
+                f"the model has {adapter.num_layers} x {adapter.num_heads} heads and FFN size {adapter.ffn_size}"
+            )
+        given[task] = mask
+    granularities = {m.ffn_granularity for m in given.values()} or {"layer"}
+    if len(granularities) > 1:
+        raise TicketlabError(
+            "the tickets mix whole FFN layers and FFN neurons; one set of gates serves all tasks"
+        )
+    granularity = granularities.pop()
+    return {task: given.get(task) or StructuredMask.full(adapter, granularity) for task in spec.tasks}
+
+
+def run_multitask(
+    spec: MultitaskSpec,
+    out: str | Path,
+    *,
+    cache_dir: str | None = None,
+    quiet: bool = False,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train (or return the finished run in ``out``); returns what ``out/results.json`` holds."""
+    spec.validate()
+    run = RunDirectory.open(spec, out)
+    run.run_step("train", lambda tmp: _train(spec, tmp, cache_dir=cache_dir, quiet=quiet, echo=echo))
+    results = read_json(run.step_path("train") / "results.json")
+    write_json(run.path / "results.json", results)
+    return results
+
+
+def _train(spec: MultitaskSpec, out: Path, *, cache_dir: str | None, quiet: bool, echo) -> None:
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+
+    from ticketlab.experiments.store import versions
+    from ticketlab.models import load_encoder, load_tokenizer
+    from ticketlab.training.callbacks import JsonlLogger
+    from ticketlab.training.loop import TrainConfig, default_accelerator, train
+    from ticketlab.training.tasks import DataOptions, get_task
+
+    started = time.perf_counter()
+    accelerator = default_accelerator()
+    set_seed(spec.seed)  # the heads' initialisation
+    encoder = load_encoder(spec.model)
+    tasks = {name: get_task(name) for name in spec.tasks}
+    model = MultitaskModel(encoder, {name: task.info.num_labels for name, task in tasks.items()})
+    masks = _load_masks(spec, encoder)
+    gates = None
+    if spec.masks:
+        granularity = next(iter(masks.values())).ffn_granularity
+        gates = StructuredGates(encoder, granularity)
+    tokenizer = load_tokenizer(spec.model)
+    options = DataOptions(
+        max_length=spec.max_length,
+        data_dir=spec.data_dir,
+        cache_dir=cache_dir,
+        max_train_samples=spec.max_train_samples,
+        max_eval_samples=spec.max_eval_samples,
+        quiet=quiet,
+    )
+    loaders, eval_data = {}, {}
+    for index, (name, task) in enumerate(tasks.items()):
+        loaders[name] = DataLoader(
+            task.train_dataset(tokenizer, options),
+            batch_size=spec.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(spec.seed * 1_000 + index),
+            collate_fn=task.collate_fn(tokenizer),
+        )
+        eval_data[name] = {split: task.eval_data(split, tokenizer, options) for split in task.eval_splits}
+    mixture = TaskMixture(loaders, seed=spec.seed)
+    eval_batch_size = spec.eval_batch_size or spec.batch_size
+
+    def evaluate(prepared: nn.Module, accelerator: Any) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for name, task in tasks.items():
+            if gates is not None:
+                gates.set_mask(masks[name])  # each task is evaluated through its own ticket
+            view = TaskView(prepared, name)
+            predictions = {
+                split: task.predict(view, data, accelerator, batch_size=eval_batch_size, quiet=quiet)
+                for split, data in eval_data[name].items()
+            }
+            for metric, value in task.metrics(predictions).items():
+                metrics[f"{name}/{metric}"] = value
+        mains = [metrics[f"{name}/{task.main_metric}"] for name, task in tasks.items()]
+        metrics[AVERAGE] = float(sum(mains) / len(mains))
+        return metrics
+
+    config = TrainConfig(
+        lr=spec.lr,
+        epochs=spec.epochs,
+        weight_decay=spec.weight_decay,
+        warmup_ratio=spec.warmup_ratio,
+        max_grad_norm=spec.max_grad_norm,
+        seed=spec.seed,
+        main_metric=AVERAGE,
+        quiet=quiet,
+    )
+    result = train(
+        model,
+        mixture,
+        evaluate,
+        config,
+        callbacks=[JsonlLogger(out / "log.jsonl", every=10)],
+        accelerator=accelerator,
+        loss_fn=lambda m, batch: task_loss(m, batch, gates, masks),
+    )
+    if gates is not None:
+        gates.remove()
+    echo(
+        f"multi-task ({'tickets' if spec.masks else 'plain'}): best average {result.best.metrics[AVERAGE]:.4f}"
+    )
+
+    def per_task(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
+        return {
+            name: {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(f"{name}/")}
+            for name in tasks
+        }
+
+    results = {
+        "kind": "multitask",
+        "variant": "tickets" if spec.masks else "plain",
+        "tasks": {
+            name: {
+                "main_metric": task.main_metric,
+                "best": per_task(result.best.metrics)[name],
+                "final": per_task(result.final.metrics)[name],
+                "train_examples": len(loaders[name].dataset),
+                "batches_per_epoch": len(loaders[name]),
+                "ticket": None
+                if name not in spec.masks
+                else {
+                    "mask": spec.masks[name],
+                    "head_sparsity": masks[name].head_sparsity(),
+                    "ffn_sparsity": masks[name].ffn_sparsity(),
+                },
+            }
+            for name, task in tasks.items()
+        },
+        "best_average": result.best.metrics[AVERAGE],
+        "final_average": result.final.metrics[AVERAGE],
+        "best_step": result.best.step,
+        "training_steps": result.steps,
+        "evaluations": [record.to_dict() for record in result.history],
+        "seed": spec.seed,
+        "wall_seconds": time.perf_counter() - started,
+        "versions": versions(),
+    }
+    write_json(out / "results.json", json_safe(results))
+
+
+def compare_multitask(plain: Mapping[str, Any], tickets: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per task (and the average): the main metric of plain multi-task training and of ticket
+    sharing, at the evaluation with the best average, and the difference."""
+    rows = []
+    for task, record in plain["tasks"].items():
+        metric = record["main_metric"]
+        a, b = record["best"].get(metric), tickets["tasks"].get(task, {}).get("best", {}).get(metric)
+        rows.append(
+            {
+                "task": task,
+                "metric": metric,
+                "plain": a,
+                "tickets": b,
+                "difference": None if a is None or b is None else b - a,
+            }
+        )
+    a, b = plain["best_average"], tickets["best_average"]
+    rows.append({"task": AVERAGE, "metric": "", "plain": a, "tickets": b, "difference": b - a})
+    return [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in rows
+    ]
