@@ -62,10 +62,11 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_results(name: str, data: dict[str, Any]) -> Path:
-    """Write ``benchmarks/results/<name>.json`` (with the machine's description) and return its path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+def write_results(name: str, data: dict[str, Any], path: Path | None = None) -> Path:
+    """Write ``benchmarks/results/<name>.json`` (or ``path``), with the machine's description, and
+    return its path."""
+    path = path or RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "machine": machine(), **data}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
@@ -83,3 +84,19 @@ def shared_dir() -> Path | None:
     """``$TICKETLAB_SHARED`` (the real-data folder) if set and present."""
     value = os.environ.get("TICKETLAB_SHARED")
     return Path(value) if value and Path(value).is_dir() else None
+
+
+def require_shared(script: str, *relative: str) -> list[Path]:
+    """The folders ``relative`` under ``$TICKETLAB_SHARED``, or exit with a message naming ``script``."""
+    import sys
+
+    shared = shared_dir()
+    if shared is None:
+        sys.exit(
+            f"{script}: set TICKETLAB_SHARED to the shared folder (../shared) with {', '.join(relative)}"
+        )
+    paths = [shared / part for part in relative]
+    for path in paths:
+        if not path.exists():
+            sys.exit(f"{script}: {path} is missing (needed under TICKETLAB_SHARED: {', '.join(relative)})")
+    return paths

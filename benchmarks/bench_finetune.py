@@ -75,6 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="evaluate on the first N dev examples of each task (0: the whole dev set)",
     )
     parser.add_argument("--out", default=str(RESULTS_DIR / "finetune.json"), help="results JSON")
+    parser.add_argument(
+        "--resume",
+        metavar="JSON",
+        help="keep the runs of this earlier results file (same settings) and do only the missing ones",
+    )
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -361,8 +367,36 @@ def table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(body, header)
 
 
+def run_conditions() -> dict[str, Any]:
+    """When and under what load one run was measured (resumed results mix several sittings)."""
+    import torch
+
+    return {
+        "date_utc": machine()["date_utc"],
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
+    }
+
+
+# Settings that change what a run computes: an earlier file is reusable only if they agree.
+_RESUME_KEYS = ("model", "epochs", "lr", "batch_size", "max_length", "max_train_samples", "max_eval_samples")
+
+
+def earlier_runs(path: Path, settings: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, bool]]:
+    earlier = json.loads(path.read_text())
+    differ = [k for k in _RESUME_KEYS if earlier["settings"].get(k) != settings[k]]
+    if differ:
+        raise SystemExit(f"{path}: setting {differ[0]!r} differs from this run's; cannot resume from it")
+    return list(earlier["runs"]), dict(earlier.get("same_inputs", {}))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     model, glue = require_shared()
     import transformers
 
@@ -404,6 +438,10 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     runs: list[dict[str, Any]] = []
     checks: dict[str, bool] = {}
+    if args.resume:
+        runs, checks = earlier_runs(Path(args.resume), settings)
+        print(f"kept {len(runs)} runs of {args.resume}")
+    done = {(r["task"], r["seed"], r["framework"]) for r in runs}
 
     def save(status: str) -> dict[str, Any]:
         rows = summarise(runs, args.tasks)
@@ -430,6 +468,8 @@ def main(argv: list[str] | None = None) -> None:
             for position, seed in enumerate(args.seeds):
                 order = ("ticketlab", "trainer") if position % 2 == 0 else ("trainer", "ticketlab")
                 for framework in order:
+                    if (info.name, seed, framework) in done:
+                        continue
                     if framework == "ticketlab":
                         run = run_ticketlab(info.name, seed, args, model, glue, work)
                         if info.name not in checks:  # ticketlab's tokenised data is cached now
@@ -441,6 +481,7 @@ def main(argv: list[str] | None = None) -> None:
                         seed=seed,
                         main_metric=info.main_metric,
                         eval_examples=len(data.dev),
+                        measured=run_conditions(),
                     )
                     runs.append(run)
                     save("partial")

@@ -176,8 +176,8 @@ def test_imp_masks_record_the_cumulative_cost_of_the_levels_before_them(tmp_path
     run_imp(ImpSpec(model="tiny", task="rte", levels=[0.3, 0.6]), tmp_path, build, train, echo=lambda _: None)
     first = read_header(tmp_path / level_name(1) / "mask.safetensors")["provenance"]["method_params"]
     second = read_header(tmp_path / level_name(2) / "mask.safetensors")["provenance"]["method_params"]
-    assert first["search_cost"] == {"steps": 10, "examples": 320, "wall_time_s": 1.5, "levels_trained": 1}
-    assert second["search_cost"] == {"steps": 22, "examples": 704, "wall_time_s": 3.5, "levels_trained": 2}
+    assert first["search_cost"] == {"steps": 10, "examples": 320, "wall_time_s": 1.5, "levels": 1}
+    assert second["search_cost"] == {"steps": 22, "examples": 704, "wall_time_s": 3.5, "levels": 2}
     rows = summarize_search_costs(
         [search_cost_of(read_header(p), p) for p in sorted(tmp_path.glob("level_*/mask.safetensors"))]
     )

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 FULL_MODEL = "full"
+# Metrics where lower is better (a held-out loss): a ticket matches when its mean is at most the
+# full model's mean plus one standard deviation.
+LOWER_IS_BETTER = frozenset({"mlm_loss"})
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,10 @@ def aggregate(records: Iterable[ResultRecord]) -> list[Cell]:
     for cell in cells.values():
         reference = full.get((cell.task, cell.metric))
         if cell.method != FULL_MODEL and reference is not None:
-            cell.matching = cell.mean >= reference.mean - reference.std
+            if cell.metric in LOWER_IS_BETTER:
+                cell.matching = cell.mean <= reference.mean + reference.std
+            else:
+                cell.matching = cell.mean >= reference.mean - reference.std
     return sorted(cells.values(), key=lambda c: (c.task, c.method != FULL_MODEL, c.method, c.sparsity))
 
 

@@ -1,4 +1,4 @@
-"""``ticketlab imp``: iterative magnitude pruning with rewinding on a task, resumable."""
+"""``ticketlab imp``: iterative magnitude pruning with rewinding on a task or on MLM, resumable."""
 
 from __future__ import annotations
 
@@ -8,7 +8,22 @@ from typing import Any
 from ticketlab.cli.common import add_output_flags, add_spec_arguments, format_table, print_json
 
 # Fields of FinetuneSpec that IMP sets itself rather than taking as recipe overrides.
-_NOT_RECIPE = ("model", "task", "data_dir", "mask", "seed", "predict_test", "allow_fingerprint_mismatch")
+_NOT_RECIPE = (
+    "model",
+    "task",
+    "data_dir",
+    "mask",
+    "seed",
+    "predict_test",
+    "allow_fingerprint_mismatch",
+    "save_model",
+)
+
+
+def _recipe_flags(spec_class: type, skip: tuple[str, ...] = ()) -> list[str]:
+    from dataclasses import fields
+
+    return [f.name for f in fields(spec_class) if f.name not in skip]
 
 
 def _levels(text: str) -> list[float]:
@@ -20,18 +35,21 @@ def _levels(text: str) -> list[float]:
 
 def register(verbs: argparse._SubParsersAction) -> None:
     from ticketlab.experiments.finetune import FinetuneSpec
+    from ticketlab.experiments.imp_mlm import MlmRecipe
 
     p = verbs.add_parser(
         "imp",
-        help="iterative magnitude pruning with rewinding on a task (resumable); masks and results per level",
+        help="iterative magnitude pruning with rewinding on a task or MLM (resumable); masks and results per level",
         description=(
-            "BERT-Tickets' IMP: fine-tune, prune the trained weights by global magnitude to the next level, "
-            "rewind the survivors to the pre-trained values, repeat. Each level's folder appears only when "
-            "finished; rerunning the same command resumes. Recipe flags default to the fine-tuning defaults."
+            "BERT-Tickets' IMP: fine-tune (or, with --task mlm, train on the masked-LM objective on --text), "
+            "prune the trained weights by global magnitude to the next level, rewind the survivors to the "
+            "pre-trained values, repeat. Each level's folder appears only when finished; rerunning the same "
+            "command resumes. Recipe flags default to the fine-tuning defaults, or with --task mlm to the "
+            "MLM ones (lr 5e-5, batch size 16, 1 epoch, max length 128)."
         ),
     )
     p.add_argument("--model", required=True, help="hub id or local directory of the pre-trained model")
-    p.add_argument("--task", required=True, help="GLUE task name or squad")
+    p.add_argument("--task", required=True, help="GLUE task name, squad, or mlm (with --text)")
     p.add_argument("--data-dir", help="local task data in the original layout (default: the hub)")
     p.add_argument(
         "--levels",
@@ -49,6 +67,15 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--scheme", choices=("global", "per-matrix"), default="global")
     p.add_argument("--seed", type=int, default=0)
     add_spec_arguments(p, FinetuneSpec, skip=_NOT_RECIPE, overrides_only=True)
+    mlm = p.add_argument_group("IMP on MLM (--task mlm)")
+    mlm.add_argument("--text", metavar="FILE", help="training text (default: the hub data set's train split)")
+    mlm.add_argument(
+        "--eval-text",
+        metavar="FILE",
+        help="held-out text for the MLM loss (default: the last --eval-fraction of --text, "
+        "or the hub data set's validation split)",
+    )
+    add_spec_arguments(mlm, MlmRecipe, skip=tuple(_recipe_flags(FinetuneSpec)), overrides_only=True)
     p.add_argument(
         "--cache-dir", help="tokenisation cache (default: $TICKETLAB_CACHE, else ~/.cache/ticketlab)"
     )
@@ -57,17 +84,32 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_imp_command)
 
 
-def run_imp_command(args: argparse.Namespace) -> int:
-    from dataclasses import fields
+def _set_flags(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
+
+def recipe_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The fine-tuning recipe flags the user set (added with ``skip=_NOT_RECIPE, overrides_only=True``)."""
     from ticketlab.experiments.finetune import FinetuneSpec
-    from ticketlab.experiments.imp import ImpSpec, run_imp_on_task
 
-    recipe: dict[str, Any] = {
-        f.name: getattr(args, f.name)
-        for f in fields(FinetuneSpec)
-        if f.name not in _NOT_RECIPE and getattr(args, f.name, None) is not None
-    }
+    return _set_flags(args, _recipe_flags(FinetuneSpec, _NOT_RECIPE))
+
+
+def run_imp_command(args: argparse.Namespace) -> int:
+    from ticketlab.errors import TicketlabError
+    from ticketlab.experiments.finetune import FinetuneSpec
+    from ticketlab.experiments.imp import MLM_TASK, ImpSpec, run_imp_on_task
+    from ticketlab.experiments.imp_mlm import MlmRecipe
+
+    finetune_flags = _recipe_flags(FinetuneSpec, _NOT_RECIPE)
+    mlm_flags = _recipe_flags(MlmRecipe)
+    wanted, other = (mlm_flags, finetune_flags) if args.task == MLM_TASK else (finetune_flags, mlm_flags)
+    stray = sorted(set(_set_flags(args, other)) - set(wanted))
+    if stray:
+        flag = "--" + stray[0].replace("_", "-")
+        kind = "a task's fine-tuning" if args.task == MLM_TASK else "--task mlm"
+        raise TicketlabError(f"{flag} is a flag of {kind}, not of --task {args.task}")
+    recipe = _set_flags(args, wanted)
     spec = ImpSpec(
         model=args.model,
         task=args.task,
@@ -78,6 +120,8 @@ def run_imp_command(args: argparse.Namespace) -> int:
         scheme=args.scheme,
         seed=args.seed,
         recipe=recipe,
+        text=args.text,
+        eval_text=args.eval_text,
     )
     echo = (lambda _: None) if args.quiet or args.json else print
     summary = run_imp_on_task(spec, args.out, cache_dir=args.cache_dir, quiet=args.quiet, echo=echo)

@@ -7,6 +7,7 @@ A run directory holds (all written atomically, results.json last):
 - the final model's predictions on each evaluation split (GLUE: ``<split>_predictions.tsv``;
   SQuAD: ``predictions.json``, the official ``{question_id: answer_text}`` form);
 - ``submission/<TASK>.tsv``: test-set predictions in the leaderboard format (``predict_test``);
+- ``model/``: the trained model and its tokenizer (``save_model``), loadable with ``--model``;
 - ``results.json``: best and final metrics, the step of the best, the ticket, the seed, timings
   and versions. Its presence means the run finished; rerunning the same spec into the same
   directory returns it without training again.
@@ -33,6 +34,7 @@ from ticketlab.training.metrics import json_safe
 RESULTS_FILE = "results.json"
 SPEC_FILE = "spec.json"
 LOG_FILE = "log.jsonl"
+MODEL_DIR = "model"
 # The recipe settings whose default depends on the task: these (GLUE's, the papers' recipe) unless
 # the task's ``Task.recipe`` says otherwise (SQuAD: max length 384, batch 16, lr 3e-5, 2 epochs).
 BASE_RECIPE: dict[str, Any] = {
@@ -118,6 +120,13 @@ class FinetuneSpec:
         default=None, metadata={"help": "metric that picks the best evaluation (default: the task's)"}
     )
     log_every: int = field(default=10, metadata={"help": "steps per line of the training log"})
+    save_model: bool = field(
+        default=False,
+        metadata={
+            "help": "also save the trained model (safetensors) and its tokenizer in RUN_DIR/model, e.g. to "
+            "score head importance or to shrink it"
+        },
+    )
 
     def __post_init__(self) -> None:
         task_recipe = self.recipe_defaults()
@@ -241,24 +250,33 @@ def _finished_run(out: Path, spec: FinetuneSpec) -> dict[str, Any] | None:
     return results
 
 
-def _load_ticket(spec: FinetuneSpec, model, mask=None) -> tuple[Any, dict[str, Any]]:
-    """The unstructured mask to hold on ``model`` and the ticket's facts for results.json."""
+def _load_ticket(spec: FinetuneSpec, model, mask=None) -> tuple[Any, Any, dict[str, Any]]:
+    """The unstructured mask to hold on ``model``, the structured mask it came from (if any), and the
+    ticket's facts for results.json."""
     from ticketlab.masks import StructuredMask, load_mask
     from ticketlab.models import EncoderAdapter
 
     if mask is not None:
         facts: dict[str, Any] = {"mask": None, "mask_sha256": None}
     elif spec.mask is None:
-        return None, {"mask": None, "mask_sha256": None, "sparsity": 0.0, "scope": None, "scheme": None}
+        return None, None, {"mask": None, "mask_sha256": None, "sparsity": 0.0, "scope": None, "scheme": None}
     else:
         mask = load_mask(spec.mask)
         facts = {"mask": spec.mask, "mask_sha256": file_sha256(spec.mask)}
+    structured = None
     if isinstance(mask, StructuredMask):
         # Zeroing a pruned head's Q/K/V rows and output columns (and an FFN neuron's in row and out
-        # column) removes it exactly; a whole pruned FFN sub-layer keeps only its output bias.
+        # column) removes it exactly and keeps it at zero; the gates (installed by run_finetune)
+        # also switch off the output bias of a whole pruned FFN sub-layer, as shrink removes it.
         facts.update(
-            head_sparsity=mask.head_sparsity(), ffn_sparsity=mask.ffn_sparsity(), mask_kind="structured"
+            head_sparsity=mask.head_sparsity(),
+            ffn_sparsity=mask.ffn_sparsity(),
+            heads_pruned=int((~mask.heads).sum()),
+            ffn_pruned=int((~mask.ffn).sum()),
+            ffn_granularity=mask.ffn_granularity,
+            mask_kind="structured",
         )
+        structured = mask
         mask = mask.to_unstructured(EncoderAdapter(model))
     provenance = mask.provenance
     facts.update(
@@ -270,7 +288,23 @@ def _load_ticket(spec: FinetuneSpec, model, mask=None) -> tuple[Any, dict[str, A
         mask_method=provenance.method,
         mask_source_model=provenance.source_model,
     )
-    return mask, facts
+    return mask, structured, facts
+
+
+def save_trained_model(model: Any, tokenizer: Any, path: Path) -> Path:
+    """Save ``model`` (safetensors) and ``tokenizer`` into the folder ``path``, atomically."""
+    from transformers.utils import logging as hf_logging
+
+    from ticketlab.experiments.store import write_directory
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # its one-shard "writing" bar is noise (and ignores --quiet)
+    try:
+        write_directory(path, lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp)))
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    return path
 
 
 def _pruned_nonzero(enforcer) -> int:
@@ -347,15 +381,11 @@ def run_finetune(
     task head, a control's permuted weights) instead of loading ``spec.model``; it is trained in
     place. ``mask`` (a mask object) stands in for ``spec.mask``.
     """
-    import torch
     from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader
 
-    from ticketlab.masks import apply_mask
-    from ticketlab.models import load_tokenizer
-    from ticketlab.training.callbacks import JsonlLogger, MaskEnforcement
-    from ticketlab.training.loop import default_accelerator, train
-    from ticketlab.training.tasks import DataOptions, TaskEvaluator, get_task
+    from ticketlab.masks import apply_mask, apply_structured_mask
+    from ticketlab.training.loop import default_accelerator
+    from ticketlab.training.tasks import get_task
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -377,10 +407,43 @@ def run_finetune(
     set_seed(spec.seed)  # before the model: the task head's initialisation depends on it
     if model is None:
         model = task.build_model(spec.model)
-    mask, ticket = _load_ticket(spec, model, mask)
+    mask, structured, ticket = _load_ticket(spec, model, mask)
     enforcer = (
         apply_mask(model, mask, allow_fingerprint_mismatch=spec.allow_fingerprint_mismatch) if mask else None
     )
+    # A structured ticket also gets its gates, so a pruned unit is off exactly as the gated (and the
+    # shrunk) model computes it; taken off again at the end.
+    gates = apply_structured_mask(model, structured) if structured is not None else None
+    try:
+        return _train_and_record(
+            spec, out, task, model, enforcer, ticket, accelerator, cache_dir, quiet, wall_start
+        )
+    finally:
+        if gates is not None:
+            gates.remove()
+
+
+def _train_and_record(
+    spec: FinetuneSpec,
+    out: Path,
+    task: Any,
+    model: Any,
+    enforcer: Any,
+    ticket: dict[str, Any],
+    accelerator: Any,
+    cache_dir: str | os.PathLike | None,
+    quiet: bool,
+    wall_start: float,
+) -> dict[str, Any]:
+    """Train ``model`` (its ticket already applied) and write the run directory's files."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ticketlab.models import load_tokenizer
+    from ticketlab.training.callbacks import JsonlLogger, MaskEnforcement
+    from ticketlab.training.loop import train
+    from ticketlab.training.tasks import DataOptions, TaskEvaluator
+
     tokenizer = load_tokenizer(spec.model)
     options = DataOptions(
         max_length=spec.max_length,
@@ -429,6 +492,8 @@ def run_finetune(
         }
         if accelerator.is_main_process:
             files += task.write_submission(test_predictions, out / "submission")
+    if spec.save_model and accelerator.is_main_process:
+        files.append(save_trained_model(accelerator.unwrap_model(model), tokenizer, out / MODEL_DIR))
 
     results = _results_record(
         spec,

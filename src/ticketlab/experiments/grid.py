@@ -9,17 +9,23 @@ finished cell is skipped on rerun. Tickets are made once and shared by the cells
   (default) or uniform over the scope; one ticket per seed;
 - ``imp``: iterative magnitude pruning on each task (one IMP run per seed; its levels' fine-tuning
   results are the cells, as in BERT-Tickets);
-- ``tamt``: task-agnostic mask training (TAMT) on pre-training text, one mask per sparsity
-  (task-independent, like OMP), trained as the ``tamt`` section says on the grid's scope and scheme;
 - ``permuted`` / ``random-init``: BERT-Tickets' controls, the OMP ticket's mask on pre-trained
   weights with whole layers permuted, or on randomly initialised weights.
+- ``super-winning`` / ``super-random`` / ``super-losing``: structured super tickets (heads and FFN
+  layers), scored on the fine-tuned model of the grid's ``full`` cell of the same task and seed; the
+  cell's "sparsity" is the fraction of heads pruned (``super_levels``, default: the sparsities),
+  with round(p x ``super_ffn_ratio`` x layers) FFN layers; results.json has the weight sparsity.
+- ``tamt``: task-agnostic mask training (TAMT) on pre-training text, one mask per sparsity
+  (task-independent, like OMP), trained as the ``tamt`` section says on the grid's scope and scheme.
 
-With a ``pretrain_loss`` section, every ticket's MLM and distillation loss on held-out text is
-measured once and stored beside its mask (``<mask>.pretrain_loss.json``), for the report's plot of
-pre-training loss against downstream score.
+With a ``pretrain_loss`` section, every unstructured ticket's MLM and distillation loss on held-out
+text is measured once and stored beside its mask (``<mask>.pretrain_loss.json``), for the report's
+plot of pre-training loss against downstream score.
 
 Transfer: ``transfer_from`` names source tasks whose IMP tickets (at each sparsity) are also
-fine-tuned on every other task of the grid (method ``imp@<source>``).
+fine-tuned on every other task of the grid (method ``imp@<source>``). The source ``mlm`` is IMP on
+the masked-LM objective (text and training from ``mlm_text``, ``mlm_eval_text``, ``mlm_recipe``):
+its task-agnostic ticket is fine-tuned on every task (``imp@mlm``).
 """
 
 from __future__ import annotations
@@ -36,17 +42,26 @@ from torch import nn
 from ticketlab.analysis.aggregate import FULL_MODEL, ResultRecord
 from ticketlab.analysis.pretrain_correlation import TicketLoss
 from ticketlab.errors import TicketlabError
-from ticketlab.experiments.imp import ImpSpec, level_name
+from ticketlab.experiments.imp import MLM_TASK, ImpSpec, level_name
 from ticketlab.experiments.pretrain_loss import PretrainLossSettings
-from ticketlab.experiments.store import RunDirectory, read_json, settings_from_dict
+from ticketlab.experiments.store import RunDirectory, read_json, settings_from_dict, write_directory
 from ticketlab.experiments.tamt import TamtSettings, TamtSpec
 from ticketlab.pruning import validate_sparsity
+from ticketlab.pruning.structured import DEFAULT_FFN_RATIO
 
 log = logging.getLogger(__name__)
 
 GRID_METHODS = ("full", "omp", "random", "imp", "tamt", "permuted", "random-init")
-# Methods whose ticket is not a mask on the pre-trained weights alone: no pre-training loss.
+
+# Structured super tickets in the grid: method -> ticket kind.
+SUPER_METHODS = {"super-winning": "winning", "super-random": "random", "super-losing": "losing"}
+GRID_METHODS += tuple(SUPER_METHODS)
+# The controls' tickets are masks on other weights than the pre-trained ones.
 CONTROLS = ("permuted", "random-init")
+# No pre-training loss for these: the full model (no mask), the controls (their weights are not the
+# ones the loss compares with) and the structured super tickets (heads and FFN layers, scored on a
+# fine-tuned model).
+NO_PRETRAIN_LOSS = (FULL_MODEL, *CONTROLS, *SUPER_METHODS)
 
 
 @dataclass
@@ -72,9 +87,31 @@ class GridSpec:
     )
     imp_head: str = field(default="keep", metadata={"help": "IMP task head at rewinding: keep or reinit"})
     transfer_from: list[str] = field(
-        default_factory=list, metadata={"help": "source tasks whose IMP tickets are tried on the others"}
+        default_factory=list,
+        metadata={"help": "source tasks (or mlm) whose IMP tickets are tried on the other tasks"},
     )
     recipe: dict[str, Any] = field(default_factory=dict, metadata={"help": "fine-tuning recipe overrides"})
+    # The ``mlm`` transfer source (left out of the run-directory hash while at their defaults).
+    mlm_text: str | None = field(
+        default=None, metadata={"help": "mlm source: training text file (default: the hub text data set)"}
+    )
+    mlm_eval_text: str | None = field(
+        default=None, metadata={"help": "mlm source: held-out text file (default: a held-out slice)"}
+    )
+    mlm_recipe: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "mlm source: MLM training overrides (steps, lr, ...)"}
+    )
+    # Super tickets (fields at their defaults stay out of the run directory's hash).
+    super_levels: list[float] | None = field(
+        default=None,
+        metadata={"help": "super-* methods: fractions of heads to prune (default: the sparsities)"},
+    )
+    super_variant: str = field(default="liang2021", metadata={"help": "super-* methods: importance variant"})
+    super_ffn_ratio: float = field(
+        default=DEFAULT_FFN_RATIO,
+        metadata={"help": "super-* methods: FFN layers pruned = round(p x ratio x layers)"},
+    )
+
     task_recipes: dict[str, dict[str, Any]] = field(
         default_factory=dict,
         metadata={
@@ -123,21 +160,27 @@ class GridSpec:
             )
         if not self.tasks or not self.seeds:
             raise TicketlabError("a grid needs at least one task and one seed")
+        if MLM_TASK in self.tasks:
+            raise TicketlabError("mlm is not a fine-tuning task: name it in transfer_from to use its tickets")
         for sparsity in self.sparsities:
             validate_sparsity(sparsity)
         if self.random_variant not in ("matched", "global"):
             raise TicketlabError(f"random_variant must be matched or global, not {self.random_variant!r}")
-        missing = [t for t in self.transfer_from if t not in self.tasks]
+        missing = [t for t in self.transfer_from if t not in self.tasks and t != MLM_TASK]
         if missing:
-            raise TicketlabError(f"transfer source {missing[0]!r} is not one of the grid's tasks")
+            raise TicketlabError(f"transfer source {missing[0]!r} is not one of the grid's tasks (nor mlm)")
+        if MLM_TASK in self.transfer_from:
+            from ticketlab.experiments.imp_mlm import check_mlm_recipe
+
+            check_mlm_recipe(self.mlm_recipe)
+        elif self.mlm_text or self.mlm_eval_text or self.mlm_recipe:
+            raise TicketlabError("mlm_text, mlm_eval_text and mlm_recipe need 'mlm' in transfer_from")
         levels = self.levels()
-        off = [
-            s
-            for s in self.sparsities
-            if "imp" in self.methods and not any(abs(s - lv) < 1e-9 for lv in levels)
-        ]
+        uses_imp = "imp" in self.methods or bool(self.transfer_from)
+        off = [s for s in self.sparsities if uses_imp and not any(abs(s - lv) < 1e-9 for lv in levels)]
         if off:
             raise TicketlabError(f"sparsity {off[0]} is not one of the IMP levels {levels}")
+        self._validate_super()
         if "tamt" in self.methods and self.tamt is None:
             raise TicketlabError(
                 "method tamt needs a tamt section saying what to train on, e.g. "
@@ -154,6 +197,27 @@ class GridSpec:
     def recipe_for(self, task: str) -> dict[str, Any]:
         """The fine-tuning recipe of ``task``: ``recipe`` updated with its ``task_recipes`` entry."""
         return {**self.recipe, **self.task_recipes.get(task, {})}
+
+    def _validate_super(self) -> None:
+        from ticketlab.experiments.super_tickets import SuperTicketSpec
+
+        if not any(m in SUPER_METHODS for m in self.methods):
+            return
+        if FULL_MODEL not in self.methods:
+            raise TicketlabError("super-* methods need the full method: they score its fine-tuned model")
+        kinds = [SUPER_METHODS[m] for m in self.methods if m in SUPER_METHODS]
+        SuperTicketSpec(
+            self.model,
+            self.tasks[0],
+            levels=self.super_head_fractions(),
+            kinds=kinds,
+            variant=self.super_variant,
+            ffn_ratio=self.super_ffn_ratio,
+            recipe=self.recipe,
+        ).validate()
+
+    def super_head_fractions(self) -> list[float]:
+        return list(self.super_levels) if self.super_levels else list(self.sparsities)
 
     def levels(self) -> list[float]:
         if self.imp_levels:
@@ -220,7 +284,8 @@ def plan_cells(spec: GridSpec) -> list[Cell]:
             for method in spec.methods:
                 if method in (FULL_MODEL, "imp"):
                     continue
-                cells += [Cell(task, method, s, seed) for s in spec.sparsities]
+                levels = spec.super_head_fractions() if method in SUPER_METHODS else spec.sparsities
+                cells += [Cell(task, method, s, seed) for s in levels]
             for source in spec.transfer_from:
                 if source != task:
                     cells += [Cell(task, f"imp@{source}", s, seed) for s in spec.sparsities]
@@ -255,6 +320,11 @@ def ticket_path(spec: GridSpec, root: Path, cell: Cell) -> Path | None:
         source = cell.task if cell.method == "imp" else cell.method.split("@", 1)[1]
         level = level_name(imp_level_for(spec, cell.sparsity))
         return root / "imp" / source / f"seed{cell.seed}" / level / "mask.safetensors"
+    if cell.method in SUPER_METHODS:
+        from ticketlab.experiments.super_tickets import MASKS_DIR, mask_file_name
+
+        folder = tickets / "super" / cell.task / f"seed{cell.seed}" / MASKS_DIR
+        return folder / mask_file_name(SUPER_METHODS[cell.method], cell.sparsity)
     raise TicketlabError(f"unknown grid method {cell.method!r}")
 
 
@@ -277,16 +347,19 @@ CellRunner = Callable[[Cell, Path | None, Callable[[nn.Module], None] | None, Pa
 
 
 def imp_spec_for(spec: GridSpec, task: str, seed: int) -> ImpSpec:
+    if task == MLM_TASK:
+        data = {"recipe": dict(spec.mlm_recipe), "text": spec.mlm_text, "eval_text": spec.mlm_eval_text}
+    else:
+        data = {"recipe": spec.recipe_for(task), "data_dir": spec.data_dir}
     return ImpSpec(
         model=spec.model,
         task=task,
-        data_dir=spec.data_dir,
         levels=spec.levels(),
         head=spec.imp_head,
         scope=spec.scope,
         scheme=spec.scheme,
         seed=seed,
-        recipe=spec.recipe_for(task),
+        **data,
     )
 
 
@@ -322,7 +395,7 @@ def collect_pretrain_losses(spec: GridSpec, root: Path) -> list[TicketLoss]:
     """The measured pre-training losses of the mask of every result (controls excluded)."""
     losses = []
     for cell in ticket_cells(spec):
-        if cell.method in (FULL_MODEL, *CONTROLS):
+        if cell.method in NO_PRETRAIN_LOSS:
             continue
         path = pretrain_loss_path(ticket_path(spec, root, cell))
         if path.exists():
@@ -462,6 +535,45 @@ class GridRunner:
         self.imp_run(task, seed)
         return self._path("imp", sparsity, seed, task)
 
+    def super_ticket(self, task: str, kind: str, level: float, seed: int) -> Path:
+        """The super-ticket mask scored on the full cell's fine-tuned model of ``task`` and ``seed``."""
+        from ticketlab.experiments.finetune import MODEL_DIR
+        from ticketlab.experiments.super_tickets import (
+            MASKS_DIR,
+            MASKS_SUMMARY,
+            importance_options_for,
+            mask_file_name,
+            write_super_masks,
+        )
+
+        folder = self.root / "tickets" / "super" / task / f"seed{seed}"
+        if not (folder / MASKS_SUMMARY).exists():
+            full = Cell(task, FULL_MODEL, 0.0, seed)
+            self.run_cell(full)
+            self.echo(
+                f"importance on {task}, seed {seed}: super tickets at {self.spec.super_head_fractions()}"
+            )
+            write_directory(
+                folder,
+                lambda tmp: write_super_masks(
+                    self.root / "cells" / task / full.name / MODEL_DIR,
+                    task,
+                    tmp,
+                    options=importance_options_for(self.spec.super_variant, self.spec.recipe_for(task)),
+                    kinds=[SUPER_METHODS[m] for m in self.spec.methods if m in SUPER_METHODS],
+                    levels=self.spec.super_head_fractions(),
+                    ffn_ratio=self.spec.super_ffn_ratio,
+                    seed=seed,
+                    source_model=self.spec.model,
+                    tokenizer_source=self.spec.model,
+                    data_dir=self.spec.data_dir,
+                    max_length=self.spec.recipe_for(task).get("max_length"),
+                    cache_dir=self.cache_dir,
+                    quiet=self.quiet,
+                ),
+            )
+        return folder / MASKS_DIR / mask_file_name(kind, level)
+
     def ticket(self, cell: Cell) -> Path | None:
         """The mask file of a cell's ticket, made (or trained) first if it does not exist yet."""
         if cell.method in ("omp", *CONTROLS):
@@ -474,6 +586,8 @@ class GridRunner:
             return self.imp_ticket(cell.task, cell.sparsity, cell.seed)
         if cell.method.startswith("imp@"):
             return self.imp_ticket(cell.method.split("@", 1)[1], cell.sparsity, cell.seed)
+        if cell.method in SUPER_METHODS:
+            return self.super_ticket(cell.task, SUPER_METHODS[cell.method], cell.sparsity, cell.seed)
         return None
 
     def pretrain_loss(self, mask_path: Path) -> dict[str, Any]:
@@ -500,12 +614,12 @@ class GridRunner:
         return results
 
     def measure_pretrain_losses(self) -> None:
-        """Pre-training losses of every ticket of the grid (controls excluded: their weights differ)."""
+        """Pre-training losses of every unstructured ticket of the grid (see ``NO_PRETRAIN_LOSS``)."""
         if self.spec.pretrain_loss is None:
             return
         paths = {}
         for cell in ticket_cells(self.spec):
-            if cell.method not in (FULL_MODEL, *CONTROLS):
+            if cell.method not in NO_PRETRAIN_LOSS:
                 paths.setdefault(ticket_path(self.spec, self.root, cell), cell)
         todo = [p for p in paths if not pretrain_loss_path(p).exists()]
         if todo:
@@ -543,6 +657,8 @@ class GridRunner:
             seed=cell.seed,
             mask=str(mask_path) if mask_path else None,
             allow_fingerprint_mismatch=control,
+            # The super-* methods score the full model's fine-tuned weights.
+            save_model=cell.method == FULL_MODEL and any(m in SUPER_METHODS for m in self.spec.methods),
             **self.spec.recipe_for(cell.task),
         )
         self.echo(f"fine-tune {cell.task}: {cell.method} at {cell.sparsity:.0%}, seed {cell.seed}")

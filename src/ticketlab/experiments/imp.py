@@ -34,13 +34,15 @@ from ticketlab.pruning import prune, validate_sparsity
 # may write its own files (logs, predictions) into ``out_dir``.
 TrainFunction = Callable[[nn.Module, UnstructuredMask | None, int, Path], dict[str, Any]]
 
+MLM_TASK = "mlm"  # the task name of IMP on the masked-LM objective (experiments/imp_mlm.py)
+
 
 @dataclass
 class ImpSpec:
     """What an IMP run does. The run directory's identity is the hash of the non-default fields."""
 
     model: str = field(metadata={"help": "hub id or local directory of the pre-trained model"})
-    task: str = field(metadata={"help": "GLUE task or squad"})
+    task: str = field(metadata={"help": "GLUE task, squad, or mlm (the masked-LM objective on text)"})
     data_dir: str | None = field(default=None, metadata={"help": "local task data (default: the hub)"})
     levels: list[float] = field(
         default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 10)],
@@ -50,7 +52,17 @@ class ImpSpec:
     scope: str = field(default="encoder", metadata={"help": "weights that can be pruned"})
     scheme: str = field(default="global", metadata={"help": "global ranking (the paper) or per-matrix"})
     seed: int = field(default=0, metadata={"help": "seed of training (and of head re-initialisation)"})
-    recipe: dict[str, Any] = field(default_factory=dict, metadata={"help": "fine-tuning recipe overrides"})
+    recipe: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "recipe overrides (fine-tuning, or MLM training for mlm)"}
+    )
+    # Task mlm only (added later: None leaves the run-directory hash of task runs unchanged).
+    text: str | None = field(
+        default=None, metadata={"help": "mlm: training text file (default: the hub text data set)"}
+    )
+    eval_text: str | None = field(
+        default=None,
+        metadata={"help": "mlm: held-out text file (default: a held-out slice of the training text)"},
+    )
 
     run_prefix = "imp"
 
@@ -65,6 +77,11 @@ class ImpSpec:
             raise TicketlabError(f"IMP levels must increase: {self.levels}")
         if self.head not in ("keep", "reinit"):
             raise TicketlabError(f"head must be 'keep' or 'reinit', not {self.head!r}")
+        if self.task == MLM_TASK:
+            if self.data_dir is not None:
+                raise TicketlabError("task mlm reads --text (and --eval-text), not --data-dir")
+        elif self.text is not None or self.eval_text is not None:
+            raise TicketlabError(f"--text and --eval-text are for task mlm, not {self.task!r}")
 
 
 def level_name(index: int) -> str:
@@ -82,11 +99,10 @@ def _head_state(model: nn.Module, adapter: EncoderAdapter) -> dict[str, torch.Te
 
 
 def search_cost(level_results: list[dict[str, Any]]) -> dict[str, Any]:
-    """What finding a mask cost: the training of every level before it, summed.
+    """Training spent on the given levels: optimizer steps, examples and wall seconds, summed.
 
-    Steps are optimizer steps, examples the training examples seen, wall time the levels' whole
-    wall-clock time (training and the evaluations during it). A total is None when a level's
-    results do not say (a custom ``train`` function).
+    Read from the results' ``training_steps``, ``train_examples_seen`` and ``wall_seconds`` (what
+    the fine-tuning and MLM pipelines write); levels without them count as unknown (None).
     """
 
     def total(key: str) -> float | None:
@@ -94,10 +110,10 @@ def search_cost(level_results: list[dict[str, Any]]) -> dict[str, Any]:
         return None if any(v is None for v in values) else sum(values)
 
     return {
+        "levels": len(level_results),
         "steps": total("training_steps"),
         "examples": total("train_examples_seen"),
         "wall_time_s": total("wall_seconds"),
-        "levels_trained": len(level_results),
     }
 
 
@@ -107,11 +123,14 @@ def run_imp(
     build_model: Callable[[], nn.Module],
     train: TrainFunction,
     echo: Callable[[str], None] = print,
+    mask_params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) IMP into ``out``; returns the summary also written to ``out/results.json``.
 
     ``build_model()`` returns the pre-trained model with a (seeded) fresh task head: it is called
-    once per level, which is the rewinding. ``train`` fine-tunes it in place.
+    once per level, which is the rewinding. ``train`` fine-tunes it in place. ``mask_params`` go
+    into every mask's header beside the level, task, head treatment and search cost (the training
+    of all levels before the mask).
     """
     spec.validate()
     run = RunDirectory.open(spec, out)
@@ -155,13 +174,14 @@ def run_imp(
                     within=mask,
                 )
                 next_mask.provenance.method = "imp"
-                trained = [read_json(run.step_path(level_name(i)) / "results.json") for i in range(index)]
+                earlier = [read_json(run.step_path(level_name(i)) / "results.json") for i in range(index)]
                 next_mask.provenance.method_params = {
                     "level": index + 1,
                     "task": spec.task,
                     "head": spec.head,
                     "levels": list(spec.levels),
-                    "search_cost": search_cost([*trained, results]),
+                    "search_cost": search_cost(earlier + [results]),
+                    **(mask_params or {}),
                 }
                 save_mask(next_mask, tmp / "next_mask.safetensors")
             write_json(tmp / "results.json", results)
@@ -240,8 +260,12 @@ def run_imp_on_task(
     quiet: bool = False,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """IMP on a GLUE task or SQuAD with ticketlab's fine-tuning (``ticketlab imp``)."""
+    """IMP on a GLUE task or SQuAD with ticketlab's fine-tuning, or on MLM (``ticketlab imp``)."""
     spec.validate()
+    if spec.task == MLM_TASK:
+        from ticketlab.experiments.imp_mlm import run_imp_on_mlm
+
+        return run_imp_on_mlm(spec, out, cache_dir=cache_dir, quiet=quiet, echo=echo)
     check_recipe(spec.recipe)
     build_model, train = finetune_functions(
         spec.model, spec.task, spec.data_dir, spec.recipe, seed=spec.seed, cache_dir=cache_dir, quiet=quiet

@@ -69,6 +69,10 @@ def records_from(run_dir: str | Path) -> tuple[list[ResultRecord], list[Path]]:
             if (level / "mask.safetensors").exists():
                 masks.append(level / "mask.safetensors")
         return records, masks
+    if kind == "SuperTicketSpec":
+        from ticketlab.experiments.super_tickets import super_ticket_records
+
+        return super_ticket_records(root), []
     if (root / "results.json").exists():  # a single fine-tuning run
         results = read_json(root / "results.json")
         masks = [Path(results["mask"])] if results.get("mask") and Path(results["mask"]).exists() else []
@@ -88,18 +92,21 @@ def tickets_from(run_dir: str | Path) -> tuple[list[Path], list[TicketLoss]]:
         return ticket_files(grid, root), collect_pretrain_losses(grid, root)
     if spec.get("kind") == "ImpSpec":
         return sorted(root.glob("level_*/mask.safetensors")), []
+    if spec.get("kind") is not None:  # other pipelines (super tickets, ...): no recorded search cost
+        return [], []
     results = read_json(root / "results.json") if (root / "results.json").exists() else {}
     mask = results.get("mask")
     return ([Path(mask)] if mask and Path(mask).exists() else []), []
 
 
 def transfer_table(cells: Iterable[Cell], scale: float = 100.0) -> str:
-    """Tickets found on one task (``imp@source``) fine-tuned on others, beside the task's own IMP ticket."""
+    """Tickets found on one task or on MLM (``imp@source``) fine-tuned on others, beside the task's own
+    IMP ticket."""
     cells = list(cells)
     transfer = [c for c in cells if c.method.startswith("imp@")]
     if not transfer:
         return ""
-    lines = ["### Transfer (IMP tickets found on the source task, fine-tuned on the target)\n"]
+    lines = ["### Transfer (IMP tickets found on the source task or on MLM, fine-tuned on the target)\n"]
     lines += [
         "| source → target | sparsity | transferred | own IMP ticket | full model |",
         "|---|---|---|---|---|",
@@ -165,7 +172,9 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> dict[str, Any]:
     for path in mask_paths[:12]:  # an overlap heat-map stays readable up to about a dozen masks
         mask = load_mask(path)
         if isinstance(mask, UnstructuredMask):
-            label = f"{mask.provenance.method} {mask.sparsity:.0%}"
+            method = mask.provenance.method
+            source = (mask.provenance.method_params or {}).get("task") if method == "imp" else None
+            label = f"{method}@{source} {mask.sparsity:.0%}" if source else f"{method} {mask.sparsity:.0%}"
             masks[label if label not in masks else f"{label} ({path.parent.name})"] = mask
     same_matrices = [m for m in masks.values() if list(m.tensors) == list(next(iter(masks.values())).tensors)]
     if len(masks) >= 2 and len(same_matrices) == len(masks):

@@ -154,12 +154,41 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     atomic_write(path, write)
 
 
+def write_directory(path: str | os.PathLike, body: Callable[[Path], T]) -> T:
+    """Fill the folder ``path`` atomically: ``body(tmp)`` writes into a temporary folder beside it,
+    which then replaces ``path`` (a folder left half-written by a killed run included)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        result = body(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
 def read_json(path: str | os.PathLike) -> Any:
     try:
         with open(path) as handle:
             return json.load(handle)
     except json.JSONDecodeError as error:
         raise TicketlabError(f"{path} is not valid JSON ({error})") from error
+
+
+def _record_versions(path: Path) -> None:
+    """Record the versions that started the run; a resume under other versions is added to
+    ``resumed_with`` (never overwriting the first record)."""
+    current = versions()
+    if not path.exists():
+        write_json(path, current)
+        return
+    recorded = read_json(path)
+    history = [{k: recorded.get(k) for k in current}, *recorded.get("resumed_with", [])]
+    if current not in history:
+        write_json(path, {**recorded, "resumed_with": [*recorded.get("resumed_with", []), current]})
 
 
 class RunDirectory:
@@ -197,7 +226,7 @@ class RunDirectory:
         path.mkdir(parents=True, exist_ok=True)
         if not spec_file.exists():
             write_json(spec_file, wanted)
-        write_json(path / "versions.json", versions())
+        _record_versions(path / "versions.json")
         return cls(path, spec)
 
     @classmethod

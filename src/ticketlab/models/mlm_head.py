@@ -99,19 +99,47 @@ def word_embeddings(model: nn.Module) -> nn.Embedding:
 
 
 class EncoderWithMlmHead(nn.Module):
-    """An encoder and an :class:`MlmHead`; logits are computed only where asked (the MLM targets)."""
+    """An encoder and an :class:`MlmHead`; logits are computed only where asked (the MLM targets).
+
+    It looks like a Hugging Face task model to the rest of ticketlab: ``config``, ``base_model``
+    (the encoder) and ``base_model_prefix``, so :class:`EncoderAdapter`, masks and pruning see the
+    encoder's weights under their canonical names and everything else (``head.*``) as the head.
+    """
+
+    base_model_prefix = "encoder"
 
     def __init__(self, encoder: nn.Module, head: MlmHead):
         super().__init__()
         self.encoder = encoder
         self.head = head
+        self.config = encoder.config
+        # Weights the encoder's checkpoint lacked (an untrained pooler), named as in this model.
+        untrained = getattr(encoder, "ticketlab_untrained", frozenset())
+        self.ticketlab_untrained = frozenset(f"{self.base_model_prefix}.{n}" for n in untrained)
+
+    @property
+    def base_model(self) -> nn.Module:
+        return self.encoder
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_hidden_states: bool = False
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        output_hidden_states: bool = False,
+        labels: torch.Tensor | None = None,
     ):
-        return self.encoder(
+        """The encoder's outputs; with ``labels`` (``-100`` off target) also ``.loss``, the mean
+        cross-entropy over the targets, as ``...ForMaskedLM`` computes it."""
+        outputs = self.encoder(
             input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states
         )
+        if labels is not None:
+            targets = labels != -100
+            logits = self.logits_at(outputs.last_hidden_state, targets)
+            # Summed then divided, so a batch without targets gives 0 (with a graph), not NaN.
+            total = nn.functional.cross_entropy(logits.float(), labels[targets], reduction="sum")
+            outputs.loss = total / max(int(targets.sum()), 1)
+        return outputs
 
     def logits_at(self, last_hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Logits ``[P, V]`` at the ``True`` entries of ``positions`` (``[B, L]``)."""

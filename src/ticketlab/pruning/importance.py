@@ -168,6 +168,23 @@ def sequence_classification_losses(model: nn.Module, batch: Mapping[str, torch.T
     return nn.functional.cross_entropy(logits, labels, reduction="none")
 
 
+def question_answering_losses(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Per-example losses of a ``...ForQuestionAnswering`` model: the mean of the start and end
+    cross-entropies, as the model's own (batch-mean) loss computes them."""
+    labels = ("start_positions", "end_positions")
+    outputs = model(**{k: v for k, v in batch.items() if k not in labels})
+    losses = []
+    for logits, positions in (
+        (outputs.start_logits, batch["start_positions"]),
+        (outputs.end_logits, batch["end_positions"]),
+    ):
+        positions = positions.clamp(0, logits.shape[1])  # out of range: ignored, as the model does
+        losses.append(
+            nn.functional.cross_entropy(logits, positions, ignore_index=logits.shape[1], reduction="none")
+        )
+    return (losses[0] + losses[1]) / 2
+
+
 def compute_importance(
     model: nn.Module,
     batches: Iterable[Any],

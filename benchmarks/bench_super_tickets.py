@@ -1,0 +1,223 @@
+"""Super tickets on real data: MiniLM-L6 on MRPC and STS-B, winning / random / losing, the phase transition.
+
+For each task the script runs ``ticketlab.experiments.super_tickets.run_super_tickets`` (the code
+path of ``ticketlab super-tickets``) on ``../shared/models/all-MiniLM-L6-v2`` (6 layers x 12 heads)
+with the GLUE TSVs in ``../shared/data/glue``: per seed, fine-tune the full model, score its heads
+and FFNs (liang2021: per token, on the training subset), build the nested masks at each level p
+(floor(p x 72) heads, at least one kept per layer, with round(p x 10/12 x 6) = round(5 p) of the 6
+FFN layers: 1, 2, 3, 4 at p = 0.2, 0.4, 0.6, 0.8, the paper's proportion of round(10 p) of 12), rewind
+to the pre-trained weights with a fresh task head and fine-tune every ticket with its mask held.
+
+Reported per task: dev score (MRPC accuracy, STS-B Pearson; the best evaluation, as the papers),
+mean +- std over seeds, per kind and level, beside the fraction of encoder weights left and the
+full model's score; the super ticket (the best winning level). Written to
+``benchmarks/results/super_tickets.json`` after each task, with the phase-transition plots
+``super_tickets_<task>.png`` beside it; a Markdown table is printed.
+
+The runs live in ``--work-dir`` (default ``$TICKETLAB_CACHE/bench_super_tickets``, else
+``~/.cache/ticketlab/bench_super_tickets``; it holds each seed's fine-tuned full model, about 90 MB
+each): rerunning the same command resumes where a stopped run left off.
+
+On two CPU cores a full-size run is far too slow (STS-B: 15 minutes per 3-epoch fine-tune), so the
+defaults subsample: the first 320 training and 250 dev examples of STS-B, the first 128 training and
+200 dev examples of MRPC (its sentence pairs are about 3 times longer), 3 epochs, batch 32, lr 1e-4,
+an evaluation at each epoch end (the best is reported). That is 2 tasks x 3 seeds x (1 full + 3
+kinds x 4 levels) = 78 fine-tuning runs and 6 importance passes.
+
+Time, estimated from costs measured on the development machine (CPU seconds of one thread per
+example, under load, so approximate): STS-B 29.5 ms per training example and 11.7 ms per dev example,
+MRPC 79.8 and 25.3 ms, plus about 0.3 / 0.9 s per run; that is about 37 s (STS-B) and 47 s (MRPC) per
+run, about 55 minutes for the whole benchmark with --threads 1 on an idle core, and about 35-45
+minutes with the default --threads 2 on two idle cores (if the second thread gains 1.2-1.6x, which
+could not be measured on the loaded machine). Progress is saved step by step: a stopped run
+resumes with the same command.
+
+    TICKETLAB_SHARED=../shared PYTHONPATH=src python benchmarks/bench_super_tickets.py \\
+        [--tasks mrpc,stsb] [--levels 0.2,0.4,0.6,0.8] [--kinds winning,random,losing] [--seeds 0,1,2] \\
+        [--lr 1e-4] [--epochs 3] [--max-train-samples stsb=320,mrpc=128] [--max-eval-samples stsb=250,mrpc=200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench_common import RESULTS_DIR, markdown_table, require_shared, write_results
+
+MODEL = "models/all-MiniLM-L6-v2"
+GLUE = "data/glue"
+DEFAULT_TRAIN = {"stsb": 320, "mrpc": 128}
+DEFAULT_EVAL = {"stsb": 250, "mrpc": 200}
+
+
+def per_task(text: str, defaults: dict[str, int]) -> dict[str, int | None]:
+    """``N`` (every task), or ``task=N,task=N`` (the others keep their defaults); 0 means all."""
+    values: dict[str, int | None] = dict(defaults)
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if "=" in part:
+            task, count = part.split("=", 1)
+            values[task.strip().lower()] = int(count) or None
+        else:
+            values = {task: int(part) or None for task in values} | {"*": int(part) or None}
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="mrpc,stsb", help="GLUE tasks, comma-separated")
+    parser.add_argument("--levels", default="0.2,0.4,0.6,0.8", help="fractions of heads to prune")
+    parser.add_argument("--kinds", default="winning,random,losing")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--ffn-ratio", type=float, default=10 / 12, help="FFN layers = round(p x ratio x 6)")
+    parser.add_argument("--variant", default="liang2021", help="importance variant")
+    parser.add_argument("--lr", type=float, default=1e-4, help="learning rate (suits MiniLM-L6)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-train-samples", default="", help="N or task=N,...; 0 = all (defaults above)")
+    parser.add_argument("--max-eval-samples", default="", help="N or task=N,...; 0 = all (defaults above)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--work-dir", help="run directories (resumable; default: under the ticketlab cache)")
+    parser.add_argument("--out", default=str(RESULTS_DIR / "super_tickets.json"), help="results JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    args.tasks = [t.strip().lower().replace("-", "") for t in args.tasks.split(",") if t.strip()]
+    args.levels = [float(x) for x in args.levels.split(",") if x.strip()]
+    args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.train = per_task(args.max_train_samples, DEFAULT_TRAIN)
+    args.eval = per_task(args.max_eval_samples, DEFAULT_EVAL)
+    return args
+
+
+def work_dir(args: argparse.Namespace) -> Path:
+    if args.work_dir:
+        return Path(args.work_dir)
+    cache = os.environ.get("TICKETLAB_CACHE") or str(Path.home() / ".cache" / "ticketlab")
+    return Path(cache) / "bench_super_tickets"
+
+
+def timing(run_dir: Path) -> dict[str, Any]:
+    """Seconds spent in the finished steps (from their own records), and training throughput."""
+    from ticketlab.experiments.store import read_json
+
+    runs = [read_json(p) for p in sorted(run_dir.glob("*-seed*/results.json"))]
+    masks = [read_json(p) for p in sorted(run_dir.glob("importance-seed*/masks.json"))]
+    train_rates = [r["train_examples_per_second"] for r in runs if r.get("train_examples_per_second")]
+    return {
+        "finetune_runs": len(runs),
+        "finetune_seconds": sum(r["wall_seconds"] for r in runs),
+        "train_seconds": sum(r["train_seconds"] for r in runs),
+        "eval_seconds": sum(r["eval_seconds"] for r in runs),
+        "importance_seconds": sum(m.get("seconds", 0.0) for m in masks),
+        "train_examples_per_second_median": sorted(train_rates)[len(train_rates) // 2]
+        if train_rates
+        else None,
+    }
+
+
+def table(summary: dict[str, Any]) -> str:
+    rows = []
+    full = summary["full"]
+    rows.append(["full", "-", 0, 0, "100.0%", f"{full['mean']:.4f} ± {full['std']:.4f}", ""])
+    for p in sorted(summary["points"], key=lambda p: (p["level"], p["kind"])):
+        rows.append(
+            [
+                p["kind"],
+                f"{p['level']:g}",
+                p["heads_pruned"],
+                p["ffn_pruned"],
+                f"{100 * p['weights_remaining']:.1f}%",
+                "n/a" if p["mean"] is None else f"{p['mean']:.4f} ± {p['std']:.4f}",
+                "✓" if p["matching"] else "",
+            ]
+        )
+    header = ["ticket", "p", "heads pruned", "FFN layers", "weights left", summary["metric"], "matching"]
+    return markdown_table(rows, header)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+    import transformers
+
+    from ticketlab.experiments.super_tickets import PLOT_FILE, SuperTicketSpec, run_super_tickets
+
+    torch.set_num_threads(args.threads)
+    transformers.logging.set_verbosity_error()  # no load reports for the fresh task heads
+    if args.quiet:
+        transformers.logging.disable_progress_bar()
+    model, glue = require_shared("bench_super_tickets", MODEL, GLUE)
+    out = Path(args.out)
+    results: dict[str, Any] = {
+        "settings": {
+            "model": MODEL,
+            "levels": args.levels,
+            "kinds": args.kinds,
+            "seeds": args.seeds,
+            "ffn_ratio": args.ffn_ratio,
+            "variant": args.variant,
+            "lr": args.lr,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "max_length": 128,
+            "threads": args.threads,
+        },
+        "tasks": {},
+    }
+    for task in args.tasks:
+        train = args.train.get(task, args.train.get("*"))
+        dev = args.eval.get(task, args.eval.get("*"))
+        recipe = {"lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size, "max_length": 128}
+        recipe |= {"log_every": 50, "max_train_samples": train, "max_eval_samples": dev}
+        spec = SuperTicketSpec(
+            model=str(model),
+            task=task,
+            data_dir=str(glue),
+            levels=args.levels,
+            kinds=args.kinds,
+            seeds=args.seeds,
+            variant=args.variant,
+            ffn_ratio=args.ffn_ratio,
+            recipe={k: v for k, v in recipe.items() if v is not None},
+        )
+        run_dir = work_dir(args) / task
+        started = time.perf_counter()
+        print(
+            f"== {task}: {train or 'all'} training / {dev or 'all'} dev examples; runs in {run_dir}",
+            flush=True,
+        )
+
+        def echo(line: str, started: float = started) -> None:
+            print(f"[{time.perf_counter() - started:7.0f}s] {line}", flush=True)
+
+        summary = run_super_tickets(spec, run_dir, quiet=args.quiet, echo=echo)
+        plot = out.with_name(f"{out.stem}_{task}.png")
+        shutil.copyfile(run_dir / PLOT_FILE, plot)
+        results["tasks"][task] = {
+            "max_train_samples": train,
+            "max_eval_samples": dev,
+            "wall_seconds_this_invocation": time.perf_counter() - started,
+            "timing": timing(run_dir),
+            "plot": plot.name,
+            **{k: summary[k] for k in ("metric", "full", "points", "super_ticket")},
+        }
+        path = write_results(out.stem, results, out)
+        print(f"\n### {task} ({summary['metric']}, dev, mean ± std over {len(args.seeds)} seeds)\n")
+        print(table(summary))
+        best = summary["super_ticket"]
+        if best:
+            print(
+                f"\nsuper ticket: winning p={best['level']:g}, {100 * best['weights_remaining']:.1f}% of encoder "
+                f"weights: {best['mean']:.4f} ± {best['std']:.4f} (full model {summary['full']['mean']:.4f})"
+            )
+        print(f"wrote {path} and {plot}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""``ticketlab super-tickets``: nested structured tickets, fine-tuned, and the phase transition."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ticketlab.cli.common import add_output_flags, add_spec_arguments, format_table, print_json
+from ticketlab.cli.imp import _NOT_RECIPE, recipe_from_args
+from ticketlab.errors import TicketlabError
+
+
+def _numbers(kind: type, what: str):
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{what} must be comma-separated numbers, got {text!r}"
+            ) from None
+
+    return parse
+
+
+def _words(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    from ticketlab.experiments.finetune import FinetuneSpec
+    from ticketlab.experiments.importance import SPLITS
+    from ticketlab.pruning.importance import IMPORTANCE_VARIANTS, NORMALIZATIONS
+    from ticketlab.pruning.structured import DEFAULT_FFN_RATIO, DEFAULT_LEVELS
+
+    p = verbs.add_parser(
+        "super-tickets",
+        help="super tickets: nested head/FFN tickets (winning, random, losing) fine-tuned; the phase transition",
+        description=(
+            "Liang et al.'s super tickets, per seed: fine-tune the full model, score its heads and FFNs, "
+            "prune at each level p the floor(p x heads) least (winning) or most (losing) important heads, "
+            "at least one per layer, with round(p x ffn-ratio x layers) FFN layers, or the same counts at "
+            "random; rewind to the pre-trained weights with a fresh task head and fine-tune each ticket "
+            "with its mask held. Writes RUN_DIR/results.json (the phase transition and the super ticket: "
+            "the best winning level) and RUN_DIR/phase_transition.png. Resumable: rerunning the same "
+            "command skips finished steps. Recipe flags default to the fine-tuning defaults."
+        ),
+    )
+    p.add_argument("--model", required=True, help="hub id or local directory of the pre-trained model")
+    p.add_argument("--task", required=True, help="GLUE task name or squad")
+    p.add_argument("--data-dir", help="local task data in the original layout (default: the hub)")
+    p.add_argument(
+        "--levels",
+        type=_numbers(float, "levels"),
+        default=list(DEFAULT_LEVELS),
+        help="fractions of the heads to prune (default: 0.1,0.2,...,0.8)",
+    )
+    p.add_argument(
+        "--kinds", type=_words, default=["winning", "random", "losing"], help="default: winning,random,losing"
+    )
+    p.add_argument("--seeds", type=_numbers(int, "seeds"), default=[0, 1, 2], help="default: 0,1,2")
+    p.add_argument(
+        "--variant",
+        choices=tuple(IMPORTANCE_VARIANTS),
+        default="liang2021",
+        help="importance scoring rule (default: liang2021)",
+    )
+    p.add_argument(
+        "--normalize", dest="normalization", choices=NORMALIZATIONS, default="l2", help="default: l2"
+    )
+    p.add_argument(
+        "--importance-split", choices=SPLITS, help="score on train or dev (default: the variant's paper)"
+    )
+    p.add_argument(
+        "--importance-samples",
+        type=int,
+        help="examples to score on (default: the fine-tuning subset of the split, if any)",
+    )
+    p.add_argument(
+        "--ffn-ratio",
+        type=float,
+        default=DEFAULT_FFN_RATIO,
+        help="FFN layers pruned per level = round(p x ratio x layers) (default: 10/12, the paper's round(10 p))",
+    )
+    p.add_argument(
+        "--save-models",
+        action="store_true",
+        help="keep every fine-tuned ticket's weights (model/ in its step)",
+    )
+    add_spec_arguments(p, FinetuneSpec, skip=_NOT_RECIPE, overrides_only=True)
+    p.add_argument(
+        "--cache-dir", help="tokenisation cache (default: $TICKETLAB_CACHE, else ~/.cache/ticketlab)"
+    )
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (resumed if it exists)")
+    add_output_flags(p)
+    p.set_defaults(run=run_super_tickets_command)
+
+
+def _fmt(value: float | None, scale: float = 1.0) -> str:
+    return "n/a" if value is None else f"{value * scale:.4f}"
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The phase-transition table, the full model and the super ticket."""
+    rows = []
+    for point in summary["points"]:
+        rows.append(
+            [
+                point["kind"],
+                f"{point['level']:g}",
+                point["heads_pruned"],
+                point["ffn_pruned"],
+                f"{100 * point['weights_remaining']:.1f}%",
+                f"{_fmt(point['mean'])} ± {_fmt(point['std'])}",
+                point["seeds"],
+                "✓" if point["matching"] else "",
+            ]
+        )
+    header = [
+        "kind",
+        "p",
+        "heads pruned",
+        "FFN layers pruned",
+        "weights left",
+        summary["metric"],
+        "n",
+        "matching",
+    ]
+    print(format_table(rows, header))
+    full = summary["full"]
+    print(f"full model: {summary['metric']} {_fmt(full['mean'])} ± {_fmt(full['std'])} (n={full['n']})")
+    best = summary.get("super_ticket")
+    if best:
+        print(
+            f"super ticket: winning p={best['level']:g} ({best['heads_pruned']} heads and {best['ffn_pruned']} "
+            f"FFN layers pruned, {100 * best['weights_remaining']:.1f}% of encoder weights): "
+            f"{summary['metric']} {_fmt(best['mean'])} ± {_fmt(best['std'])}"
+        )
+        print(f"  masks: {', '.join(best['masks'])}")
+    if summary.get("plot"):
+        print(f"wrote {summary['plot']}")
+
+
+def run_super_tickets_command(args: argparse.Namespace) -> int:
+    from ticketlab.experiments.super_tickets import SuperTicketSpec, run_super_tickets
+
+    if args.importance_samples is not None and args.importance_samples < 1:
+        raise TicketlabError(f"--importance-samples must be at least 1, got {args.importance_samples}")
+    spec = SuperTicketSpec(
+        model=args.model,
+        task=args.task,
+        data_dir=args.data_dir,
+        levels=args.levels,
+        kinds=args.kinds,
+        seeds=args.seeds,
+        variant=args.variant,
+        normalization=args.normalization,
+        importance_split=args.importance_split,
+        importance_samples=args.importance_samples,
+        ffn_ratio=args.ffn_ratio,
+        recipe=recipe_from_args(args),
+        save_models=args.save_models,
+    )
+    echo = (lambda _: None) if args.quiet or args.json else print
+    summary = run_super_tickets(spec, args.out, cache_dir=args.cache_dir, quiet=args.quiet, echo=echo)
+    if args.json:
+        print_json(summary)
+        return 0
+    print_summary(summary)
+    return 0
