@@ -89,3 +89,50 @@ def plot_layer_profile(profiles: dict[str, dict[str, float]], path: str | Path) 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def plot_loss_vs_score(
+    points: Sequence,
+    task: str,
+    loss: str,
+    path: str | Path,
+    subtitle: str = "",
+    full: Cell | None = None,
+    scale: float = 100.0,
+) -> Path:
+    """TAMT's figure: downstream score (mean over seeds, bars: std) against a pre-training loss
+    (``loss`` = ``kd_loss`` or ``mlm_loss``), one colour per method, each point labelled with its
+    sparsity; the full model's score as a line."""
+    mine = [p for p in points if p.task == task and getattr(p, loss) is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    if full is not None:
+        ax.axhline(full.mean * scale, color="0.4", lw=1, ls="--", label="full model")
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, method in enumerate(sorted({p.method for p in mine})):
+        row = [p for p in mine if p.method == method]
+        ax.errorbar(
+            [getattr(p, loss) for p in row],
+            [p.score * scale for p in row],
+            yerr=[p.score_std * scale for p in row],
+            fmt="o",
+            capsize=3,
+            color=colours[i % len(colours)],
+            label=method,
+        )
+        for p in row:
+            ax.annotate(
+                f"{p.sparsity:.0%}",
+                (getattr(p, loss), p.score * scale),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+            )
+    kind = f" ({mine[0].kd_kind})" if mine and loss == "kd_loss" else ""
+    name = "distillation loss" if loss == "kd_loss" else "MLM loss"
+    metric = mine[0].metric if mine else ""
+    ax.set_xlabel(f"{name}{kind} on held-out text")
+    ax.set_ylabel(f"dev {metric} (x{scale:g}, mean over seeds)")
+    ax.set_title(f"{task}: downstream score vs {name}\n{subtitle}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -13,8 +13,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
         help="fine-tune tickets of several methods x sparsities x tasks x seeds from one spec (resumable)",
         description=(
             "Run the ticket grid described by a YAML or JSON spec (fields: see docs/experiments.md): tickets "
-            "by OMP, random, IMP and the controls, fine-tuned with every seed beside the full model. Finished "
-            "cells are skipped on rerun; the aggregate goes to OUT/results.json and the report to OUT/report."
+            "by OMP, random, IMP, TAMT and the controls, fine-tuned with every seed beside the full model, and "
+            "optionally each ticket's pre-training losses. Finished cells are skipped on rerun; the aggregate "
+            "goes to OUT/results.json and the report to OUT/report."
         ),
     )
     p.add_argument("spec", help="grid spec file (.yaml, .yml or .json)")
@@ -28,6 +29,11 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser(
         "report",
         help="tables (Markdown, CSV) and plots (PNG) from grid, IMP and fine-tuning run directories",
+        description=(
+            "Tables and plots of finished runs: score per method x sparsity (matching tickets marked), "
+            "transfer, the search cost each ticket recorded, and, for grids with a pretrain_loss section, "
+            "downstream score against pre-training loss with Pearson and Spearman correlations."
+        ),
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
     p.add_argument("--out", default="report", help="folder for the tables and plots (default: report)")

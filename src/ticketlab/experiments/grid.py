@@ -15,6 +15,12 @@ finished cell is skipped on rerun. Tickets are made once and shared by the cells
   layers), scored on the fine-tuned model of the grid's ``full`` cell of the same task and seed; the
   cell's "sparsity" is the fraction of heads pruned (``super_levels``, default: the sparsities),
   with round(p x ``super_ffn_ratio`` x layers) FFN layers; results.json has the weight sparsity.
+- ``tamt``: task-agnostic mask training (TAMT) on pre-training text, one mask per sparsity
+  (task-independent, like OMP), trained as the ``tamt`` section says on the grid's scope and scheme.
+
+With a ``pretrain_loss`` section, every unstructured ticket's MLM and distillation loss on held-out
+text is measured once and stored beside its mask (``<mask>.pretrain_loss.json``), for the report's
+plot of pre-training loss against downstream score.
 
 Transfer: ``transfer_from`` names source tasks whose IMP tickets (at each sparsity) are also
 fine-tuned on every other task of the grid (method ``imp@<source>``). The source ``mlm`` is IMP on
@@ -27,26 +33,35 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from ticketlab.analysis.aggregate import FULL_MODEL, ResultRecord
+from ticketlab.analysis.pretrain_correlation import TicketLoss
 from ticketlab.errors import TicketlabError
 from ticketlab.experiments.imp import MLM_TASK, ImpSpec, level_name
-from ticketlab.experiments.store import RunDirectory, read_json, write_directory
+from ticketlab.experiments.pretrain_loss import PretrainLossSettings
+from ticketlab.experiments.store import RunDirectory, read_json, settings_from_dict, write_directory
+from ticketlab.experiments.tamt import TamtSettings, TamtSpec
 from ticketlab.pruning import validate_sparsity
 from ticketlab.pruning.structured import DEFAULT_FFN_RATIO
 
 log = logging.getLogger(__name__)
 
-GRID_METHODS = ("full", "omp", "random", "imp", "permuted", "random-init")
+GRID_METHODS = ("full", "omp", "random", "imp", "tamt", "permuted", "random-init")
 
 # Structured super tickets in the grid: method -> ticket kind.
 SUPER_METHODS = {"super-winning": "winning", "super-random": "random", "super-losing": "losing"}
 GRID_METHODS += tuple(SUPER_METHODS)
+# The controls' tickets are masks on other weights than the pre-trained ones.
+CONTROLS = ("permuted", "random-init")
+# No pre-training loss for these: the full model (no mask), the controls (their weights are not the
+# ones the loss compares with) and the structured super tickets (heads and FFN layers, scored on a
+# fine-tuned model).
+NO_PRETRAIN_LOSS = (FULL_MODEL, *CONTROLS, *SUPER_METHODS)
 
 
 @dataclass
@@ -97,12 +112,47 @@ class GridSpec:
         metadata={"help": "super-* methods: FFN layers pruned = round(p x ratio x layers)"},
     )
 
+    task_recipes: dict[str, dict[str, Any]] = field(
+        default_factory=dict,
+        metadata={
+            "help": "per-task recipe overrides on top of recipe, e.g. {cola: {max_train_samples: 2000}}"
+        },
+    )
+    tamt: TamtSettings | None = field(
+        default=None,
+        metadata={
+            "help": "settings of method tamt (objective, text, steps, lr, batch_size, max_sequences, "
+            "init, ...: the fields of `ticketlab tamt` but model, sparsity, scope and scheme, which the "
+            "grid sets); objective kd by default"
+        },
+    )
+    pretrain_loss: PretrainLossSettings | None = field(
+        default=None,
+        metadata={
+            "help": "measure every ticket's MLM and KD loss on this held-out text (text, max_sequences, "
+            "max_length, kd_loss, mlm_head, ...: the fields of `ticketlab pretrain-loss`)"
+        },
+    )
+
     run_prefix = "grid"
+
+    def __post_init__(self) -> None:
+        # Sections read from a spec file (or spec.json) arrive as mappings.
+        if self.tamt is not None:
+            self.tamt = settings_from_dict(TamtSettings, self.tamt, "tamt")
+        if self.pretrain_loss is not None:
+            self.pretrain_loss = settings_from_dict(PretrainLossSettings, self.pretrain_loss, "pretrain_loss")
 
     def validate(self) -> None:
         from ticketlab.experiments.imp import check_recipe
 
         check_recipe(self.recipe)
+        for task, overrides in self.task_recipes.items():
+            if task not in self.tasks:
+                raise TicketlabError(f"task_recipes names {task!r}, which is not one of the grid's tasks")
+            if not isinstance(overrides, dict):
+                raise TicketlabError(f"task_recipes.{task} must be a mapping of recipe fields")
+            check_recipe(overrides)
         unknown = [m for m in self.methods if m not in GRID_METHODS]
         if unknown:
             raise TicketlabError(
@@ -131,6 +181,22 @@ class GridSpec:
         if off:
             raise TicketlabError(f"sparsity {off[0]} is not one of the IMP levels {levels}")
         self._validate_super()
+        if "tamt" in self.methods and self.tamt is None:
+            raise TicketlabError(
+                "method tamt needs a tamt section saying what to train on, e.g. "
+                "tamt: {text: FILE, steps: N} (objective kd by default)"
+            )
+        if self.tamt is not None:
+            self.tamt.validate()
+            _check_file(self.tamt.text, "tamt.text")
+        if self.pretrain_loss is not None:
+            self.pretrain_loss.validate()
+            _check_file(self.pretrain_loss.text, "pretrain_loss.text")
+            _check_file(self.pretrain_loss.head_text, "pretrain_loss.head_text")
+
+    def recipe_for(self, task: str) -> dict[str, Any]:
+        """The fine-tuning recipe of ``task``: ``recipe`` updated with its ``task_recipes`` entry."""
+        return {**self.recipe, **self.task_recipes.get(task, {})}
 
     def _validate_super(self) -> None:
         from ticketlab.experiments.super_tickets import SuperTicketSpec
@@ -188,6 +254,12 @@ class GridSpec:
         return spec
 
 
+def _check_file(path: str | None, setting: str) -> None:
+    """Fail before hours of fine-tuning, not after, when a text file is missing."""
+    if path is not None and not Path(path).is_file():
+        raise TicketlabError(f"{setting}: {path} is not a file")
+
+
 @dataclass(frozen=True)
 class Cell:
     """One fine-tuning run of the grid."""
@@ -220,6 +292,56 @@ def plan_cells(spec: GridSpec) -> list[Cell]:
     return cells
 
 
+def ticket_cells(spec: GridSpec) -> list[Cell]:
+    """Every (task, method, sparsity, seed) with a result: the planned cells and IMP's levels."""
+    cells = plan_cells(spec)
+    if "imp" in spec.methods:
+        cells += [
+            Cell(task, "imp", sparsity, seed)
+            for task in spec.tasks
+            for seed in spec.seeds
+            for sparsity in spec.sparsities
+        ]
+    return cells
+
+
+def ticket_path(spec: GridSpec, root: Path, cell: Cell) -> Path | None:
+    """Where the mask of a cell's ticket is (or will be); None for the full model."""
+    tickets = root / "tickets"
+    if cell.method == FULL_MODEL:
+        return None
+    if cell.method in ("omp", *CONTROLS):
+        return tickets / f"omp-{cell.sparsity:.2f}.safetensors"
+    if cell.method == "random":
+        return tickets / f"random-{cell.sparsity:.2f}-seed{cell.seed}.safetensors"
+    if cell.method == "tamt":
+        return tickets / f"tamt-{cell.sparsity:.2f}" / "mask.safetensors"
+    if cell.method == "imp" or cell.method.startswith("imp@"):
+        source = cell.task if cell.method == "imp" else cell.method.split("@", 1)[1]
+        level = level_name(imp_level_for(spec, cell.sparsity))
+        return root / "imp" / source / f"seed{cell.seed}" / level / "mask.safetensors"
+    if cell.method in SUPER_METHODS:
+        from ticketlab.experiments.super_tickets import MASKS_DIR, mask_file_name
+
+        folder = tickets / "super" / cell.task / f"seed{cell.seed}" / MASKS_DIR
+        return folder / mask_file_name(SUPER_METHODS[cell.method], cell.sparsity)
+    raise TicketlabError(f"unknown grid method {cell.method!r}")
+
+
+def pretrain_loss_path(mask_path: Path) -> Path:
+    """The pre-training losses of a ticket, beside its mask: ``<mask>.pretrain_loss.json``."""
+    return mask_path.with_name(mask_path.name.removesuffix(".safetensors") + ".pretrain_loss.json")
+
+
+def tamt_spec_for(spec: GridSpec, sparsity: float) -> TamtSpec:
+    """The TAMT run of the grid's ``tamt`` ticket at ``sparsity`` (the grid's model, scope, scheme)."""
+    if spec.tamt is None:
+        raise TicketlabError("the grid has no tamt section")
+    return TamtSpec(
+        model=spec.model, sparsity=sparsity, scope=spec.scope, scheme=spec.scheme, **asdict(spec.tamt)
+    )
+
+
 # finetune_cell(cell, mask_path | None, model_transform | None, out_dir) -> results dict
 CellRunner = Callable[[Cell, Path | None, Callable[[nn.Module], None] | None, Path], dict[str, Any]]
 
@@ -228,7 +350,7 @@ def imp_spec_for(spec: GridSpec, task: str, seed: int) -> ImpSpec:
     if task == MLM_TASK:
         data = {"recipe": dict(spec.mlm_recipe), "text": spec.mlm_text, "eval_text": spec.mlm_eval_text}
     else:
-        data = {"recipe": dict(spec.recipe), "data_dir": spec.data_dir}
+        data = {"recipe": spec.recipe_for(task), "data_dir": spec.data_dir}
     return ImpSpec(
         model=spec.model,
         task=task,
@@ -250,29 +372,47 @@ def collect_records(
 ) -> list[ResultRecord]:
     """Every finished result of the grid as records (cells and IMP levels)."""
     records = []
-    for cell in plan_cells(spec):
-        path = root / "cells" / cell.task / cell.name / "results.json"
+    for cell in ticket_cells(spec):
+        if cell.method == "imp":  # IMP's levels are the cells, fine-tuned inside the IMP run
+            path = ticket_path(spec, root, cell).parent / "results.json"
+        else:
+            path = root / "cells" / cell.task / cell.name / "results.json"
         if path.exists():
             metric, value = main_metric(cell.task, read_json(path))
             records.append(
                 ResultRecord(cell.task, cell.method, cell.sparsity, cell.seed, metric, value, str(path))
             )
-    if "imp" in spec.methods:
-        for task in spec.tasks:
-            for seed in spec.seeds:
-                for sparsity in spec.sparsities:
-                    path = (
-                        root
-                        / "imp"
-                        / task
-                        / f"seed{seed}"
-                        / level_name(imp_level_for(spec, sparsity))
-                        / "results.json"
-                    )
-                    if path.exists():
-                        metric, value = main_metric(task, read_json(path))
-                        records.append(ResultRecord(task, "imp", sparsity, seed, metric, value, str(path)))
     return records
+
+
+def ticket_files(spec: GridSpec, root: Path) -> list[Path]:
+    """Every ticket mask of the grid that exists, once each (OMP, random, TAMT, IMP levels)."""
+    paths = {ticket_path(spec, root, cell) for cell in ticket_cells(spec)}
+    return sorted(p for p in paths if p is not None and p.exists())
+
+
+def collect_pretrain_losses(spec: GridSpec, root: Path) -> list[TicketLoss]:
+    """The measured pre-training losses of the mask of every result (controls excluded)."""
+    losses = []
+    for cell in ticket_cells(spec):
+        if cell.method in NO_PRETRAIN_LOSS:
+            continue
+        path = pretrain_loss_path(ticket_path(spec, root, cell))
+        if path.exists():
+            measured = read_json(path)
+            losses.append(
+                TicketLoss(
+                    cell.task,
+                    cell.method,
+                    cell.sparsity,
+                    cell.seed,
+                    kd_loss=float(measured["kd_loss"]),
+                    kd_kind=measured["kd_loss_kind"],
+                    mlm_loss=measured.get("mlm_loss"),
+                    mlm_reason=measured.get("mlm_loss_reason"),
+                )
+            )
+    return losses
 
 
 def open_grid(spec: GridSpec, out: str | Path) -> RunDirectory:
@@ -326,11 +466,16 @@ class GridRunner:
 
         return load_encoder(self.spec.model)
 
+    def _path(self, method: str, sparsity: float, seed: int = 0, task: str = "") -> Path:
+        path = ticket_path(self.spec, self.root, Cell(task, method, sparsity, seed))
+        assert path is not None
+        return path
+
     def omp_ticket(self, sparsity: float) -> Path:
         from ticketlab.masks import save_mask
         from ticketlab.pruning import prune
 
-        path = self.root / "tickets" / f"omp-{sparsity:.2f}.safetensors"
+        path = self._path("omp", sparsity)
         if not path.exists():
             mask = prune(
                 self._pretrained(),
@@ -347,7 +492,7 @@ class GridRunner:
         from ticketlab.masks import load_mask, save_mask
         from ticketlab.pruning import prune
 
-        path = self.root / "tickets" / f"random-{sparsity:.2f}-seed{seed}.safetensors"
+        path = self._path("random", sparsity, seed)
         if not path.exists():
             params: dict[str, Any] = {}
             if self.spec.random_variant == "matched":
@@ -365,6 +510,17 @@ class GridRunner:
             save_mask(mask, path)
         return path
 
+    def tamt_ticket(self, sparsity: float) -> Path:
+        """The TAMT mask at ``sparsity``, trained once for every task (resumes from its checkpoint)."""
+        from ticketlab.experiments.tamt import run_tamt
+
+        path = self._path("tamt", sparsity)
+        if not (path.parent / "results.json").exists():
+            spec = tamt_spec_for(self.spec, sparsity)
+            self.echo(f"TAMT-{spec.objective} at {sparsity:.0%}: {spec.steps} steps")
+            run_tamt(spec, path.parent, progress=not self.quiet)
+        return path
+
     def imp_run(self, task: str, seed: int) -> Path:
         from ticketlab.experiments.imp import run_imp_on_task
 
@@ -376,7 +532,8 @@ class GridRunner:
         return out
 
     def imp_ticket(self, task: str, sparsity: float, seed: int) -> Path:
-        return self.imp_run(task, seed) / level_name(imp_level_for(self.spec, sparsity)) / "mask.safetensors"
+        self.imp_run(task, seed)
+        return self._path("imp", sparsity, seed, task)
 
     def super_ticket(self, task: str, kind: str, level: float, seed: int) -> Path:
         """The super-ticket mask scored on the full cell's fine-tuned model of ``task`` and ``seed``."""
@@ -402,7 +559,7 @@ class GridRunner:
                     self.root / "cells" / task / full.name / MODEL_DIR,
                     task,
                     tmp,
-                    options=importance_options_for(self.spec.super_variant, self.spec.recipe),
+                    options=importance_options_for(self.spec.super_variant, self.spec.recipe_for(task)),
                     kinds=[SUPER_METHODS[m] for m in self.spec.methods if m in SUPER_METHODS],
                     levels=self.spec.super_head_fractions(),
                     ffn_ratio=self.spec.super_ffn_ratio,
@@ -410,12 +567,66 @@ class GridRunner:
                     source_model=self.spec.model,
                     tokenizer_source=self.spec.model,
                     data_dir=self.spec.data_dir,
-                    max_length=self.spec.recipe.get("max_length"),
+                    max_length=self.spec.recipe_for(task).get("max_length"),
                     cache_dir=self.cache_dir,
                     quiet=self.quiet,
                 ),
             )
         return folder / MASKS_DIR / mask_file_name(kind, level)
+
+    def ticket(self, cell: Cell) -> Path | None:
+        """The mask file of a cell's ticket, made (or trained) first if it does not exist yet."""
+        if cell.method in ("omp", *CONTROLS):
+            return self.omp_ticket(cell.sparsity)
+        if cell.method == "random":
+            return self.random_ticket(cell.sparsity, cell.seed)
+        if cell.method == "tamt":
+            return self.tamt_ticket(cell.sparsity)
+        if cell.method == "imp":
+            return self.imp_ticket(cell.task, cell.sparsity, cell.seed)
+        if cell.method.startswith("imp@"):
+            return self.imp_ticket(cell.method.split("@", 1)[1], cell.sparsity, cell.seed)
+        if cell.method in SUPER_METHODS:
+            return self.super_ticket(cell.task, SUPER_METHODS[cell.method], cell.sparsity, cell.seed)
+        return None
+
+    def pretrain_loss(self, mask_path: Path) -> dict[str, Any]:
+        """MLM and KD loss of one ticket (measured once, stored beside its mask)."""
+        from ticketlab.experiments.pretrain_loss import PretrainLossSpec, run_pretrain_loss
+        from ticketlab.experiments.store import write_json
+        from ticketlab.models.mlm_head import HEAD_FILE
+
+        out = pretrain_loss_path(mask_path)
+        if out.exists():
+            return read_json(out)
+        assert self.spec.pretrain_loss is not None
+        settings = asdict(self.spec.pretrain_loss)
+        save_head = None
+        if settings["mlm_head"] == "auto":  # build the head once and reuse it for every ticket
+            head_dir = self.root / "tickets" / "mlm_head"
+            if (head_dir / HEAD_FILE).exists():
+                settings["mlm_head"] = str(head_dir)
+            else:
+                save_head = str(head_dir)
+        spec = PretrainLossSpec(model=self.spec.model, mask=str(mask_path), save_head=save_head, **settings)
+        results = run_pretrain_loss(spec, progress=not self.quiet)
+        write_json(out, results)
+        return results
+
+    def measure_pretrain_losses(self) -> None:
+        """Pre-training losses of every unstructured ticket of the grid (see ``NO_PRETRAIN_LOSS``)."""
+        if self.spec.pretrain_loss is None:
+            return
+        paths = {}
+        for cell in ticket_cells(self.spec):
+            if cell.method not in NO_PRETRAIN_LOSS:
+                paths.setdefault(ticket_path(self.spec, self.root, cell), cell)
+        todo = [p for p in paths if not pretrain_loss_path(p).exists()]
+        if todo:
+            self.echo(f"pre-training losses of {len(todo)} tickets")
+        for path in todo:
+            self.ticket(paths[path])
+            self.pretrain_loss(path)
 
     # -- cells ------------------------------------------------------------------------------------
     def run_cell(self, cell: Cell) -> dict[str, Any]:
@@ -427,17 +638,9 @@ class GridRunner:
         out = self.root / "cells" / cell.task / cell.name
         if (out / "results.json").exists():
             return read_json(out / "results.json")
-        mask_path: Path | None = None
         model = None
-        control = cell.method in ("permuted", "random-init")
-        if cell.method in ("omp", "permuted", "random-init"):
-            mask_path = self.omp_ticket(cell.sparsity)
-        elif cell.method == "random":
-            mask_path = self.random_ticket(cell.sparsity, cell.seed)
-        elif cell.method.startswith("imp@"):
-            mask_path = self.imp_ticket(cell.method.split("@", 1)[1], cell.sparsity, cell.seed)
-        elif cell.method in SUPER_METHODS:
-            mask_path = self.super_ticket(cell.task, SUPER_METHODS[cell.method], cell.sparsity, cell.seed)
+        control = cell.method in CONTROLS
+        mask_path = self.ticket(cell)
         if control:
             from accelerate.utils import set_seed
 
@@ -456,7 +659,7 @@ class GridRunner:
             allow_fingerprint_mismatch=control,
             # The super-* methods score the full model's fine-tuned weights.
             save_model=cell.method == FULL_MODEL and any(m in SUPER_METHODS for m in self.spec.methods),
-            **self.spec.recipe,
+            **self.spec.recipe_for(cell.task),
         )
         self.echo(f"fine-tune {cell.task}: {cell.method} at {cell.sparsity:.0%}, seed {cell.seed}")
         mask = load_mask(mask_path) if control and mask_path else None
@@ -474,6 +677,7 @@ class GridRunner:
                         self.imp_run(task, seed)
         for cell in plan_cells(self.spec):
             self.run_cell(cell)
+        self.measure_pretrain_losses()
         records = collect_records(self.spec, self.root, main_metric_of)
         cells = aggregate(records)
         summary = {

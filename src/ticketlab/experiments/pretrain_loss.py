@@ -27,14 +27,14 @@ from ticketlab.models.mlm_head import MlmHead, head_from_checkpoint, load_mlm_he
 from ticketlab.training.objectives import KD_LOSSES, MlmMasking, kd_loss_sum, mlm_loss_sum
 
 
-@dataclass
-class PretrainLossSpec:
-    """What ``ticketlab pretrain-loss`` measures (each field is a command-line flag)."""
+@dataclass(kw_only=True)
+class PretrainLossSettings:
+    """How pre-training losses are measured: the text and the losses, not the model or the mask.
 
-    model: str = field(metadata={"help": "hub id or local directory of the dense pre-trained model"})
-    mask: str | None = field(
-        default=None, metadata={"help": "mask file of the ticket (none: the dense model)"}
-    )
+    The ``pretrain_loss:`` section of a ticket grid (which measures every ticket with it);
+    :class:`PretrainLossSpec` adds the model and the mask for one ``ticketlab pretrain-loss``.
+    """
+
     text: str | None = field(default=None, metadata={"help": "held-out text file (none: the hub data set)"})
     dataset: str = field(default=DEFAULT_DATASET, metadata={"help": "hub text data set when no --text"})
     dataset_config: str | None = field(default=DEFAULT_DATASET_CONFIG, metadata={"help": "its configuration"})
@@ -56,10 +56,28 @@ class PretrainLossSpec:
     head_text: str | None = field(
         default=None, metadata={"help": "text file to train an 'auto' head on (default: the evaluation text)"}
     )
-    save_head: str | None = field(default=None, metadata={"help": "directory to save an 'auto' head in"})
     mlm_seed: int = field(
         default=0, metadata={"help": "seed of the MLM corruption (keep fixed to compare tickets)"}
     )
+
+    def validate(self) -> None:
+        if self.kd_loss not in KD_LOSSES:
+            raise TicketlabError(
+                f"unknown distillation loss {self.kd_loss!r} (choose from {', '.join(KD_LOSSES)})"
+            )
+        if self.batch_size < 1:
+            raise TicketlabError(f"batch size must be at least 1, got {self.batch_size}")
+
+
+@dataclass(kw_only=True)
+class PretrainLossSpec(PretrainLossSettings):
+    """What ``ticketlab pretrain-loss`` measures (each field is a command-line flag)."""
+
+    model: str = field(metadata={"help": "hub id or local directory of the dense pre-trained model"})
+    mask: str | None = field(
+        default=None, metadata={"help": "mask file of the ticket (none: the dense model)"}
+    )
+    save_head: str | None = field(default=None, metadata={"help": "directory to save an 'auto' head in"})
     allow_fingerprint_mismatch: bool = field(
         default=False, metadata={"help": "apply the mask even if the model's weights differ from its source"}
     )
@@ -215,12 +233,7 @@ def run_pretrain_loss(spec: PretrainLossSpec, progress: bool = True) -> dict[str
     from ticketlab.models import EncoderAdapter, load_encoder, load_tokenizer
 
     start = time.perf_counter()
-    if spec.kd_loss not in KD_LOSSES:
-        raise TicketlabError(
-            f"unknown distillation loss {spec.kd_loss!r} (choose from {', '.join(KD_LOSSES)})"
-        )
-    if spec.batch_size < 1:
-        raise TicketlabError(f"batch size must be at least 1, got {spec.batch_size}")
+    spec.validate()
     mask = load_mask(spec.mask) if spec.mask else None  # fail on a bad mask before the slow parts
     tokenizer = load_tokenizer(spec.model)
     teacher = load_encoder(spec.model).to(_device())

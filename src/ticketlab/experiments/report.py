@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ticketlab.analysis.aggregate import FULL_MODEL, Cell, ResultRecord, aggregate, csv_table, markdown_table
+from ticketlab.analysis.pretrain_correlation import TicketLoss
 from ticketlab.errors import TicketlabError
 from ticketlab.experiments.store import read_json, write_json
 
@@ -44,6 +45,7 @@ def records_from(run_dir: str | Path) -> tuple[list[ResultRecord], list[Path]]:
     if kind == "GridSpec":
         grid = GridSpec(**spec["spec"])
         masks = sorted((root / "tickets").glob("omp-*.safetensors"))
+        masks += sorted((root / "tickets").glob("tamt-*/mask.safetensors"))
         masks += sorted((root / "imp").glob(f"*/seed{grid.seeds[0]}/level_*/mask.safetensors"))
         return collect_records(grid, root, main_metric_of), masks
     if kind == "ImpSpec":
@@ -78,6 +80,25 @@ def records_from(run_dir: str | Path) -> tuple[list[ResultRecord], list[Path]]:
     raise TicketlabError(f"{root} holds no finished results yet")
 
 
+def tickets_from(run_dir: str | Path) -> tuple[list[Path], list[TicketLoss]]:
+    """Every ticket mask of a run directory (for the search-cost table) and, for a grid with a
+    ``pretrain_loss`` section, the measured pre-training losses of its results' masks."""
+    from ticketlab.experiments.grid import GridSpec, collect_pretrain_losses, ticket_files
+
+    root = Path(run_dir)
+    spec = read_json(root / "spec.json")
+    if spec.get("kind") == "GridSpec":
+        grid = GridSpec(**spec["spec"])
+        return ticket_files(grid, root), collect_pretrain_losses(grid, root)
+    if spec.get("kind") == "ImpSpec":
+        return sorted(root.glob("level_*/mask.safetensors")), []
+    if spec.get("kind") is not None:  # other pipelines (super tickets, ...): no recorded search cost
+        return [], []
+    results = read_json(root / "results.json") if (root / "results.json").exists() else {}
+    mask = results.get("mask")
+    return ([Path(mask)] if mask and Path(mask).exists() else []), []
+
+
 def transfer_table(cells: Iterable[Cell], scale: float = 100.0) -> str:
     """Tickets found on one task or on MLM (``imp@source``) fine-tuned on others, beside the task's own
     IMP ticket."""
@@ -110,21 +131,38 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> dict[str, Any]:
     """Tables (Markdown, CSV, JSON) and plots (PNG) for the runs; returns what was written."""
     from ticketlab.analysis.overlap import pairwise_overlap
     from ticketlab.analysis.plots import plot_layer_profile, plot_overlap_heatmap, plot_score_vs_sparsity
+    from ticketlab.analysis.search_cost import search_cost_markdown, summarize_search_costs
     from ticketlab.masks import UnstructuredMask, load_mask
 
     out = Path(out)
     records: list[ResultRecord] = []
     mask_paths: list[Path] = []
+    tickets: dict[Path, None] = {}  # ordered set: a grid's IMP runs may also be given on their own
+    losses: list[TicketLoss] = []
     for run_dir in run_dirs:
         found, masks = records_from(run_dir)
         records += found
         mask_paths += masks
+        ticket_masks, ticket_losses = tickets_from(run_dir)
+        tickets.update(dict.fromkeys(p.resolve() for p in ticket_masks))
+        losses += ticket_losses
     if not records:
         raise TicketlabError("no finished results in the given run directories")
     cells = aggregate(records)
     out.mkdir(parents=True, exist_ok=True)
     files = []
-    table = markdown_table(cells) + "\n" + transfer_table(cells)
+    cost_rows = summarize_search_costs(_search_costs(tickets))
+    pretrain = _pretrain_loss_section(cells, losses, out)
+    files += pretrain.pop("files")
+    table = (
+        markdown_table(cells)
+        + "\n"
+        + transfer_table(cells)
+        + "\n"
+        + search_cost_markdown(cost_rows)
+        + "\n"
+        + pretrain.pop("markdown")
+    )
     (out / "results.md").write_text(table)
     (out / "results.csv").write_text(csv_table(cells))
     files += [out / "results.md", out / "results.csv"]
@@ -152,7 +190,60 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> dict[str, Any]:
         )
     summary = {
         "cells": [c.to_dict() for c in cells],
+        "search_cost": cost_rows,
+        "pretrain_loss": pretrain,
         "files": [str(f) for f in files],
     }
     write_json(out / "report.json", summary)
     return summary
+
+
+def _search_costs(mask_paths: Iterable[Path]) -> list:
+    from ticketlab.analysis.search_cost import search_cost_of
+    from ticketlab.errors import MaskFormatError
+    from ticketlab.masks import read_header
+
+    costs = []
+    for path in mask_paths:
+        try:
+            cost = search_cost_of(read_header(path), path)
+        except MaskFormatError:  # not a ticketlab mask (an imported original): no recorded cost
+            continue
+        if cost is not None:
+            costs.append(cost)
+    return costs
+
+
+def _pretrain_loss_section(cells: list[Cell], losses: list[TicketLoss], out: Path) -> dict[str, Any]:
+    """Points, correlations, scatter plots and the Markdown of pre-training loss vs downstream score."""
+    from ticketlab.analysis.plots import plot_loss_vs_score
+    from ticketlab.analysis.pretrain_correlation import (
+        correlation_markdown,
+        correlation_title,
+        correlations,
+        loss_score_points,
+    )
+
+    points = loss_score_points(cells, losses)
+    mlm_reason = next((loss.mlm_reason for loss in losses if loss.mlm_reason), None)
+    entries = correlations(points, mlm_reason)
+    files = []
+    full = {c.task: c for c in cells if c.method == FULL_MODEL}
+    for entry in entries:
+        if entry["available"]:
+            files.append(
+                plot_loss_vs_score(
+                    points,
+                    entry["task"],
+                    entry["loss"],
+                    out / f"{entry['task']}_score_vs_{entry['loss']}.png",
+                    subtitle=correlation_title(entry),
+                    full=full.get(entry["task"]),
+                )
+            )
+    return {
+        "points": [p.to_dict() for p in points],
+        "correlations": entries,
+        "markdown": correlation_markdown(points, entries),
+        "files": files,
+    }

@@ -1,10 +1,12 @@
 """``run_tamt``: a minimal driver for task-agnostic mask training, resumable, with step budgets.
 
-Deliberately small (a plain ``for`` loop over :func:`ticketlab.training.tamt.tamt_step`) so that it
-can move onto the shared training loop unchanged in substance. Everything random in a step is a
-function of ``(seed, step)``: the batch (a seeded permutation per epoch), the MLM corruption (per
-example draw) and dropout. A checkpoint (scores, head, optimizer state, step; safetensors, written
-atomically) therefore suffices to resume to bit-identical masks.
+It runs the shared training loop (:func:`ticketlab.training.loop.train`) with the TAMT loss
+(:func:`ticketlab.training.tamt.tamt_loss`), TAMT's own AdamW over the scores (and head), a
+constant learning rate and no clipping; a callback keeps the losses, saves the budget masks and
+writes checkpoints. Everything random in a step is a function of ``(seed, step)``: the batch (a
+seeded permutation per epoch), the MLM corruption (per example draw) and dropout. A checkpoint
+(scores, head, optimizer state, step; safetensors, written atomically) therefore suffices to
+resume to bit-identical masks: the loop then runs only the remaining steps' batches.
 
 Outputs, for ``out`` = ``DIR``: ``DIR/mask.safetensors`` (the final mask), ``DIR/mask-step<N>.safetensors``
 (each ``--save-at`` budget), ``DIR/results.json``, and while running ``DIR/checkpoint.safetensors``.
@@ -18,12 +20,13 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ticketlab.data.text import DEFAULT_DATASET, DEFAULT_DATASET_CONFIG, TextBlocks
 from ticketlab.errors import TicketlabError
@@ -33,12 +36,13 @@ from ticketlab.masks.provenance import Provenance
 from ticketlab.models.mlm_head import MlmHead, head_from_checkpoint, word_embeddings
 from ticketlab.pruning import prune, validate_sparsity
 from ticketlab.pruning.tamt import DEFAULT_SCORE_SCALE, LearnedMask
+from ticketlab.training.loop import Callback, TrainConfig, TrainState, train
 from ticketlab.training.objectives import KD_LOSSES, MlmMasking
 from ticketlab.training.tamt import (
     TamtObjective,
     check_objective,
+    tamt_loss,
     tamt_optimizer,
-    tamt_step,
 )
 
 INITS: tuple[str, ...] = ("omp", "random")
@@ -46,13 +50,15 @@ INITS: tuple[str, ...] = ("omp", "random")
 _RESUMABLE_CHANGES = ("steps", "save_at", "checkpoint_every")
 
 
-@dataclass
-class TamtSpec:
-    """A TAMT run (each field is a ``ticketlab tamt`` flag)."""
+@dataclass(kw_only=True)
+class TamtSettings:
+    """How a TAMT mask is trained, apart from the model, the sparsity and the ranking.
 
-    model: str = field(metadata={"help": "hub id or local directory of the dense pre-trained model"})
-    objective: str = field(metadata={"help": "mlm, kd or mlm+kd"})
-    sparsity: float = field(metadata={"help": "fraction of the weights in scope to prune, in [0, 1)"})
+    The ``tamt:`` section of a ticket grid (which supplies the rest); :class:`TamtSpec` adds
+    the model, sparsity, scope, scheme and step budgets for one ``ticketlab tamt`` run.
+    """
+
+    objective: str = field(default="kd", metadata={"help": "mlm, kd or mlm+kd"})
     text: str | None = field(default=None, metadata={"help": "training text file (none: the hub data set)"})
     dataset: str = field(default=DEFAULT_DATASET, metadata={"help": "hub text data set when no text file"})
     dataset_config: str | None = field(default=DEFAULT_DATASET_CONFIG, metadata={"help": "its configuration"})
@@ -62,11 +68,6 @@ class TamtSpec:
     init: str = field(
         default="omp", metadata={"help": "initial mask: omp (the paper) or random (its ablation)"}
     )
-    scope: str = field(
-        default="encoder+embeddings", metadata={"help": "weights that can be pruned (TAMT: with embeddings)"}
-    )
-    scheme: str = field(default="per-matrix", metadata={"help": "per-matrix (TAMT) or global top-k"})
-    save_at: tuple[int, ...] = field(default=(), metadata={"help": "also save the mask after these steps"})
     seed: int = field(default=0, metadata={"help": "seed of data order, corruption, dropout and random init"})
     batch_size: int = field(default=16, metadata={"help": "blocks per step (the paper: 16)"})
     max_length: int = field(default=128, metadata={"help": "block length in tokens (the paper: 512)"})
@@ -88,7 +89,6 @@ class TamtSpec:
 
     def validate(self) -> None:
         check_objective(self.objective)
-        validate_sparsity(self.sparsity)
         if self.init not in INITS:
             raise TicketlabError(f"unknown init {self.init!r} (choose from {', '.join(INITS)})")
         if self.kd_loss not in KD_LOSSES:
@@ -100,6 +100,24 @@ class TamtSpec:
                 raise TicketlabError(
                     f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
                 )
+
+
+@dataclass(kw_only=True)
+class TamtSpec(TamtSettings):
+    """A TAMT run (each field is a ``ticketlab tamt`` flag)."""
+
+    model: str = field(metadata={"help": "hub id or local directory of the dense pre-trained model"})
+    objective: str = field(metadata={"help": "mlm, kd or mlm+kd"})
+    sparsity: float = field(metadata={"help": "fraction of the weights in scope to prune, in [0, 1)"})
+    scope: str = field(
+        default="encoder+embeddings", metadata={"help": "weights that can be pruned (TAMT: with embeddings)"}
+    )
+    scheme: str = field(default="per-matrix", metadata={"help": "per-matrix (TAMT) or global top-k"})
+    save_at: tuple[int, ...] = field(default=(), metadata={"help": "also save the mask after these steps"})
+
+    def validate(self) -> None:
+        super().validate()
+        validate_sparsity(self.sparsity)
         bad = [s for s in self.save_at if not 1 <= s <= self.steps]
         if bad:
             raise TicketlabError(f"--save-at step {bad[0]} is outside 1..{self.steps} (--steps)")
@@ -141,6 +159,17 @@ class TamtOutputs:
         return Path(self.budget_pattern.format(step=step))
 
 
+class TrainedParameters(nn.Module):
+    """What TAMT trains, as one module for the training loop: the scores and the MLM head (if any).
+
+    The model itself is not a submodule: its weights stay frozen and out of the optimizer."""
+
+    def __init__(self, learned: LearnedMask, head: MlmHead | None):
+        super().__init__()
+        self.learned = learned
+        self.head = head
+
+
 class BatchOrder:
     """Rows of step ``s``: examples ``s*B .. s*B+B-1`` of an endless sequence of seeded epochs."""
 
@@ -162,6 +191,27 @@ class BatchOrder:
         keys = list(range(step * self.batch_size, (step + 1) * self.batch_size))
         rows = [int(self._permutation(k // self.num_blocks)[k % self.num_blocks]) for k in keys]
         return torch.tensor(rows), keys
+
+
+class StepBatches:
+    """The batches of steps ``start`` .. ``stop - 1`` in :class:`BatchOrder`'s order: one "epoch"
+    of the training loop, so a resumed run continues with exactly the batches it would have had."""
+
+    def __init__(self, text: TextBlocks, order: BatchOrder, start: int, stop: int):
+        self.text, self.order, self.start, self.stop = text, order, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for step in range(self.start, self.stop):
+            rows, keys = self.order.rows(step)
+            yield {
+                "input_ids": self.text.input_ids[rows],
+                "attention_mask": self.text.attention_mask[rows],
+                "keys": keys,
+                "step": step,
+            }
 
 
 # -- checkpoints ------------------------------------------------------------------------------
@@ -238,7 +288,6 @@ def run_tamt(
     Reruns with the same spec resume from the last checkpoint, or return at once when finished.
     ``on_step(step, losses)`` is called after each update (1-based step).
     """
-    from tqdm.auto import tqdm
 
     from ticketlab.models import load_encoder, load_tokenizer
 
@@ -282,6 +331,11 @@ def run_tamt(
             )
         start_step, elapsed_before, losses = int(meta["step"]), float(meta["wall_time_s"]), meta["losses"]
         head_record = meta.get("head_record", head_record)
+        if start_step > spec.steps:
+            raise TicketlabError(
+                f"{outputs.checkpoint} is at step {start_step}, past --steps {spec.steps}; "
+                "raise --steps or remove the checkpoint"
+            )
 
     def provenance(step: int, wall: float) -> Provenance:
         return Provenance(
@@ -308,7 +362,6 @@ def run_tamt(
             notes=["the mask is the exact top-k of the final scores; weights were frozen"],
         )
 
-    order = BatchOrder(len(text), spec.batch_size, spec.seed)
     objective = TamtObjective(
         encoder,
         learned,
@@ -321,18 +374,23 @@ def run_tamt(
     )
     device = _device()
     saved: dict[int, str] = {}
-    with learned.attached():
-        bar = tqdm(
-            range(start_step, spec.steps), desc=f"TAMT-{spec.objective}", disable=not progress, leave=False
-        )
-        for step in bar:
-            rows, keys = order.rows(step)
-            ids, attention = text.input_ids[rows].to(device), text.attention_mask[rows].to(device)
-            result = tamt_step(objective, optimizer, ids, attention, keys, spec.seed, step)
-            done = step + 1
+    parts: dict[str, float] = {}
+
+    def loss_fn(_trained: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        ids, attention = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        loss, found = tamt_loss(objective, ids, attention, batch["keys"], spec.seed, batch["step"])
+        parts.clear()
+        parts.update(found)
+        return loss
+
+    class Bookkeeping(Callback):
+        """Losses, budget masks, checkpoints and ``on_step`` after every update (1-based steps)."""
+
+        def on_step_end(self, state: TrainState) -> None:
+            done = start_step + state.step
+            result = {"loss": state.loss, **parts}
             if done % 10 == 0 or done == spec.steps:
-                losses.append([done, result["loss"]])
-            bar.set_postfix(loss=f"{result['loss']:.4f}")
+                losses.append([done, state.loss])
             wall = elapsed_before + time.perf_counter() - started
             if done in spec.save_at:
                 path = outputs.budget(done)
@@ -349,6 +407,28 @@ def run_tamt(
                 save_checkpoint(outputs.checkpoint, learned, head, optimizer, meta)
             if on_step is not None:
                 on_step(done, result)
+
+    config = TrainConfig(
+        lr=lr,
+        max_steps=max(spec.steps - start_step, 1),
+        max_grad_norm=None,  # TAMT clips nothing
+        lr_schedule="constant",  # so a mask saved at step N is the mask an N-step run gives
+        eval_at_epoch_end=False,
+        seed=spec.seed,
+        quiet=not progress,
+    )
+    batches = StepBatches(text, BatchOrder(len(text), spec.batch_size, spec.seed), start_step, spec.steps)
+    with learned.attached():
+        if start_step < spec.steps:  # (a checkpoint exactly at --steps leaves nothing to train)
+            train(
+                TrainedParameters(learned, head),
+                batches,
+                None,
+                config,
+                callbacks=[Bookkeeping()],
+                loss_fn=loss_fn,
+                optimizer=optimizer,
+            )
         wall = elapsed_before + time.perf_counter() - started
         final = learned.to_mask(provenance(spec.steps, wall))
     save_mask(final, outputs.final)

@@ -27,6 +27,7 @@ from torch import nn
 from ticketlab.errors import TicketlabError
 from ticketlab.training.metrics import is_better
 
+LR_SCHEDULES = ("linear", "constant")
 EvaluateFn = Callable[[nn.Module, Any], dict[str, float]]
 LossFn = Callable[[nn.Module, dict[str, Any]], torch.Tensor]
 
@@ -50,6 +51,10 @@ class TrainConfig:
     warmup_ratio: float = field(
         default=0.0, metadata={"help": "fraction of the steps with a linear warm-up before the linear decay"}
     )
+    lr_schedule: str = field(
+        default="linear",
+        metadata={"help": "linear (warm-up, then decay to 0) or constant (mask training: budgets nest)"},
+    )
     max_grad_norm: float | None = field(
         default=1.0, metadata={"help": "clip the gradient norm to this (None: no clipping)"}
     )
@@ -72,6 +77,10 @@ class TrainConfig:
             raise TicketlabError(f"epochs must be at least 1, got {self.epochs}")
         if self.max_steps is not None and self.max_steps < 1:
             raise TicketlabError(f"max steps must be at least 1, got {self.max_steps}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise TicketlabError(
+                f"unknown learning-rate schedule {self.lr_schedule!r} (choose from {', '.join(LR_SCHEDULES)})"
+            )
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise TicketlabError(f"warm-up ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.weight_decay < 0:
@@ -227,6 +236,7 @@ def train(
     callbacks: Sequence[Callback] = (),
     accelerator: Any = None,
     loss_fn: LossFn | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> TrainResult:
     """Train ``model`` in place and return the evaluations.
 
@@ -234,10 +244,15 @@ def train(
     of ``config`` (every ``eval_every`` steps, at epoch ends, and on the final model). In a
     multi-process run it must return the same metrics on every process (gather the predictions,
     e.g. with ``accelerator.gather_for_metrics``).
+
+    ``optimizer`` replaces :func:`make_optimizer`'s AdamW (``config.weight_decay`` then does
+    nothing): for training other parameters than the model's own weights, such as mask scores.
+    ``train_dataloader`` may be any re-iterable with a length (one epoch), not only a DataLoader;
+    such an object is not sharded across processes.
     """
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
+    from transformers import get_constant_schedule, get_linear_schedule_with_warmup
 
     config = config or TrainConfig()
     config.validate()
@@ -246,7 +261,7 @@ def train(
     wall_start = time.perf_counter()
     set_seed(config.seed)
 
-    optimizer = make_optimizer(model, config)
+    optimizer = optimizer or make_optimizer(model, config)
     prepared_model, prepared_optimizer, loader = accelerator.prepare(model, optimizer, train_dataloader)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
@@ -254,9 +269,12 @@ def train(
     total_steps = config.max_steps or steps_per_epoch * config.epochs
     # The scheduler is stepped here once per optimizer step, not prepared by Accelerate (which
     # would step it once per process); its horizon is this process's step count.
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps
-    )
+    if config.lr_schedule == "constant":
+        scheduler = get_constant_schedule(optimizer)
+    else:
+        scheduler = get_linear_schedule_with_warmup(
+            optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps
+        )
     state = TrainState(
         config=config,
         accelerator=accelerator,
@@ -304,6 +322,9 @@ def train(
         unit="step",
         disable=config.quiet or not accelerator.is_local_main_process,
     )
+    # Gradients left on the parameters by earlier work (a head trained before mask training) must
+    # not leak into the first step, which would otherwise add them to its own.
+    prepared_optimizer.zero_grad(set_to_none=True)
     prepared_model.train()
     epoch_index = 0
     try:

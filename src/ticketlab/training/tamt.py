@@ -1,9 +1,9 @@
 """The TAMT training step as components: objective, optimizer, and one step.
 
 Kept independent of any particular loop: :class:`TamtObjective` turns a batch into a loss,
-:func:`tamt_optimizer` builds the paper's AdamW, :func:`tamt_step` does forward, backward and
-update. The minimal driver in ``ticketlab.experiments.tamt`` strings them together; the shared
-training loop can call the same pieces from a callback.
+:func:`tamt_loss` seeds it by step, :func:`tamt_optimizer` builds the paper's AdamW, and
+:func:`tamt_step` does forward, backward and update for a loop of your own. The driver in
+``ticketlab.experiments.tamt`` runs the shared training loop with ``tamt_loss`` as its loss.
 """
 
 from __future__ import annotations
@@ -120,6 +120,21 @@ def tamt_optimizer(
     return torch.optim.AdamW(groups, lr=lr, foreach=False)
 
 
+def tamt_loss(
+    objective: TamtObjective,
+    ids: torch.Tensor,
+    attention: torch.Tensor,
+    keys: Sequence[int],
+    seed: int,
+    step: int,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of step ``step`` (and its parts), with dropout seeded from ``(seed, step)`` alone."""
+    devices = [ids.device.index or 0] if ids.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(step_seed(seed, step))
+        return objective.loss(ids, attention, keys)
+
+
 def tamt_step(
     objective: TamtObjective,
     optimizer: torch.optim.Optimizer,
@@ -129,11 +144,9 @@ def tamt_step(
     seed: int,
     step: int,
 ) -> dict[str, float]:
-    """One update of the scores (and head); dropout is seeded from ``(seed, step)``."""
-    devices = [ids.device.index or 0] if ids.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(step_seed(seed, step))
-        loss, parts = objective.loss(ids, attention, keys)
+    """One update of the scores (and head), for a loop of your own (``run_tamt`` runs the shared
+    training loop on :func:`tamt_loss`, with the same arithmetic)."""
+    loss, parts = tamt_loss(objective, ids, attention, keys, seed, step)
     value = float(loss.detach())
     if not np.isfinite(value):
         raise TicketlabError(f"TAMT loss is {value} at step {step}; lower the learning rate")
