@@ -109,3 +109,42 @@ def test_unwritable_cache_is_a_clear_error(glue_dir, tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(TicketlabError, match="cannot write the tokenisation cache"):
         tokenized_glue_split("rte", "dev", tiny_tokenizer(), data_dir=glue_dir, cache_dir=blocker, quiet=True)
+
+
+def test_random_training_subset_is_a_fixed_sorted_draw_and_cached_apart(glue_dir, tmp_path):
+    from ticketlab.data.subset import subset_indices
+
+    cache = tmp_path / "cache"
+    tokenizer = tiny_tokenizer()
+
+    def load(subset: str, count: int | None = 8):
+        return tokenized_glue_split(
+            "rte",
+            "train",
+            tokenizer,
+            data_dir=glue_dir,
+            cache_dir=cache,
+            quiet=True,
+            max_samples=count,
+            subset=subset,
+        )
+
+    first, random = load("first"), load("random")
+    assert first["index"] == list(range(8))
+    assert len(random["index"]) == 8 and len(set(random["index"])) == 8
+    assert random["index"] == sorted(random["index"]) and random["index"] != first["index"]
+    assert all(0 <= i < 20 for i in random["index"])
+    assert load("random")["index"] == random["index"]  # the same draw every time (not the run's seed)
+    full = load("first", None)
+    row = {i: n for n, i in enumerate(full["index"])}
+    assert [full["input_ids"][row[i]] for i in random["index"]] == random["input_ids"]  # ids follow rows
+    assert subset_indices(20, 25, "random") == list(range(20))  # N above the size: everything
+    with pytest.raises(TicketlabError, match="train subset"):
+        load("every-other")
+
+
+def test_finetune_spec_refuses_an_unknown_train_subset(tmp_path):
+    from ticketlab.experiments.finetune import FinetuneSpec
+
+    with pytest.raises(TicketlabError, match="train subset"):
+        FinetuneSpec(model="m", task="rte", train_subset="best").validate()

@@ -212,6 +212,22 @@ class GlueExamples:
             index=self.index[:count],
         )
 
+    def take(self, indices: list[int]) -> GlueExamples:
+        """The examples at ``indices``, in that order."""
+        if indices == list(range(len(self))):
+            return self
+
+        def pick(values):
+            return None if values is None else [values[i] for i in indices]
+
+        return replace(
+            self,
+            text_a=pick(self.text_a),
+            text_b=pick(self.text_b),
+            labels=pick(self.labels),
+            index=pick(self.index),
+        )
+
     def digest(self) -> str:
         """sha256 of the content (texts, labels, indices): the same examples give the same digest."""
         hasher = hashlib.sha256()

@@ -7,6 +7,7 @@ from typing import Any
 
 from ticketlab.data.cache import cached_dataset, tokenize_texts, tokenizer_digest
 from ticketlab.data.glue import GlueTaskInfo, glue_source, glue_task
+from ticketlab.data.subset import subset_indices
 from ticketlab.errors import TicketlabError
 
 
@@ -18,6 +19,7 @@ def tokenized_glue_split(
     max_length: int = 128,
     data_dir: str | os.PathLike | None = None,
     max_samples: int | None = None,
+    subset: str = "first",
     cache_dir: str | os.PathLike | None = None,
     quiet: bool = False,
 ):
@@ -27,6 +29,7 @@ def tokenized_glue_split(
     index in the split, as the leaderboard wants it) and ``labels`` (absent on test splits).
     """
     info = glue_task(task) if isinstance(task, str) else task
+    subset_indices(1, None, subset)  # an unknown subset fails before any work
     if max_samples is not None and max_samples < 1:
         raise TicketlabError(f"max samples must be at least 1, got {max_samples}")
     source = glue_source(info, split, data_dir)
@@ -36,12 +39,14 @@ def tokenized_glue_split(
         "split": split,
         "source": source.digest(),
         "max_samples": max_samples,
+        **({"subset": subset} if subset != "first" else {}),  # older cache entries stay valid
         "tokenizer": tokenizer_digest(tokenizer),
         "max_length": max_length,
     }
 
     def build() -> dict[str, list]:
-        examples = source.load().head(max_samples)
+        loaded = source.load()
+        examples = loaded.take(subset_indices(len(loaded), max_samples, subset))
         if len(examples) == 0:
             raise TicketlabError(f"GLUE {info.name} {split} ({source.describe()}) has no examples")
         columns = tokenize_texts(

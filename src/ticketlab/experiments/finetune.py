@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ticketlab.data.cache import file_sha256
+from ticketlab.data.subset import subset_indices
 from ticketlab.errors import TicketlabError
 from ticketlab.masks.io import atomic_write
 from ticketlab.training.metrics import json_safe
@@ -109,6 +110,13 @@ class FinetuneSpec:
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "evaluate on the first N examples of each dev split only"}
     )
+    train_subset: str = field(
+        default="first",
+        metadata={
+            "help": "which max_train_samples examples: first (file order) or random (a fixed draw, the same "
+            "for every run; GLUE files are ordered by source, so the first N are biased)"
+        },
+    )
     predict_test: bool = field(
         default=False, metadata={"help": "also write test-set predictions in the leaderboard format"}
     )
@@ -173,6 +181,7 @@ class FinetuneSpec:
         for name, value in counts.items():
             if value is not None and value < 1:
                 raise TicketlabError(f"{name.replace('_', ' ')} must be at least 1, got {value}")
+        subset_indices(1, None, self.train_subset)  # an unknown subset is refused here
         self.train_config().validate()  # lr, epochs, warm-up, weight decay, eval interval
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise TicketlabError(f"data directory {self.data_dir!r} does not exist")
@@ -452,6 +461,7 @@ def _train_and_record(
         cache_dir=cache_dir,
         max_train_samples=spec.max_train_samples,
         max_eval_samples=spec.max_eval_samples,
+        train_subset=spec.train_subset,
         quiet=quiet,
     )
     # The main process tokenises first and fills the cache; the others then read it.

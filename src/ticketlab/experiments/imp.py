@@ -209,6 +209,7 @@ RECIPE_FIELDS = (
     "eval_every",
     "max_train_samples",
     "max_eval_samples",
+    "train_subset",
     "main_metric",
     "log_every",
 )

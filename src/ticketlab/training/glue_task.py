@@ -75,7 +75,9 @@ class GlueTask(Task):
             kwargs["label2id"] = {n: i for i, n in enumerate(names)}
         return load_encoder(model_name_or_path, model_class=AutoModelForSequenceClassification, **kwargs)
 
-    def _split(self, split: str, tokenizer: Any, options: DataOptions, max_samples: int | None):
+    def _split(
+        self, split: str, tokenizer: Any, options: DataOptions, max_samples: int | None, subset: str = "first"
+    ):
         return tokenized_glue_split(
             self.info,
             split,
@@ -83,12 +85,15 @@ class GlueTask(Task):
             max_length=options.max_length,
             data_dir=options.data_dir,
             max_samples=max_samples,
+            subset=subset,
             cache_dir=options.cache_dir,
             quiet=options.quiet,
         )
 
     def train_dataset(self, tokenizer: Any, options: DataOptions) -> Any:
-        return self._split("train", tokenizer, options, options.max_train_samples).remove_columns(["index"])
+        return self._split(
+            "train", tokenizer, options, options.max_train_samples, options.train_subset
+        ).remove_columns(["index"])
 
     def eval_data(self, split: str, tokenizer: Any, options: DataOptions) -> GlueSplitData:
         max_samples = None if split.startswith("test") else options.max_eval_samples

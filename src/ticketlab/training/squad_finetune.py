@@ -26,6 +26,7 @@ from torch import nn
 from ticketlab.data.squad import HUB_DATASET, LOCAL_FILES, SquadExample
 from ticketlab.data.squad_cache import cached_squad_eval_features, cached_squad_train_features
 from ticketlab.data.squad_features import DOC_STRIDE, MAX_LENGTH, SquadEvalFeatures, squad_collator
+from ticketlab.data.subset import subset_indices
 from ticketlab.errors import TicketlabError
 from ticketlab.training.squad_metrics import squad_scores
 from ticketlab.training.squad_task import SquadSplits, SquadTask, write_predictions
@@ -139,7 +140,9 @@ class SquadFinetuneTask(Task):
 
     def train_dataset(self, tokenizer: Any, options: DataOptions) -> Any:
         settings = self.settings(options)
-        examples = _head(self.splits(options).train, options.max_train_samples, "training")
+        examples = _head(
+            self.splits(options).train, options.max_train_samples, "training", options.train_subset
+        )
         return cached_squad_train_features(
             examples,
             tokenizer,
@@ -229,10 +232,12 @@ class SquadFinetuneTask(Task):
         }
 
 
-def _head(examples: list[SquadExample], count: int | None, what: str) -> list[SquadExample]:
+def _head(
+    examples: list[SquadExample], count: int | None, what: str, subset: str = "first"
+) -> list[SquadExample]:
     if count is not None and count < 1:
         raise TicketlabError(f"max {what} samples must be at least 1, got {count}")
-    chosen = examples if count is None else examples[:count]
+    chosen = [examples[i] for i in subset_indices(len(examples), count, subset)]
     if not chosen:
         raise TicketlabError(f"SQuAD {what} split has no questions")
     return chosen

@@ -36,6 +36,7 @@ class DataOptions:
         None  # tokenisation cache; None: $TICKETLAB_CACHE or ~/.cache/ticketlab
     )
     max_train_samples: int | None = None
+    train_subset: str = "first"  # which max_train_samples examples: see ticketlab.data.subset
     max_eval_samples: int | None = None  # per evaluation split; test splits are never cut
     quiet: bool = False
 
