@@ -6,10 +6,12 @@ random pruning matched per matrix to OMP at 0.5 and 0.7, each fine-tuned with 3 
 directories are kept, so a stopped benchmark resumes where it stopped (finished cells are skipped).
 
 On two CPU cores the full-size grid would take many hours (IMP alone is 8 fine-tunes per task and
-seed), so by default the training sets are subsampled (the first N examples, a different N per
+seed), so by default the training sets are subsampled (a fixed random draw of N examples, a different N per
 task, chosen so each task still learns something: CoLA needs more examples than STS-B) and the dev
 sets cut to the first 500 examples; the output and the JSON say so. ``--full`` uses whole
-training and dev sets (for the GPU machine).
+training and dev sets (for the GPU machine). Two processes, one per task (``--tasks stsb`` and
+``--tasks cola``, each with ``OMP_NUM_THREADS=1``), use both cores; ``--report-only`` then writes the
+report over both grids.
 
     TICKETLAB_SHARED=../shared PYTHONPATH=src python benchmarks/bench_lottery_grid.py \\
         [--tasks stsb,cola] [--seeds 0,1,2] [--out benchmarks/results/lottery_grid] [--full]
@@ -31,11 +33,13 @@ GLUE = "data/glue"
 LR = 1e-4  # ../shared/README.md: 2e-5 is too small for this 6-layer, 384-wide model
 SPARSITIES = [0.5, 0.7]
 IMP_LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
-# Subsampled recipe per task (CPU): training examples and epochs. STS-B learns from few examples;
-# CoLA barely moves below ~1000 (MCC about 0.05 from 600 examples in bench_finetune).
+# Subsampled recipe per task (CPU): training examples (a fixed random draw: GLUE files are ordered
+# by source, so the first N are one genre) and epochs. The first run (first 400 STS-B x 3 epochs,
+# first 1000 CoLA x 2) left even the full model untrained (docs/BENCHMARKS.md), so these are about
+# 2-3x the steps: about 65 min per task on one idle core (run the tasks in two processes).
 CPU_RECIPES: dict[str, dict[str, Any]] = {
-    "stsb": {"max_train_samples": 400, "epochs": 3, "max_eval_samples": 500},
-    "cola": {"max_train_samples": 1000, "epochs": 2, "max_eval_samples": 500},
+    "stsb": {"max_train_samples": 1200, "epochs": 2, "max_eval_samples": 500, "train_subset": "random"},
+    "cola": {"max_train_samples": 3000, "epochs": 1, "max_eval_samples": 500, "train_subset": "random"},
 }
 
 
@@ -47,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out", default=str(RESULTS_DIR / "lottery_grid"), help="folder for grids and report"
     )
     parser.add_argument("--full", action="store_true", help="whole training and dev sets, 3 epochs")
+    parser.add_argument(
+        "--report-only", action="store_true", help="no training: the report over the tasks' existing grids"
+    )
     parser.add_argument(
         "--smoke", action="store_true", help="16 training and dev examples, 1 epoch: checks the plumbing"
     )
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         else (
             "training sets subsampled: "
             + ", ".join(
-                f"{t} first {CPU_RECIPES[t]['max_train_samples']} examples x {CPU_RECIPES[t]['epochs']} epochs"
+                f"{t} {CPU_RECIPES[t]['max_train_samples']} random examples x {CPU_RECIPES[t]['epochs']} epochs"
                 for t in args.tasks
                 if t in CPU_RECIPES
             )
@@ -107,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, float] = {}
     grid_dirs = []
     for task in args.tasks:
+        if args.report_only:
+            if (out / f"grid-{task}").is_dir():
+                grid_dirs.append(out / f"grid-{task}")
+            continue
         spec = GridSpec(**grid_spec(task, args.seeds, shared, args.full, args.smoke))
         task_started = time.time()
         runner = GridRunner(spec, out / f"grid-{task}", quiet=True)
@@ -128,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         "wall_minutes_this_run": round(wall / 60, 2),
         "report": report,
     }
-    (RESULTS_DIR / "lottery_grid.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (RESULTS_DIR / f"lottery_grid-{'-'.join(args.tasks)}.json").write_text(
+        json.dumps(result, indent=2, default=str) + "\n"
+    )
     return 0
 
 
