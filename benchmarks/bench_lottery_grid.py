@@ -81,6 +81,13 @@ def grid_spec(task: str, seeds: list[int], shared: Path, full: bool, smoke: bool
     }
 
 
+def _relative(path: str | Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     import transformers
 
@@ -137,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         "lr": LR,
         "grid_minutes_this_run": {t: round(s / 60, 2) for t, s in timings.items()},
         "wall_minutes_this_run": round(wall / 60, 2),
-        "report": report,
+        # paths relative to the working directory: results name no folders of this machine
+        "report": {**report, "files": [_relative(f) for f in report.get("files", [])]},
     }
     (RESULTS_DIR / f"lottery_grid-{'-'.join(args.tasks)}.json").write_text(
         json.dumps(result, indent=2, default=str) + "\n"

@@ -119,7 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(
         json.dumps(
-            {"benchmark": "squad", "machine": machine(), "scale": scale, "args": vars(args), "runs": runs},
+            {
+                "benchmark": "squad",
+                "machine": machine(),
+                "scale": scale,
+                "args": {**vars(args), "out": Path(args.out).name},
+                "runs": runs,
+            },
             indent=2,
         )
         + "\n"
