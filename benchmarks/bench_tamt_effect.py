@@ -47,17 +47,18 @@ from pathlib import Path
 from typing import Any
 
 from bench_common import markdown_table, shared_dir, write_results
+from bench_lottery_grid import CPU_RECIPES as LOTTERY_RECIPES
 
 MODEL = "models/all-MiniLM-L6-v2"
 GLUE = "data/glue"
 TAMT_TEXT = "data/wikitext-2/test.txt"
 EVAL_TEXT = "data/wikitext-2/valid.txt"
 METHODS = ["full", "omp", "random", "tamt"]
-# Subsampled recipe per task (CPU), as bench_lottery_grid.py: STS-B learns from few examples; CoLA
-# barely moves below ~1000 (its sentences are short: about 3x cheaper per example than STS-B's pairs).
+# Subsampled recipe per task (CPU): bench_lottery_grid.py's, so the two benchmarks' cells compare
+# (the dev cut is this script's own --max-eval-samples).
 CPU_RECIPES: dict[str, dict[str, Any]] = {
-    "stsb": {"max_train_samples": 1200, "epochs": 2, "train_subset": "random"},
-    "cola": {"max_train_samples": 3000, "epochs": 1, "train_subset": "random"},
+    task: {k: v for k, v in recipe.items() if k != "max_eval_samples"}
+    for task, recipe in LOTTERY_RECIPES.items()
 }
 # Idle two-core rates for --estimate (MiniLM-L6, 2 threads): fine-tuning examples/s from
 # docs/BENCHMARKS.md (bench_finetune: CoLA ~69, STS-B ~49), evaluation about 3x faster. A TAMT-KD
