@@ -47,3 +47,24 @@ def test_tables_and_plots_are_written(tmp_path):
         plot_layer_profile({"omp": {"0": 0.4, "1": 0.6, "other": 0.5}}, tmp_path / "layers.png"),
     ):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_losses_are_shown_unscaled_and_scores_x100():
+    records = [
+        ResultRecord("mlm", "full", 0.0, seed, "mlm_loss", loss) for seed, loss in enumerate([2.0, 2.2])
+    ] + [ResultRecord("mlm", "imp", 0.5, seed, "mlm_loss", loss) for seed, loss in enumerate([2.1, 2.3])]
+    table = markdown_table(aggregate(records))
+    assert "(mlm_loss, mean ± std" in table and "x100" not in table
+    assert "| imp | 2.20 ± 0.14 ✓ |" in table
+
+
+def test_a_full_model_at_chance_level_gets_a_caveat():
+    def cola(full_values):
+        return [ResultRecord("cola", "full", 0.0, s, "matthews", v) for s, v in enumerate(full_values)] + [
+            ResultRecord("cola", "omp", 0.5, s, "matthews", 0.0) for s in range(len(full_values))
+        ]
+
+    untrained = markdown_table(aggregate(cola([0.0, 0.02, 0.0])))
+    assert "Caveat" in untrained and "matching* it means nothing" in untrained
+    trained = markdown_table(aggregate(cola([0.30, 0.34, 0.32])))
+    assert "Caveat" not in trained

@@ -77,6 +77,33 @@ def test_finetune_saves_the_model_and_importance_scores_it(tmp_path, world, caps
     assert torch.allclose(heads.max(dim=1).values, torch.ones(2)) and torch.all(heads.min(dim=1).values == 0)
 
 
+def test_importance_scores_the_fine_tuning_random_subset(tmp_path, world):
+    """With max_samples and train_subset random, importance sees the examples fine-tuning trained on."""
+    from ticketlab.experiments.importance import importance_batches
+    from ticketlab.experiments.super_tickets import importance_options_for
+    from ticketlab.models import load_tokenizer
+    from ticketlab.training.tasks import DataOptions, get_task
+
+    model, data = world
+    task, tokenizer = get_task("mrpc"), load_tokenizer(str(model))
+    options = importance_options_for("liang2021", {"max_train_samples": 10, "train_subset": "random"})
+    assert options.train_subset == "random" and options.max_samples == 10
+
+    def ids(batches):
+        return [tuple(row[row != 0].tolist()) for batch in batches for row in batch["input_ids"]]
+
+    kw = {"split": "train", "batch_size": 4, "max_length": 64, "data_dir": data, "max_samples": 10}
+    scored = ids(importance_batches(task, tokenizer, train_subset="random", **kw))
+    first = ids(importance_batches(task, tokenizer, **kw))
+    trained = task.train_dataset(
+        tokenizer, DataOptions(max_length=64, data_dir=data, max_train_samples=10, train_subset="random")
+    )
+    assert len(scored) == 10 and sorted(scored) == sorted(tuple(r) for r in trained["input_ids"])
+    assert sorted(scored) != sorted(first)
+    with pytest.raises(TicketlabError, match="train subset"):
+        importance_options_for("liang2021", {"train_subset": "best"}).validate()
+
+
 def test_importance_errors_are_one_line(tmp_path, world, capsys):
     model, data = world
     out = str(tmp_path / "s.safetensors")

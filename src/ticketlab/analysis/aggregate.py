@@ -19,6 +19,20 @@ FULL_MODEL = "full"
 # Metrics where lower is better (a held-out loss): a ticket matches when its mean is at most the
 # full model's mean plus one standard deviation.
 LOWER_IS_BETTER = frozenset({"mlm_loss"})
+# Correlation metrics score 0 for a model that predicts a constant (or at random): a full model whose
+# score is within one std of 0 has not learned the task, and "matching" it says nothing.
+CHANCE_LEVEL = {"matthews": 0.0, "pearson": 0.0, "spearman": 0.0}
+
+
+def display_scale(metric: str) -> float:
+    """Scores in [0, 1] are shown x100, as the papers do; losses as they are."""
+    return 1.0 if metric in LOWER_IS_BETTER else 100.0
+
+
+def full_model_at_chance(full: Cell) -> bool:
+    """Whether the full model's score is within one std (or 0.05) of its metric's chance level."""
+    chance = CHANCE_LEVEL.get(full.metric)
+    return chance is not None and full.mean - max(full.std, 0.05) <= chance
 
 
 @dataclass(frozen=True)
@@ -109,25 +123,35 @@ def _fmt(cell: Cell, scale: float) -> str:
     return text
 
 
-def markdown_table(cells: list[Cell], scale: float = 100.0) -> str:
-    """Method x sparsity per task (mean ± std over seeds, ✓ = matching)."""
+def markdown_table(cells: list[Cell], scale: float | None = None) -> str:
+    """Method x sparsity per task (mean ± std over seeds, ✓ = matching).
+
+    ``scale`` multiplies every value; by default scores are shown x100 and losses as they are.
+    """
     out = []
     for task in sorted({c.task for c in cells}):
         task_cells = [c for c in cells if c.task == task]
         sparsities = sorted({c.sparsity for c in task_cells if c.method != FULL_MODEL})
         methods = sorted({c.method for c in task_cells if c.method != FULL_MODEL})
         metric = task_cells[0].metric
+        task_scale = display_scale(metric) if scale is None else scale
         full = next((c for c in task_cells if c.method == FULL_MODEL), None)
-        out.append(f"### {task} ({metric}, x{scale:g}, mean ± std over seeds, ✓ = matching)\n")
+        shown = f", x{task_scale:g}" if task_scale != 1 else ""
+        out.append(f"### {task} ({metric}{shown}, mean ± std over seeds, ✓ = matching)\n")
         if full is not None:
-            out.append(f"Full model: {_fmt(full, scale)} (n={len(full.values)})\n")
+            out.append(f"Full model: {_fmt(full, task_scale)} (n={len(full.values)})\n")
+            if full_model_at_chance(full):
+                out.append(
+                    f"**Caveat:** the full model's {metric} is at chance level ({CHANCE_LEVEL[metric]:g}): "
+                    "it has not learned the task with this recipe, so *matching* it means nothing here.\n"
+                )
         header = "| method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |"
         out += [header, "|" + "---|" * (len(sparsities) + 1)]
         for method in methods:
             row = {c.sparsity: c for c in task_cells if c.method == method}
             out.append(
                 f"| {method} | "
-                + " | ".join(_fmt(row[s], scale) if s in row else "" for s in sparsities)
+                + " | ".join(_fmt(row[s], task_scale) if s in row else "" for s in sparsities)
                 + " |"
             )
         out.append("")

@@ -11,6 +11,7 @@ from ticketlab.errors import TicketlabError
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
+    from ticketlab.data.subset import TRAIN_SUBSETS
     from ticketlab.experiments.importance import SPLITS
     from ticketlab.pruning.importance import IMPORTANCE_VARIANTS, NORMALIZATIONS
 
@@ -45,7 +46,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
         choices=SPLITS,
         help="data to score on (default: the variant's paper: dev for prasanna2020, else train)",
     )
-    p.add_argument("--max-samples", type=int, help="score on the first N examples of the split only")
+    p.add_argument("--max-samples", type=int, help="score on N examples of the split only")
+    p.add_argument(
+        "--train-subset",
+        choices=TRAIN_SUBSETS,
+        default="first",
+        help="which N training examples with --max-samples: the first, or the fine-tuning's fixed random draw",
+    )
     p.add_argument(
         "--normalize",
         dest="normalization",
@@ -89,6 +96,7 @@ def run_importance(args: argparse.Namespace) -> int:
         normalization=args.normalization,
         split=args.split,
         max_samples=args.max_samples,
+        train_subset=args.train_subset,
         batch_size=args.batch_size,
     )
     options.validate()

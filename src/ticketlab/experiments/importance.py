@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from ticketlab.data.subset import subset_indices
 from ticketlab.errors import TicketlabError
 from ticketlab.masks.structured import StructuredMask
 from ticketlab.pruning.importance import (
@@ -48,7 +49,11 @@ class ImportanceOptions:
         metadata={"help": "train or dev (default: the variant's paper: dev for prasanna2020, else train)"},
     )
     max_samples: int | None = field(
-        default=None, metadata={"help": "score on the first N examples of the split only"}
+        default=None, metadata={"help": "score on N examples of the split only (dev: the first N)"}
+    )
+    train_subset: str = field(
+        default="first",
+        metadata={"help": "which N training examples with max_samples: first, or random (as fine-tuning's)"},
     )
     batch_size: int = field(default=32, metadata={"help": "examples per backward pass"})
 
@@ -66,6 +71,7 @@ class ImportanceOptions:
             )
         if self.resolved_split() not in SPLITS:
             raise TicketlabError(f"split must be one of {', '.join(SPLITS)}, not {self.split!r}")
+        subset_indices(1, None, self.train_subset)  # an unknown subset is refused here
         for name in ("max_samples", "batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -137,10 +143,12 @@ def importance_batches(
     max_length: int,
     data_dir: str | os.PathLike | None = None,
     max_samples: int | None = None,
+    train_subset: str = "first",
     cache_dir: str | os.PathLike | None = None,
     quiet: bool = False,
 ) -> Any:
-    """The labelled examples of ``split`` (train, or the first dev split) as batches, in file order."""
+    """The labelled examples of ``split`` (train, or the first dev split) as batches, in file order
+    (``max_samples`` of the training split chosen as ``train_subset`` says, the same as fine-tuning)."""
     from torch.utils.data import DataLoader
 
     from ticketlab.training.tasks import DataOptions
@@ -151,6 +159,7 @@ def importance_batches(
         cache_dir=cache_dir,
         max_train_samples=max_samples,
         max_eval_samples=max_samples,
+        train_subset=train_subset,
         quiet=quiet,
     )
     if split == "train":
@@ -198,6 +207,7 @@ def score_task_importance(
         max_length=max_length,
         data_dir=data_dir,
         max_samples=options.max_samples,
+        train_subset=options.train_subset,
         cache_dir=cache_dir,
         quiet=quiet,
     )
@@ -211,4 +221,6 @@ def score_task_importance(
         progress=not quiet,
     )
     scores.info.update(task=task.name, split=split, max_length=max_length, max_samples=options.max_samples)
+    if options.max_samples and split == "train":
+        scores.info["train_subset"] = options.train_subset
     return scores

@@ -8,7 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from ticketlab.analysis.aggregate import FULL_MODEL, Cell, ResultRecord, aggregate, csv_table, markdown_table
+from ticketlab.analysis.aggregate import (
+    FULL_MODEL,
+    Cell,
+    ResultRecord,
+    aggregate,
+    csv_table,
+    display_scale,
+    markdown_table,
+)
 from ticketlab.analysis.pretrain_correlation import TicketLoss
 from ticketlab.errors import TicketlabError
 from ticketlab.experiments.store import read_json, write_json
@@ -99,9 +107,9 @@ def tickets_from(run_dir: str | Path) -> tuple[list[Path], list[TicketLoss]]:
     return ([Path(mask)] if mask and Path(mask).exists() else []), []
 
 
-def transfer_table(cells: Iterable[Cell], scale: float = 100.0) -> str:
+def transfer_table(cells: Iterable[Cell], scale: float | None = None) -> str:
     """Tickets found on one task or on MLM (``imp@source``) fine-tuned on others, beside the task's own
-    IMP ticket."""
+    IMP ticket (``scale``: as in :func:`markdown_table`)."""
     cells = list(cells)
     transfer = [c for c in cells if c.method.startswith("imp@")]
     if not transfer:
@@ -116,12 +124,13 @@ def transfer_table(cells: Iterable[Cell], scale: float = 100.0) -> str:
     for c in sorted(transfer, key=lambda c: (c.method, c.task, c.sparsity)):
         mine = own.get((c.task, c.sparsity))
         ref = full.get(c.task)
+        k = display_scale(c.metric) if scale is None else scale
         lines.append(
-            f"| {c.method[4:]} → {c.task} | {c.sparsity:.0%} | {c.mean * scale:.2f} ± {c.std * scale:.2f}"
+            f"| {c.method[4:]} → {c.task} | {c.sparsity:.0%} | {c.mean * k:.2f} ± {c.std * k:.2f}"
             f"{' ✓' if c.matching else ''} | "
-            + (f"{mine.mean * scale:.2f}" if mine else "")
+            + (f"{mine.mean * k:.2f}" if mine else "")
             + " | "
-            + (f"{ref.mean * scale:.2f}" if ref else "")
+            + (f"{ref.mean * k:.2f}" if ref else "")
             + " |"
         )
     return "\n".join(lines) + "\n"

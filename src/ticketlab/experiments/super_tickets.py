@@ -154,6 +154,7 @@ def importance_options_for(
         normalization=normalization,
         split=split,
         max_samples=max_samples,
+        train_subset=recipe.get("train_subset") or "first",
         batch_size=recipe.get("batch_size") or 32,
     )
 
