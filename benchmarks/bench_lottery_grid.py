@@ -34,13 +34,31 @@ LR = 1e-4  # ../shared/README.md: 2e-5 is too small for this 6-layer, 384-wide m
 SPARSITIES = [0.5, 0.7]
 IMP_LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
 # Subsampled recipe per task (CPU): training examples (a fixed random draw: GLUE files are ordered
-# by source, so the first N are one genre) and epochs. The first run (first 400 STS-B x 3 epochs,
-# first 1000 CoLA x 2) left even the full model untrained (docs/BENCHMARKS.md), so these are about
-# 2-3x the steps: about 65 min per task on one idle core (run the tasks in two processes).
+# by source, so the first N are one genre; None: the whole set) and epochs. The first run (first 400
+# STS-B x 3 epochs, first 1000 CoLA x 2) left even the full model untrained (docs/BENCHMARKS.md).
+# Measured on one idle core: STS-B trains at about 12 examples/s; 1200 x 2 epochs (75 steps, 205 s
+# per fine-tune) gives the full model Pearson 0.77, 600 x 2 (38 steps) only 0.03. CoLA (about 43 examples/s) stays
+# at the majority class (MCC 0) after 3000 random examples at lr 1e-4 or 3e-4, batch 32 or 16 (94-188
+# steps); ../shared/README.md has MCC 0.12 after one epoch of the whole set (267 steps), so CoLA
+# gets one whole epoch (about 205 s). 39 fine-tunes per task: about 133 min of one core each, so
+# about 2 h 15 min on the two cores: one process per task, or a task's seeds split into processes.
 CPU_RECIPES: dict[str, dict[str, Any]] = {
     "stsb": {"max_train_samples": 1200, "epochs": 2, "max_eval_samples": 500, "train_subset": "random"},
-    "cola": {"max_train_samples": 3000, "epochs": 1, "max_eval_samples": 500, "train_subset": "random"},
+    "cola": {"max_train_samples": None, "epochs": 1, "max_eval_samples": 500},
 }
+
+
+def grid_dir_name(task: str, seeds: list[int]) -> str:
+    """``grid-<task>`` for the default seeds, else ``grid-<task>-seeds<a>_<b>``: a task's seeds can be
+    run as separate processes (separate grids), and the report reads them together."""
+    return f"grid-{task}" if seeds == [0, 1, 2] else f"grid-{task}-seeds{'_'.join(map(str, seeds))}"
+
+
+def describe_recipe(task: str) -> str:
+    recipe = CPU_RECIPES[task]
+    count = recipe.get("max_train_samples")
+    examples = f"{count} random examples" if count else "the whole training set"
+    return f"{task} {examples} x {recipe['epochs']} epochs"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,7 +86,7 @@ def grid_spec(task: str, seeds: list[int], shared: Path, full: bool, smoke: bool
     if smoke:
         recipe.update(max_train_samples=16, max_eval_samples=16, epochs=1)
     elif not full:
-        recipe.update(CPU_RECIPES.get(task, CPU_RECIPES["stsb"]))
+        recipe.update({k: v for k, v in CPU_RECIPES.get(task, CPU_RECIPES["stsb"]).items() if v is not None})
     return {
         "model": str(shared / MODEL),
         "tasks": [task],
@@ -108,11 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.full
         else (
             "training sets subsampled: "
-            + ", ".join(
-                f"{t} {CPU_RECIPES[t]['max_train_samples']} random examples x {CPU_RECIPES[t]['epochs']} epochs"
-                for t in args.tasks
-                if t in CPU_RECIPES
-            )
+            + ", ".join(describe_recipe(t) for t in args.tasks if t in CPU_RECIPES)
             + "; dev sets cut to the first 500 examples"
         )
     )
@@ -122,12 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     grid_dirs = []
     for task in args.tasks:
         if args.report_only:
-            if (out / f"grid-{task}").is_dir():
-                grid_dirs.append(out / f"grid-{task}")
+            grid_dirs += sorted(p for p in out.glob(f"grid-{task}*") if (p / "spec.json").exists())
             continue
         spec = GridSpec(**grid_spec(task, args.seeds, shared, args.full, args.smoke))
         task_started = time.time()
-        runner = GridRunner(spec, out / f"grid-{task}", quiet=True)
+        runner = GridRunner(spec, out / grid_dir_name(task, args.seeds), quiet=True)
         runner.run_all()
         timings[task] = time.time() - task_started
         grid_dirs.append(runner.root)

@@ -22,9 +22,9 @@ command resumes (finished cells, masks and losses are skipped).
 
 Size: on two CPU cores the full-size grid (42 fine-tuning runs of the whole training sets and
 TAMT's 11k-22k steps) would take days, so the defaults subsample as ``bench_lottery_grid.py``
-does (so the two compare): a fixed random draw of 3000 CoLA training examples for 1 epoch and of 1200
-STS-B ones for 2 (the first run of bench_lottery_grid.py showed that fewer steps leave even the
-full model untrained), the first 500 dev examples, TAMT-KD for 150 steps of 16 blocks x 128 tokens
+does (so the two compare): a fixed random draw of 3000 CoLA training examples for 1 epoch and of 600
+STS-B ones for 2 (the first run of bench_lottery_grid.py, with the first examples of the files,
+left even the full model untrained), the first 500 dev examples, TAMT-KD for 150 steps of 16 blocks x 128 tokens
 (the paper's batch, a quarter of its length) at lr 5e-4 (25x the paper's 2e-5 so that the scores
 cross within the budget: kept scores start 2c = 0.02 above pruned ones, and Adam moves each by
 about lr per step, so the first crossings come after about 20 steps), and the KD loss on the
@@ -60,13 +60,14 @@ CPU_RECIPES: dict[str, dict[str, Any]] = {
     task: {k: v for k, v in recipe.items() if k != "max_eval_samples"}
     for task, recipe in LOTTERY_RECIPES.items()
 }
-# Idle two-core rates for --estimate (MiniLM-L6, 2 threads): fine-tuning examples/s from
-# docs/BENCHMARKS.md (bench_finetune: CoLA ~69, STS-B ~49), evaluation about 3x faster. A TAMT-KD
+# Rates for --estimate (MiniLM-L6): fine-tuning examples/s on one idle core, measured by
+# bench_lottery_grid.py's cells (CoLA about 43, STS-B about 12; their sentences are short and long),
+# evaluation about 3x faster; two threads take it about TWO_THREAD_SPEEDUP faster. A TAMT-KD
 # step, measured single-threaded as CPU time (which a busy machine does not inflate): 0.41 s for
 # the exact per-matrix top-k over 22.5M scores plus 1.6 ms per token of the batch (1.27 s at 8 x 64,
 # 3.6 s at 16 x 128); two idle threads take it about 1.6x faster.
-TRAIN_RATE = {"cola": 69.0, "stsb": 49.0}
-EVAL_RATE = {"cola": 200.0, "stsb": 150.0}
+TRAIN_RATE = {"cola": 43.0, "stsb": 12.0}
+EVAL_RATE = {"cola": 200.0, "stsb": 80.0}
 CELL_OVERHEAD_S = 4.0  # model load, data from the cache, writing results
 TAMT_TOPK_CPU_S, TAMT_TOKEN_CPU_S, TWO_THREAD_SPEEDUP = 0.41, 0.0016, 1.6
 KD_EVAL_S_PER_BLOCK = 0.15  # teacher + student forward of one 128-token block
@@ -78,11 +79,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sparsities", default="0.5,0.7", help="ticket sparsities, comma-separated")
     p.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds, comma-separated")
     p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate (every task)")
-    p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: CoLA 2, STS-B 3)")
+    p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: CoLA 1, STS-B 2)")
     p.add_argument(
         "--max-train-samples",
         type=int,
-        help="first N training examples of every task (0: all; default: CoLA 1000, STS-B 400)",
+        help="N training examples of every task (0: all; default: CoLA 3000, STS-B 600, a random draw)",
     )
     p.add_argument("--max-eval-samples", type=int, default=500, help="first N dev examples (0: all)")
     p.add_argument("--tamt-steps", type=int, default=150, help="TAMT-KD steps per mask")
@@ -158,10 +159,9 @@ def estimate_seconds(args: argparse.Namespace, dev_sizes: dict[str, int]) -> dic
         train = recipe["max_train_samples"] or 8551  # CoLA's size, when the whole set is asked for
         dev = min(args.max_eval_samples or dev_sizes.get(task, 1500), dev_sizes.get(task, 1500))
         per_cell = (
-            recipe["epochs"] * train / TRAIN_RATE.get(task, 30.0)
-            + recipe["epochs"] * dev / EVAL_RATE.get(task, 100.0)
-            + CELL_OVERHEAD_S
-        )
+            recipe["epochs"] * train / TRAIN_RATE.get(task, 12.0)
+            + recipe["epochs"] * dev / EVAL_RATE.get(task, 80.0)
+        ) / TWO_THREAD_SPEEDUP + CELL_OVERHEAD_S
         finetune += per_cell * tickets_per_seed * len(args.seeds)
     tokens = args.tamt_batch_size * args.tamt_max_length
     step = (TAMT_TOPK_CPU_S + TAMT_TOKEN_CPU_S * tokens) / TWO_THREAD_SPEEDUP
