@@ -59,6 +59,14 @@ def test_grid_runs_every_method_skips_finished_cells_and_reports(tmp_path, capsy
     )
     assert (tmp_path / "rep" / "results.csv").read_text().startswith("task,method")
 
+    # The masks compared (overlap heat-map, layer profile): the evaluated sparsity's tickets of the
+    # first seed, each distinct ticket once even when two run directories hold it.
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert sorted(report["masks_compared"]) == ["imp@cola 50%", "imp@sst2 50%", "omp 50%", "random 50%"]
+    assert main(["report", str(out), str(out), "--out", str(tmp_path / "twice")]) == 0
+    twice = json.loads((tmp_path / "twice" / "report.json").read_text())
+    assert twice["masks_compared"] == report["masks_compared"]
+
 
 def test_bad_grid_specs_are_refused(tmp_path):
     path = tmp_path / "g.json"

@@ -80,9 +80,17 @@ def plot_overlap_heatmap(names: Sequence[str], matrix: np.ndarray, path: str | P
 def plot_layer_profile(profiles: dict[str, dict[str, float]], path: str | Path) -> Path:
     """Sparsity per encoder layer, one line per mask."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    for name, per_layer in profiles.items():
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = "os^DvPX*"
+    for i, (name, per_layer) in enumerate(profiles.items()):
         layers = sorted(int(k) for k in per_layer if k.isdigit())
-        ax.plot(layers, [100 * per_layer[str(k)] for k in layers], marker="o", label=name)
+        # Colour and marker both cycle (10 x 8 distinct pairs): no two lines look alike, and a line
+        # hidden under another of the same profile (matched random under OMP) still shows its marker.
+        style = {
+            "color": colours[i % len(colours)],
+            "marker": markers[(i // len(colours) + i) % len(markers)],
+        }
+        ax.plot(layers, [100 * per_layer[str(k)] for k in layers], label=name, alpha=0.85, **style)
     ax.set_xlabel("encoder layer")
     ax.set_ylabel("sparsity (%)")
     ax.set_title("per-layer sparsity")

@@ -52,10 +52,7 @@ def records_from(run_dir: str | Path) -> tuple[list[ResultRecord], list[Path]]:
     kind = spec.get("kind")
     if kind == "GridSpec":
         grid = GridSpec(**spec["spec"])
-        masks = sorted((root / "tickets").glob("omp-*.safetensors"))
-        masks += sorted((root / "tickets").glob("tamt-*/mask.safetensors"))
-        masks += sorted((root / "imp").glob(f"*/seed{grid.seeds[0]}/level_*/mask.safetensors"))
-        return collect_records(grid, root, main_metric_of), masks
+        return collect_records(grid, root, main_metric_of), grid_masks_to_compare(grid, root)
     if kind == "ImpSpec":
         records, masks = [], []
         for level in sorted(root.glob("level_*")):
@@ -86,6 +83,19 @@ def records_from(run_dir: str | Path) -> tuple[list[ResultRecord], list[Path]]:
         masks = [Path(results["mask"])] if results.get("mask") and Path(results["mask"]).exists() else []
         return [_finetune_record(root, results)], masks
     raise TicketlabError(f"{root} holds no finished results yet")
+
+
+def grid_masks_to_compare(grid: Any, root: Path) -> list[Path]:
+    """The tickets of a grid's first seed at the sparsities it evaluates (OMP, random, TAMT, IMP on
+    each task: IMP's other levels would crowd the overlap heat-map), each file once."""
+    from ticketlab.experiments.grid import CONTROLS, ticket_cells, ticket_path
+
+    paths = (
+        ticket_path(grid, root, cell)
+        for cell in ticket_cells(grid)
+        if cell.seed == grid.seeds[0] and cell.method not in CONTROLS
+    )
+    return list(dict.fromkeys(p for p in paths if p is not None and p.exists()))
 
 
 def tickets_from(run_dir: str | Path) -> tuple[list[Path], list[TicketLoss]]:
@@ -177,14 +187,23 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> dict[str, Any]:
     files += [out / "results.md", out / "results.csv"]
     for task in sorted({c.task for c in cells}):
         files.append(plot_score_vs_sparsity(cells, task, out / f"{task}_score_vs_sparsity.png"))
-    masks = {}
-    for path in mask_paths[:12]:  # an overlap heat-map stays readable up to about a dozen masks
+    masks: dict[str, UnstructuredMask] = {}
+    # The same ticket in several run directories (the OMP ticket of each task's grid) is shown once;
+    # equal masks from different searches (IMP on two tasks) stay: that they agree is the finding.
+    seen: set[tuple[str, str]] = set()
+    for path in mask_paths:
+        if len(masks) == 12:  # an overlap heat-map stays readable up to about a dozen masks
+            break
         mask = load_mask(path)
-        if isinstance(mask, UnstructuredMask):
-            method = mask.provenance.method
-            source = (mask.provenance.method_params or {}).get("task") if method == "imp" else None
-            label = f"{method}@{source} {mask.sparsity:.0%}" if source else f"{method} {mask.sparsity:.0%}"
-            masks[label if label not in masks else f"{label} ({path.parent.name})"] = mask
+        if not isinstance(mask, UnstructuredMask):
+            continue
+        method = mask.provenance.method
+        source = (mask.provenance.method_params or {}).get("task") if method == "imp" else None
+        label = f"{method}@{source} {mask.sparsity:.0%}" if source else f"{method} {mask.sparsity:.0%}"
+        if (label, digest := _content_digest(mask)) in seen:
+            continue
+        seen.add((label, digest))
+        masks[label if label not in masks else f"{label} ({path.parent.name})"] = mask
     same_matrices = [m for m in masks.values() if list(m.tensors) == list(next(iter(masks.values())).tensors)]
     if len(masks) >= 2 and len(same_matrices) == len(masks):
         names = list(masks)
@@ -201,10 +220,22 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> dict[str, Any]:
         "cells": [c.to_dict() for c in cells],
         "search_cost": cost_rows,
         "pretrain_loss": pretrain,
+        "masks_compared": list(masks),  # the overlap heat-map's and layer profile's masks
         "files": [str(f) for f in files],
     }
     write_json(out / "report.json", summary)
     return summary
+
+
+def _content_digest(mask: Any) -> str:
+    """A hash of which weights a mask keeps (names and bits), to show each distinct ticket once."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for name, kept in sorted(mask.tensors.items()):
+        digest.update(name.encode())
+        digest.update(np.packbits(kept.numpy().ravel()).tobytes())
+    return digest.hexdigest()
 
 
 def _search_costs(mask_paths: Iterable[Path]) -> list:
