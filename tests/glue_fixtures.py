@@ -143,3 +143,24 @@ def write_glue_task(root: Path, task: str, sizes: dict[str, int] | None = None, 
         lines = [f"index\t{texts[0]}\t{texts[1]}"] + [f"{i}\t{a}\t{b}" for i, _, a, b in pairs(sizes["test"])]
         _write(out / "test.tsv", lines)
     return root
+
+
+TINY_RECIPE = {"epochs": 1, "batch_size": 16, "lr": 1e-3, "log_every": 100}
+
+
+def tiny_grid_spec(tmp_path: Path, methods: list[str], **fields) -> Path:
+    """A one-seed grid spec on generated MRPC data and a tiny BERT (one short epoch), as JSON."""
+    import json
+
+    spec = {
+        "model": str(tiny_model_dir(tmp_path / "model")),
+        "tasks": ["mrpc"],
+        "data_dir": str(write_glue_task(tmp_path / "glue", "mrpc", {"train": 32, "dev": 16})),
+        "seeds": [0],
+        "methods": methods,
+        "recipe": TINY_RECIPE,
+        **fields,
+    }
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps(spec))
+    return path

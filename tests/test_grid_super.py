@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.glue_fixtures import one_thread, tiny_model_dir, write_glue_task  # noqa: F401 (autouse fixture)
+from tests.glue_fixtures import one_thread, tiny_grid_spec  # noqa: F401 (autouse fixture)
 from ticketlab.cli import main
 from ticketlab.errors import TicketlabError
 from ticketlab.experiments.grid import GridSpec, plan_cells
@@ -70,19 +70,8 @@ def test_super_methods_are_checked(tmp_path):
 def test_grid_runs_super_tickets_beside_omp(tmp_path, capsys):
     from ticketlab.masks import load_mask
 
-    model_dir = tiny_model_dir(tmp_path / "model")
-    data = write_glue_task(tmp_path / "glue", "mrpc", {"train": 32, "dev": 16})
-    spec = {
-        "model": str(model_dir),
-        "tasks": ["mrpc"],
-        "data_dir": str(data),
-        "seeds": [0],
-        "methods": ["full", "omp", "super-winning", "super-random", "super-losing"],
-        "sparsities": [0.5],
-        "recipe": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "log_every": 100},
-    }
-    spec_path = tmp_path / "grid.json"
-    spec_path.write_text(json.dumps(spec))
+    methods = ["full", "omp", "super-winning", "super-random", "super-losing"]
+    spec_path = tiny_grid_spec(tmp_path, methods, sparsities=[0.5])
     out = tmp_path / "grid"
     assert main(["grid", str(spec_path), "--out", str(out), "--quiet", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)

@@ -15,6 +15,11 @@ finished cell is skipped on rerun. Tickets are made once and shared by the cells
   layers), scored on the fine-tuned model of the grid's ``full`` cell of the same task and seed; the
   cell's "sparsity" is the fraction of heads pruned (``super_levels``, default: the sparsities),
   with round(p x ``super_ffn_ratio`` x layers) FFN layers; results.json has the weight sparsity.
+- ``allwin-good`` / ``allwin-random`` / ``allwin-bad``: all tickets winning's subnetworks at fixed
+  sizes (no 0.9 stopping rule: the grid compares methods at the same sizes). Iterative importance
+  pruning of the same fine-tuned model, re-scored on dev each step, through every level p
+  (``allwin_levels``, default: the sparsities): floor(p x heads) heads and round(p x
+  ``allwin_ffn_ratio`` x layers) FFN layers; random and bad of the same size drawn with the seed.
 - ``tamt``: task-agnostic mask training (TAMT) on pre-training text, one mask per sparsity
   (task-independent, like OMP), trained as the ``tamt`` section says on the grid's scope and scheme.
 
@@ -55,13 +60,17 @@ GRID_METHODS = ("full", "omp", "random", "imp", "tamt", "permuted", "random-init
 
 # Structured super tickets in the grid: method -> ticket kind.
 SUPER_METHODS = {"super-winning": "winning", "super-random": "random", "super-losing": "losing"}
-GRID_METHODS += tuple(SUPER_METHODS)
+# All tickets winning in the grid: method -> subnetwork.
+ALLWIN_METHODS = {"allwin-good": "good", "allwin-random": "random", "allwin-bad": "bad"}
+GRID_METHODS += tuple(SUPER_METHODS) + tuple(ALLWIN_METHODS)
+# Structured tickets (heads and FFN layers) found on the full cell's fine-tuned model.
+STRUCTURED_METHODS = (*SUPER_METHODS, *ALLWIN_METHODS)
 # The controls' tickets are masks on other weights than the pre-trained ones.
 CONTROLS = ("permuted", "random-init")
 # No pre-training loss for these: the full model (no mask), the controls (their weights are not the
-# ones the loss compares with) and the structured super tickets (heads and FFN layers, scored on a
+# ones the loss compares with) and the structured tickets (heads and FFN layers, scored on a
 # fine-tuned model).
-NO_PRETRAIN_LOSS = (FULL_MODEL, *CONTROLS, *SUPER_METHODS)
+NO_PRETRAIN_LOSS = (FULL_MODEL, *CONTROLS, *STRUCTURED_METHODS)
 
 
 @dataclass
@@ -110,6 +119,19 @@ class GridSpec:
     super_ffn_ratio: float = field(
         default=DEFAULT_FFN_RATIO,
         metadata={"help": "super-* methods: FFN layers pruned = round(p x ratio x layers)"},
+    )
+    # All tickets winning (fields at their defaults stay out of the run directory's hash).
+    allwin_levels: list[float] | None = field(
+        default=None,
+        metadata={"help": "allwin-* methods: fractions of heads to prune (default: the sparsities)"},
+    )
+    allwin_variant: str = field(
+        default="prasanna2020",
+        metadata={"help": "allwin-* methods: importance variant, re-scored on dev at every pruning step"},
+    )
+    allwin_ffn_ratio: float = field(
+        default=DEFAULT_FFN_RATIO,
+        metadata={"help": "allwin-* methods: FFN layers pruned = round(p x ratio x layers), as super-*"},
     )
 
     task_recipes: dict[str, dict[str, Any]] = field(
@@ -180,7 +202,7 @@ class GridSpec:
         off = [s for s in self.sparsities if uses_imp and not any(abs(s - lv) < 1e-9 for lv in levels)]
         if off:
             raise TicketlabError(f"sparsity {off[0]} is not one of the IMP levels {levels}")
-        self._validate_super()
+        self._validate_structured()
         if "tamt" in self.methods and self.tamt is None:
             raise TicketlabError(
                 "method tamt needs a tamt section saying what to train on, e.g. "
@@ -198,26 +220,52 @@ class GridSpec:
         """The fine-tuning recipe of ``task``: ``recipe`` updated with its ``task_recipes`` entry."""
         return {**self.recipe, **self.task_recipes.get(task, {})}
 
-    def _validate_super(self) -> None:
+    def _validate_structured(self) -> None:
         from ticketlab.experiments.super_tickets import SuperTicketSpec
+        from ticketlab.experiments.winning_tickets import WinningSpec
+        from ticketlab.pruning.structured import check_head_fractions
 
-        if not any(m in SUPER_METHODS for m in self.methods):
-            return
-        if FULL_MODEL not in self.methods:
-            raise TicketlabError("super-* methods need the full method: they score its fine-tuned model")
+        for family, methods in (("super-*", SUPER_METHODS), ("allwin-*", ALLWIN_METHODS)):
+            if any(m in methods for m in self.methods) and FULL_MODEL not in self.methods:
+                raise TicketlabError(
+                    f"{family} methods need the full method: they score its fine-tuned model"
+                )
         kinds = [SUPER_METHODS[m] for m in self.methods if m in SUPER_METHODS]
-        SuperTicketSpec(
-            self.model,
-            self.tasks[0],
-            levels=self.super_head_fractions(),
-            kinds=kinds,
-            variant=self.super_variant,
-            ffn_ratio=self.super_ffn_ratio,
-            recipe=self.recipe,
-        ).validate()
+        if kinds:
+            SuperTicketSpec(
+                self.model,
+                self.tasks[0],
+                levels=self.super_head_fractions(),
+                kinds=kinds,
+                variant=self.super_variant,
+                ffn_ratio=self.super_ffn_ratio,
+                recipe=self.recipe,
+            ).validate()
+        if any(m in ALLWIN_METHODS for m in self.methods):
+            check_head_fractions(
+                self.allwin_head_fractions(),
+                self.allwin_ffn_ratio,
+                levels_name="allwin_levels",
+                ratio_name="allwin_ffn_ratio",
+            )
+            for task in self.tasks:  # GLUE tasks only, a known importance variant
+                WinningSpec(
+                    self.model, task, importance=self.allwin_variant, recipe=self.recipe_for(task)
+                ).validate()
 
     def super_head_fractions(self) -> list[float]:
         return list(self.super_levels) if self.super_levels else list(self.sparsities)
+
+    def allwin_head_fractions(self) -> list[float]:
+        return list(self.allwin_levels) if self.allwin_levels else list(self.sparsities)
+
+    def levels_of(self, method: str) -> list[float]:
+        """The column values of a method's cells: fractions of heads for structured methods."""
+        if method in SUPER_METHODS:
+            return self.super_head_fractions()
+        if method in ALLWIN_METHODS:
+            return self.allwin_head_fractions()
+        return list(self.sparsities)
 
     def levels(self) -> list[float]:
         if self.imp_levels:
@@ -284,8 +332,7 @@ def plan_cells(spec: GridSpec) -> list[Cell]:
             for method in spec.methods:
                 if method in (FULL_MODEL, "imp"):
                     continue
-                levels = spec.super_head_fractions() if method in SUPER_METHODS else spec.sparsities
-                cells += [Cell(task, method, s, seed) for s in levels]
+                cells += [Cell(task, method, s, seed) for s in spec.levels_of(method)]
             for source in spec.transfer_from:
                 if source != task:
                     cells += [Cell(task, f"imp@{source}", s, seed) for s in spec.sparsities]
@@ -320,12 +367,32 @@ def ticket_path(spec: GridSpec, root: Path, cell: Cell) -> Path | None:
         source = cell.task if cell.method == "imp" else cell.method.split("@", 1)[1]
         level = level_name(imp_level_for(spec, cell.sparsity))
         return root / "imp" / source / f"seed{cell.seed}" / level / "mask.safetensors"
-    if cell.method in SUPER_METHODS:
-        from ticketlab.experiments.super_tickets import MASKS_DIR, mask_file_name
+    if cell.method in STRUCTURED_METHODS:
+        from ticketlab.experiments.super_tickets import mask_file_name
 
-        folder = tickets / "super" / cell.task / f"seed{cell.seed}" / MASKS_DIR
-        return folder / mask_file_name(SUPER_METHODS[cell.method], cell.sparsity)
+        folder = structured_masks_dir(root, cell.method, cell.task, cell.seed)
+        kind = SUPER_METHODS.get(cell.method) or ALLWIN_METHODS[cell.method]
+        return folder / mask_file_name(kind, cell.sparsity)
     raise TicketlabError(f"unknown grid method {cell.method!r}")
+
+
+def structured_masks_dir(root: Path, method: str, task: str, seed: int) -> Path:
+    """The folder of a structured method's masks for ``task`` and ``seed``, which appears only when
+    finished: ``tickets/super/<task>/seed<S>/masks`` (the scores and ``masks.json`` beside it) or
+    ``tickets/allwin/<task>/seed<S>/masks`` (``masks.json`` inside, the pruning steps beside it)."""
+    from ticketlab.experiments.super_tickets import MASKS_DIR
+
+    family = "super" if method in SUPER_METHODS else "allwin"
+    return root / "tickets" / family / task / f"seed{seed}" / MASKS_DIR
+
+
+def finetune_spec_for(spec: GridSpec, task: str, seed: int, **extra: Any):
+    """The grid's fine-tuning run of ``task`` with ``seed`` (``extra``: mask, save_model, ...)."""
+    from ticketlab.experiments.finetune import FinetuneSpec
+
+    return FinetuneSpec(
+        model=spec.model, task=task, data_dir=spec.data_dir, seed=seed, **extra, **spec.recipe_for(task)
+    )
 
 
 def pretrain_loss_path(mask_path: Path) -> Path:
@@ -535,44 +602,77 @@ class GridRunner:
         self.imp_run(task, seed)
         return self._path("imp", sparsity, seed, task)
 
-    def super_ticket(self, task: str, kind: str, level: float, seed: int) -> Path:
-        """The super-ticket mask scored on the full cell's fine-tuned model of ``task`` and ``seed``."""
+    def structured_ticket(self, cell: Cell) -> Path:
+        """The mask of a super-* or allwin-* cell: its method's masks are made once per task and seed
+        from the fine-tuned model of the full cell (run first if needed)."""
         from ticketlab.experiments.finetune import MODEL_DIR
-        from ticketlab.experiments.super_tickets import (
-            MASKS_DIR,
-            MASKS_SUMMARY,
-            importance_options_for,
-            mask_file_name,
-            write_super_masks,
+
+        masks = structured_masks_dir(self.root, cell.method, cell.task, cell.seed)
+        if not masks.is_dir():  # written atomically: it exists only when finished
+            full = Cell(cell.task, FULL_MODEL, 0.0, cell.seed)
+            self.run_cell(full)
+            make = self._super_masks if cell.method in SUPER_METHODS else self._allwin_masks
+            make(cell.task, cell.seed, self.root / "cells" / cell.task / full.name / MODEL_DIR, masks)
+        path = ticket_path(self.spec, self.root, cell)
+        assert path is not None
+        return path
+
+    def _super_masks(self, task: str, seed: int, model_dir: Path, masks: Path) -> None:
+        """Super tickets: one-shot nested masks from the importance of ``model_dir`` on train."""
+        from ticketlab.experiments.super_tickets import importance_options_for, write_super_masks
+
+        self.echo(f"importance on {task}, seed {seed}: super tickets at {self.spec.super_head_fractions()}")
+        write_directory(
+            masks.parent,
+            lambda tmp: write_super_masks(
+                model_dir,
+                task,
+                tmp,
+                options=importance_options_for(self.spec.super_variant, self.spec.recipe_for(task)),
+                kinds=[SUPER_METHODS[m] for m in self.spec.methods if m in SUPER_METHODS],
+                levels=self.spec.super_head_fractions(),
+                ffn_ratio=self.spec.super_ffn_ratio,
+                seed=seed,
+                source_model=self.spec.model,
+                tokenizer_source=self.spec.model,
+                data_dir=self.spec.data_dir,
+                max_length=self.spec.recipe_for(task).get("max_length"),
+                cache_dir=self.cache_dir,
+                quiet=self.quiet,
+            ),
         )
 
-        folder = self.root / "tickets" / "super" / task / f"seed{seed}"
-        if not (folder / MASKS_SUMMARY).exists():
-            full = Cell(task, FULL_MODEL, 0.0, seed)
-            self.run_cell(full)
-            self.echo(
-                f"importance on {task}, seed {seed}: super tickets at {self.spec.super_head_fractions()}"
-            )
-            write_directory(
-                folder,
-                lambda tmp: write_super_masks(
-                    self.root / "cells" / task / full.name / MODEL_DIR,
-                    task,
-                    tmp,
-                    options=importance_options_for(self.spec.super_variant, self.spec.recipe_for(task)),
-                    kinds=[SUPER_METHODS[m] for m in self.spec.methods if m in SUPER_METHODS],
-                    levels=self.spec.super_head_fractions(),
-                    ffn_ratio=self.spec.super_ffn_ratio,
-                    seed=seed,
-                    source_model=self.spec.model,
-                    tokenizer_source=self.spec.model,
-                    data_dir=self.spec.data_dir,
-                    max_length=self.spec.recipe_for(task).get("max_length"),
-                    cache_dir=self.cache_dir,
-                    quiet=self.quiet,
-                ),
-            )
-        return folder / MASKS_DIR / mask_file_name(kind, level)
+    def _allwin_masks(self, task: str, seed: int, model_dir: Path, masks: Path) -> None:
+        """All tickets winning at the grid's sizes: iterative importance pruning of ``model_dir``
+        (its steps resumable beside ``masks``), then good, random and bad masks at every level."""
+        from transformers.utils import SAFE_WEIGHTS_NAME
+
+        from ticketlab.experiments.importance import load_task_model
+        from ticketlab.experiments.task_probe import TaskProbe
+        from ticketlab.experiments.winning_tickets import level_subnetworks
+        from ticketlab.training.tasks import get_task
+
+        levels = self.spec.allwin_head_fractions()
+        self.echo(f"iterative importance pruning on {task}, seed {seed}: all-winning subnetworks at {levels}")
+        masks.parent.mkdir(parents=True, exist_ok=True)
+        probe = TaskProbe(
+            finetune_spec_for(self.spec, task, seed),
+            lambda: load_task_model(str(model_dir), get_task(task)),
+            model_dir / SAFE_WEIGHTS_NAME,
+            importance=self.spec.allwin_variant,
+            cache_dir=self.cache_dir,
+            quiet=self.quiet,
+        )
+        level_subnetworks(
+            RunDirectory(masks.parent, self.spec),
+            probe,
+            levels,
+            masks,
+            ffn_ratio=self.spec.allwin_ffn_ratio,
+            seed=seed,
+            source_model=self.spec.model,
+            echo=(lambda _: None) if self.quiet else self.echo,
+        )
 
     def ticket(self, cell: Cell) -> Path | None:
         """The mask file of a cell's ticket, made (or trained) first if it does not exist yet."""
@@ -586,8 +686,8 @@ class GridRunner:
             return self.imp_ticket(cell.task, cell.sparsity, cell.seed)
         if cell.method.startswith("imp@"):
             return self.imp_ticket(cell.method.split("@", 1)[1], cell.sparsity, cell.seed)
-        if cell.method in SUPER_METHODS:
-            return self.super_ticket(cell.task, SUPER_METHODS[cell.method], cell.sparsity, cell.seed)
+        if cell.method in STRUCTURED_METHODS:
+            return self.structured_ticket(cell)
         return None
 
     def pretrain_loss(self, mask_path: Path) -> dict[str, Any]:
@@ -630,7 +730,7 @@ class GridRunner:
 
     # -- cells ------------------------------------------------------------------------------------
     def run_cell(self, cell: Cell) -> dict[str, Any]:
-        from ticketlab.experiments.finetune import FinetuneSpec, run_finetune
+        from ticketlab.experiments.finetune import run_finetune
         from ticketlab.masks import load_mask
         from ticketlab.models.controls import permute_layers, reinitialize
         from ticketlab.training.tasks import get_task
@@ -650,16 +750,14 @@ class GridRunner:
                 permute_layers(model, seed=cell.seed)
             else:
                 reinitialize(model, seed=cell.seed)
-        spec = FinetuneSpec(
-            model=self.spec.model,
-            task=cell.task,
-            data_dir=self.spec.data_dir,
-            seed=cell.seed,
+        spec = finetune_spec_for(
+            self.spec,
+            cell.task,
+            cell.seed,
             mask=str(mask_path) if mask_path else None,
             allow_fingerprint_mismatch=control,
-            # The super-* methods score the full model's fine-tuned weights.
-            save_model=cell.method == FULL_MODEL and any(m in SUPER_METHODS for m in self.spec.methods),
-            **self.spec.recipe_for(cell.task),
+            # The structured methods score the full model's fine-tuned weights.
+            save_model=cell.method == FULL_MODEL and any(m in STRUCTURED_METHODS for m in self.spec.methods),
         )
         self.echo(f"fine-tune {cell.task}: {cell.method} at {cell.sparsity:.0%}, seed {cell.seed}")
         mask = load_mask(mask_path) if control and mask_path else None

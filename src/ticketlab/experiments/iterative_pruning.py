@@ -65,14 +65,14 @@ class PruningTrace:
 
     metric: str
     reference: float
-    fraction: float
+    fraction: float | None  # None: no stopping rule (pruned to the schedule's end)
     steps: list[dict[str, Any]]  # step 0 (the full model) first
     ticket_step: int  # index into steps of the mask kept (0: the full model)
     stop_reason: str  # one of STOP_REASONS
 
     @property
-    def threshold(self) -> float:
-        return self.fraction * self.reference
+    def threshold(self) -> float | None:
+        return None if self.fraction is None else self.fraction * self.reference
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,7 +100,7 @@ def iterative_pruning(
     evaluate: EvaluateFn,
     *,
     metric: str,
-    fraction: float = 0.9,
+    fraction: float | None = 0.9,
     max_steps: int | None = None,
     echo: Callable[[str], None] = print,
 ) -> tuple[PruningTrace, Mask]:
@@ -109,9 +109,11 @@ def iterative_pruning(
     ``evaluate(mask)`` returns the dev metrics of the fine-tuned model under ``mask``; ``metric``
     names the one the rule reads (greater is better). Stops at the first step below ``fraction`` x
     the step-0 metric (the ticket is the step before), when nothing is left to prune, or after
-    ``max_steps`` steps (the ticket is then the last step). Returns the trace and the ticket mask.
+    ``max_steps`` steps (the ticket is then the last step). ``fraction=None`` turns the rule off:
+    every step is still evaluated, and the ticket is the last step. Returns the trace and the
+    ticket mask.
     """
-    if not 0.0 < fraction <= 1.0:
+    if fraction is not None and not 0.0 < fraction <= 1.0:
         raise TicketlabError(f"the stopping fraction must be in (0, 1], got {fraction}")
     if max_steps is not None and max_steps < 0:
         raise TicketlabError(f"max steps must be at least 0, got {max_steps}")
@@ -130,7 +132,7 @@ def iterative_pruning(
 
     mask, record = run.run_step(step_name(0), lambda tmp: _start(schedule.start_mask(), tmp), load=_load_step)
     reference = _finite(record["metric"])
-    if not reference > 0:
+    if fraction is not None and not reference > 0:
         raise TicketlabError(
             f"the fine-tuned full model scores {metric} = {reference} on dev: the {fraction:g} stopping "
             "rule needs a positive reference (train longer, or pick another learning rate)"
@@ -155,10 +157,12 @@ def iterative_pruning(
         records.append(record)
         masks.append(mask)
         echo(f"pruning step {index}: {metric} {_finite(record['metric']):.4f} (reference {reference:.4f})")
-        if not _finite(record["metric"]) >= fraction * reference:
+        if fraction is not None and not _finite(record["metric"]) >= fraction * reference:
             stop_reason = "threshold"
     # The rule over steps 1..n: the index of the last one before the first below the threshold.
-    ticket = 1 + last_step_above([_finite(r["metric"]) for r in records[1:]], reference, fraction)
+    ticket = len(records) - 1
+    if fraction is not None:
+        ticket = 1 + last_step_above([_finite(r["metric"]) for r in records[1:]], reference, fraction)
     trace = PruningTrace(metric, reference, fraction, records, ticket, stop_reason)
     return trace, masks[ticket]
 
@@ -195,16 +199,21 @@ class ImportanceSchedule:
         heads = self.heads_per_step(mask.heads.numel()) > 0 and heads_left > 0
         return heads or (self.ffn_per_step > 0 and bool(mask.ffn.any()))
 
+    def step_counts(self, mask: StructuredMask) -> tuple[int, int]:
+        """Heads and FFN layers the next step prunes from ``mask`` (fewer when fewer are left)."""
+        return self.heads_per_step(mask.heads.numel()), self.ffn_per_step
+
     def next_mask(self, mask: StructuredMask, step: int, out: Path) -> StructuredMask:
         scores = self.score(mask)
         scores.save(out / "scores.safetensors")
+        num_heads, num_ffn = self.step_counts(mask)
         new = iterative_step(
             mask,
             scores.heads,
             scores.ffn,
-            ffn_step=self.ffn_per_step,
+            ffn_step=num_ffn,
             min_heads_per_layer=self.min_heads_per_layer,
-            num_heads=self.heads_per_step(mask.heads.numel()),
+            num_heads=num_heads,
         )
         new.provenance.method = "all-winning-importance"
         new.provenance.method_params.update(step=step, importance=scores.variant)
@@ -220,6 +229,46 @@ class ImportanceSchedule:
         if self.weights_kept is not None:
             facts["weights_remaining"] = self.weights_kept(mask)
         return facts
+
+
+def pruned_counts(mask: StructuredMask) -> tuple[int, int]:
+    """Heads and FFN units a structured mask prunes."""
+    return int((~mask.heads).sum()), int((~mask.ffn).sum())
+
+
+class TargetSchedule(ImportanceSchedule):
+    """Importance pruning through fixed cumulative counts (see
+    :func:`~ticketlab.pruning.structured.level_steps`): each step re-scores under the current mask
+    and prunes the least important surviving heads and FFN layers up to the next (heads, FFN
+    layers) target, so the steps land exactly on the targets. A layer may lose all its heads."""
+
+    def __init__(
+        self,
+        score: Callable[[StructuredMask], ImportanceScores],
+        full_mask: Callable[[], StructuredMask],
+        targets: list[tuple[int, int]],
+        *,
+        weights_kept: Callable[[StructuredMask], float] | None = None,
+    ):
+        super().__init__(
+            score, full_mask, heads_per_step=lambda _: 0, ffn_per_step=0, weights_kept=weights_kept
+        )
+        self.targets = [(int(h), int(f)) for h, f in targets]
+
+    def _next_target(self, mask: StructuredMask) -> tuple[int, int] | None:
+        heads, ffn = pruned_counts(mask)
+        ahead = [t for t in self.targets if t[0] >= heads and t[1] >= ffn and t != (heads, ffn)]
+        return ahead[0] if ahead else None
+
+    def can_prune(self, mask: StructuredMask) -> bool:
+        return self._next_target(mask) is not None
+
+    def step_counts(self, mask: StructuredMask) -> tuple[int, int]:
+        target = self._next_target(mask)
+        if target is None:
+            raise TicketlabError("the mask is already past the schedule's last target")
+        heads, ffn = pruned_counts(mask)
+        return target[0] - heads, target[1] - ffn
 
 
 class MagnitudeSchedule:

@@ -38,6 +38,7 @@ from ticketlab.pruning.structured import (
     DEFAULT_FFN_RATIO,
     DEFAULT_LEVELS,
     PRUNING_ORDERS,
+    check_head_fractions,
     nested_structured_masks,
     structured_levels,
 )
@@ -110,11 +111,7 @@ class SuperTicketSpec:
         check_recipe(self.recipe)
         if not self.levels or not self.kinds or not self.seeds:
             raise TicketlabError("super tickets need at least one level, one kind and one seed")
-        for level in self.levels:
-            if not 0.0 < level < 1.0:
-                raise TicketlabError(f"levels are fractions of the heads in (0, 1), got {level}")
-        if len({round(lv, 9) for lv in self.levels}) < len(self.levels):
-            raise TicketlabError(f"levels repeat: {self.levels}")
+        check_head_fractions(self.levels, self.ffn_ratio)
         unknown = [k for k in self.kinds if k not in PRUNING_ORDERS]
         if unknown:
             raise TicketlabError(
@@ -122,8 +119,6 @@ class SuperTicketSpec:
             )
         if len(set(self.seeds)) < len(self.seeds):
             raise TicketlabError(f"seeds repeat: {self.seeds}")
-        if not self.ffn_ratio >= 0 or not math.isfinite(self.ffn_ratio):
-            raise TicketlabError(f"ffn_ratio must be a number at least 0, got {self.ffn_ratio}")
         self.importance_options().validate()
 
     def importance_options(self) -> ImportanceOptions:

@@ -28,7 +28,7 @@ output bias too, as in pruning) *and* their weights held at zero. The run's ``re
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from ticketlab.experiments.store import RunDirectory, read_json, spec_to_dict, w
 from ticketlab.experiments.task_probe import TaskProbe
 from ticketlab.masks import StructuredMask, UnstructuredMask, apply_structured_mask, load_mask, save_mask
 from ticketlab.pruning.importance import IMPORTANCE_VARIANTS, NORMALIZATIONS
-from ticketlab.pruning.structured import good_random_bad
+from ticketlab.pruning.structured import DEFAULT_FFN_RATIO, good_random_bad
 from ticketlab.training.metrics import json_safe
 
 METHODS: tuple[str, ...] = ("importance", "magnitude")
@@ -157,7 +157,12 @@ class WinningSpec:
         paper's code (int(144 x 0.1) = 14)."""
         if self.heads_per_step is not None:
             return self.heads_per_step
-        return max(1, int(math.floor(self.head_fraction * total_heads + 1e-9)))
+        return heads_per_fraction(self.head_fraction, total_heads)
+
+
+def heads_per_fraction(fraction: float, total_heads: int) -> int:
+    """max(1, floor(fraction x heads)): the paper's code prunes int(144 x 0.1) = 14 heads a step."""
+    return max(1, int(math.floor(fraction * total_heads + 1e-9)))
 
 
 # -- the pipeline --------------------------------------------------------------------------------
@@ -275,18 +280,20 @@ def _describe_short(record: dict[str, Any]) -> str:
     return f"sparsity {record['sparsity']:.1%}"
 
 
+def full_structured_mask(adapter: Any) -> StructuredMask:
+    """Every head and FFN layer kept: step 0 of importance pruning."""
+    mask = StructuredMask.full(adapter, "layer")
+    mask.provenance.method = "full"
+    return mask
+
+
 def _schedule(spec: WinningSpec, seed: int, probe: TaskProbe, build_model: Callable[[], nn.Module]):
     if spec.method == "importance":
         from ticketlab.pruning.structured import kept_weight_fraction
 
-        def full_mask() -> StructuredMask:
-            mask = StructuredMask.full(probe.adapter, "layer")
-            mask.provenance.method = "full"
-            return mask
-
         return ImportanceSchedule(
             probe.importance,
-            full_mask,
+            lambda: full_structured_mask(probe.adapter),
             heads_per_step=spec.heads_pruned_per_step,
             ffn_per_step=spec.ffn_per_step,
             min_heads_per_layer=spec.min_heads_per_layer,
@@ -313,6 +320,82 @@ def _schedule(spec: WinningSpec, seed: int, probe: TaskProbe, build_model: Calla
         )
 
     return MagnitudeSchedule(prune_to, spec.magnitude_rate)
+
+
+def level_subnetworks(
+    run: RunDirectory,
+    probe: TaskProbe,
+    levels: Sequence[float],
+    out: str | Path,
+    *,
+    ffn_ratio: float = DEFAULT_FFN_RATIO,
+    head_fraction: float = 0.1,
+    seed: int = 0,
+    source_model: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Good, random and bad subnetworks at fixed sizes, with no stopping rule (the ticket grid's
+    ``allwin-*`` methods, which compare methods at the same sizes).
+
+    Level p prunes floor(p x all heads) heads and round(p x ``ffn_ratio`` x layers) FFN layers,
+    the counts of super tickets (a layer may lose all its heads, as in all tickets winning).
+    Iterative importance pruning of the probe's fine-tuned model (the steps of ``run``, re-scored on
+    dev under the current mask, not retrained) passes through every level's counts, at most
+    max(1, floor(``head_fraction`` x heads)) heads and one FFN layer a step
+    (:func:`~ticketlab.pruning.structured.level_steps`). A level's good mask is the step that
+    reaches its counts, so good masks are nested; random and bad are drawn from it with ``seed``
+    (:func:`~ticketlab.pruning.structured.good_random_bad`). Writes the folder ``out`` atomically:
+    ``<kind>-<level>.safetensors`` and ``masks.json`` (counts, weights remaining, the step and the
+    good mask's dev metric before retraining); returns what ``masks.json`` holds.
+    """
+    from ticketlab.experiments.iterative_pruning import MASK_FILE, TargetSchedule, step_name
+    from ticketlab.experiments.store import write_directory
+    from ticketlab.experiments.super_tickets import MASKS_SUMMARY, mask_file_name
+    from ticketlab.pruning.structured import kept_weight_fraction, level_steps, structured_levels
+
+    adapter = probe.adapter
+    sweep = structured_levels(adapter.num_layers, adapter.num_heads, levels, ffn_ratio, min_heads_per_layer=0)
+    counts = {lv.head_fraction: (lv.num_heads_pruned, lv.num_ffn_pruned) for lv in sweep}
+    total_heads = adapter.num_layers * adapter.num_heads
+    schedule = TargetSchedule(
+        probe.importance,
+        lambda: full_structured_mask(adapter),
+        level_steps(list(counts.values()), heads_per_fraction(head_fraction, total_heads)),
+        weights_kept=lambda mask: kept_weight_fraction(mask, adapter),
+    )
+    trace, _ = iterative_pruning(
+        run, schedule, probe.evaluate, metric=probe.main_metric, fraction=None, echo=echo
+    )
+    step_of = {
+        (r["heads_total"] - r["heads_kept"], r["ffn_total"] - r["ffn_kept"]): r["step"] for r in trace.steps
+    }
+
+    def write(tmp: Path) -> dict[str, Any]:
+        entries = []
+        for level, count in counts.items():
+            step = step_of[count]
+            good = load_mask(run.step_path(step_name(step)) / MASK_FILE)
+            good.provenance.source_model = source_model
+            good.provenance.method_params.update(head_fraction=level, ffn_ratio=ffn_ratio)
+            for kind, mask in good_random_bad(good, seed=seed).items():
+                save_mask(mask, tmp / mask_file_name(kind, level))
+                entries.append(
+                    {
+                        "kind": kind,
+                        "level": level,
+                        "file": mask_file_name(kind, level),
+                        "heads_pruned": int((~mask.heads).sum()),
+                        "ffn_pruned": int((~mask.ffn).sum()),
+                        "weights_remaining": kept_weight_fraction(mask, adapter),
+                        "step": step,
+                        **({"pruned_metric": trace.steps[step]["metric"]} if kind == "good" else {}),
+                    }
+                )
+        summary = {"metric": trace.metric, "reference": trace.reference, "seed": seed, "masks": entries}
+        write_json(tmp / MASKS_SUMMARY, json_safe(summary))
+        return summary
+
+    return write_directory(out, write)
 
 
 def seed_summary(
@@ -378,4 +461,4 @@ def run_all_winning(
     return json_safe(summary)
 
 
-__all__ = ["WinningSpec", "run_all_winning", "run_seed", "seed_summary"]
+__all__ = ["WinningSpec", "level_subnetworks", "run_all_winning", "run_seed", "seed_summary"]

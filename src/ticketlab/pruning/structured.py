@@ -174,19 +174,38 @@ class StructuredLevel:
     num_ffn_pruned: int
 
 
+def check_head_fractions(
+    levels: Sequence[float], ffn_ratio: float, *, levels_name: str = "levels", ratio_name: str = "ffn_ratio"
+) -> None:
+    """One-line errors for a sweep's levels (fractions of the heads in (0, 1), no repeats) and its
+    FFN ratio (a finite number at least 0); the names say which setting is wrong."""
+    for level in levels:
+        if not 0.0 < level < 1.0:
+            raise TicketlabError(f"{levels_name} are fractions of the heads in (0, 1), got {level}")
+    if len({round(lv, 9) for lv in levels}) < len(levels):
+        raise TicketlabError(f"{levels_name} repeat: {list(levels)}")
+    if not ffn_ratio >= 0 or not math.isfinite(ffn_ratio):
+        raise TicketlabError(f"{ratio_name} must be a number at least 0, got {ffn_ratio}")
+
+
 def structured_levels(
     num_layers: int,
     num_heads: int,
     head_fractions: Sequence[float] = DEFAULT_LEVELS,
     ffn_ratio: float = DEFAULT_FFN_RATIO,
+    *,
+    min_heads_per_layer: int = 1,
 ) -> list[StructuredLevel]:
-    """The levels of a nested sweep: floor(p x all heads) heads with round(p x ratio x layers) FFNs."""
+    """The levels of a sweep: floor(p x all heads) heads with round(p x ratio x layers) FFN layers.
+
+    A level that cannot keep ``min_heads_per_layer`` heads in every layer is refused.
+    """
     levels = []
     for fraction in head_fractions:
         if not 0.0 <= fraction < 1.0:
             raise TicketlabError(f"head fractions must be in [0, 1), got {fraction}")
         count = int(math.floor(fraction * num_layers * num_heads + 1e-9))
-        if count > num_layers * (num_heads - 1):
+        if count > num_layers * (num_heads - min_heads_per_layer):
             raise TicketlabError(f"pruning {fraction:.0%} of the heads would leave a layer without heads")
         levels.append(
             StructuredLevel(float(fraction), count, ffn_layers_for_level(fraction, num_layers, ffn_ratio))
@@ -213,6 +232,32 @@ def nested_structured_masks(
         mask.provenance.method_params["head_fraction"] = level.head_fraction
         masks[level.head_fraction] = mask
     return masks
+
+
+def level_steps(
+    level_counts: Sequence[tuple[int, int]], heads_per_step: int, ffn_per_step: int = 1
+) -> list[tuple[int, int]]:
+    """The cumulative (heads, FFN layers) pruned after each step of an iterative sweep that passes
+    exactly through every level's counts (the ticket grid's ``allwin-*`` levels).
+
+    From one level's counts to the next (from none pruned to the first), the sweep takes as many
+    steps as the heads need at ``heads_per_step`` each or the FFN layers at ``ffn_per_step`` each,
+    whichever is more, and spreads both evenly over them (integer division): no step prunes more
+    than ``heads_per_step`` heads or ``ffn_per_step`` FFN layers, every step prunes at least one
+    unit, and the last step of a level lands on its counts. Levels with equal counts share a step.
+    """
+    if heads_per_step < 1 or ffn_per_step < 1:
+        raise TicketlabError("a sweep prunes at least one head and one FFN layer per step")
+    steps: list[tuple[int, int]] = []
+    heads, ffn = 0, 0
+    for target_heads, target_ffn in sorted(set(level_counts)):
+        grow_heads, grow_ffn = target_heads - heads, target_ffn - ffn
+        if grow_heads < 0 or grow_ffn < 0:
+            raise TicketlabError(f"level counts must grow together, got {sorted(set(level_counts))}")
+        count = max(-(-grow_heads // heads_per_step), -(-grow_ffn // ffn_per_step))
+        steps += [(heads + grow_heads * i // count, ffn + grow_ffn * i // count) for i in range(1, count + 1)]
+        heads, ffn = target_heads, target_ffn
+    return steps
 
 
 def iterative_step(
