@@ -178,3 +178,34 @@ def test_unknown_choices_are_rejected_by_the_parser(capsys, bert_dir, tmp_path):
         )
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_a_mask_that_empties_a_matrix_is_flagged(capsys, bert, tmp_path, caplog):
+    """A global ranking empties a matrix of small weights (MiniLM-L6's untrained pooler): inspect
+    says so, and a fine-tuning run warns and records it."""
+    from ticketlab.experiments.finetune import FinetuneSpec, _load_ticket
+
+    with torch.no_grad():
+        bert.pooler.dense.weight.mul_(1e-3)
+    model_dir = tmp_path / "small-pooler"
+    bert.save_pretrained(model_dir)
+    omp = tmp_path / "omp.safetensors"
+    args = ["prune", "--model", model_dir, "--method", "omp", "--sparsity", 0.3, "--out", omp]
+    assert run_cli(capsys, *args)[0] == 0
+    mask = load_mask(omp)
+    assert mask.fully_pruned() == ["pooler.dense.weight"]
+
+    code, out, _ = run_cli(capsys, "inspect", omp)
+    assert code == 0 and "warning: every weight of pooler.dense.weight is pruned" in out
+    assert json.loads(run_cli(capsys, "inspect", omp, "--json")[1])["fully_pruned"] == ["pooler.dense.weight"]
+
+    spec = FinetuneSpec(model=str(model_dir), task="sst2", mask=str(omp))
+    with caplog.at_level("WARNING", logger="ticketlab"):
+        _, _, facts = _load_ticket(spec, bert)
+    assert facts["fully_pruned_matrices"] == ["pooler.dense.weight"]
+    assert "prunes every weight of pooler.dense.weight" in caplog.text
+
+    per_matrix = tmp_path / "pm.safetensors"
+    args = ["prune", "--model", model_dir, "--method", "omp", "--sparsity", 0.3, "--scheme", "per-matrix"]
+    assert run_cli(capsys, *args, "--out", per_matrix)[0] == 0
+    assert load_mask(per_matrix).fully_pruned() == []

@@ -155,6 +155,7 @@ def inspect_data(path: str) -> dict[str, Any]:
         sparsity=mask.sparsity,
         num_weights=mask.num_weights(),
         num_pruned=mask.num_pruned(),
+        fully_pruned=mask.fully_pruned(),
         per_layer=mask.layer_sparsity(),
         per_matrix={
             n: {
@@ -200,6 +201,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(
         f"  total: {data['num_pruned']:,} of {data['num_weights']:,} weights pruned = {100 * data['sparsity']:.2f}%"
     )
+    if data["fully_pruned"]:
+        print(f"  warning: every weight of {', '.join(data['fully_pruned'])} is pruned")
     rows = [[k, f"{100 * v:.2f}%"] for k, v in data["per_layer"].items()]
     print(format_table(rows, ["layer", "sparsity"]))
     if args.matrices:

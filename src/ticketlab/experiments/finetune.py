@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import platform
 import time
@@ -31,6 +32,8 @@ from ticketlab.data.subset import subset_indices
 from ticketlab.errors import TicketlabError
 from ticketlab.masks.io import atomic_write
 from ticketlab.training.metrics import json_safe
+
+log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 SPEC_FILE = "spec.json"
@@ -287,6 +290,15 @@ def _load_ticket(spec: FinetuneSpec, model, mask=None) -> tuple[Any, Any, dict[s
         )
         structured = mask
         mask = mask.to_unstructured(EncoderAdapter(model))
+    if structured is None and (empty := mask.fully_pruned()):
+        # Not an error (a ticket may prune a matrix away), but usually why a ticket cannot learn:
+        # an emptied pooler makes the pooled output a constant, so the classifier sees no input.
+        log.warning(
+            "the mask prunes every weight of %s; the model may be unable to learn (an emptied "
+            "pooler, for one, gives the task head a constant input)",
+            ", ".join(empty),
+        )
+        facts["fully_pruned_matrices"] = empty
     provenance = mask.provenance
     facts.update(
         sparsity=mask.sparsity,

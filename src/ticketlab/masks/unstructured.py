@@ -67,6 +67,11 @@ class UnstructuredMask:
     def tensor_sparsity(self) -> dict[str, float]:
         return {n: 1.0 - float(t.sum()) / t.numel() for n, t in self.tensors.items()}
 
+    def fully_pruned(self) -> list[str]:
+        """The matrices this mask prunes entirely (a global ranking can empty a matrix of small
+        weights, such as an untrained pooler, and cut the model's path to its task head)."""
+        return [name for name, bits in self.tensors.items() if bits.numel() and not bool(bits.any())]
+
     def layer_sparsity(self) -> dict[str, float]:
         """Sparsity per encoder layer (``"0"``, ``"1"``, ...) plus ``"other"`` (pooler, embeddings)."""
         kept: dict[str, int] = {}
