@@ -41,17 +41,24 @@ LR = 1e-4  # ../shared/README.md: 2e-5 is too small for this 6-layer, 384-wide m
 SPARSITIES = [0.5, 0.7]
 IMP_LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
 # Subsampled recipe per task (CPU): training examples (a fixed random draw: GLUE files are ordered
-# by source, so the first N are one genre; None: the whole set) and epochs. The first run (first 400
-# STS-B x 3 epochs, first 1000 CoLA x 2) left even the full model untrained (docs/BENCHMARKS.md).
-# Measured on one idle core: STS-B trains at about 12 examples/s; 1200 x 2 epochs (75 steps, 205 s
-# per fine-tune) gives the full model Pearson 0.77, 600 x 2 (38 steps) only 0.03. CoLA (about 43 examples/s) stays
-# at the majority class (MCC 0) after 3000 random examples at lr 1e-4 or 3e-4, batch 32 or 16 (94-188
-# steps); ../shared/README.md has MCC 0.12 after one epoch of the whole set (267 steps), so CoLA
-# gets one whole epoch (about 205 s). 39 fine-tunes per task: about 133 min of one core each, so
-# about 2 h 15 min on the two cores: one process per task, or a task's seeds split into processes.
+# by source, so the first N are one genre; None: the whole set), epochs and batch size. The first
+# run (first 400 STS-B x 3 epochs, first 1000 CoLA x 2) left even the full model untrained
+# (docs/BENCHMARKS.md). Measured on one idle core: STS-B trains at about 12 examples/s; 1200 x 2
+# epochs gives the full model Pearson 0.77 at batch 32 (75 steps), but an OMP ticket at 50% only
+# 0.07: it needs more updates (0.58 after 4 epochs), and batch 16 gives them at the same cost
+# (150 steps: 0.39). CoLA (about 43 examples/s) stays at the majority class (MCC 0) after 3000
+# random examples at lr 1e-4 or 3e-4, batch 32 or 16; after one whole epoch at batch 32 it is
+# seed-dependent (MCC 0.00 and 0.15), so: the whole set, one epoch, batch 16 (534 steps). Both
+# about 205 s per fine-tune, 39 fine-tunes per task: about 2 h 15 min of one core each.
 CPU_RECIPES: dict[str, dict[str, Any]] = {
-    "stsb": {"max_train_samples": 1200, "epochs": 2, "max_eval_samples": 500, "train_subset": "random"},
-    "cola": {"max_train_samples": None, "epochs": 1, "max_eval_samples": 500},
+    "stsb": {
+        "max_train_samples": 1200,
+        "epochs": 2,
+        "batch_size": 16,
+        "max_eval_samples": 500,
+        "train_subset": "random",
+    },
+    "cola": {"max_train_samples": None, "epochs": 1, "batch_size": 16, "max_eval_samples": 500},
 }
 
 
@@ -65,7 +72,7 @@ def describe_recipe(task: str) -> str:
     recipe = CPU_RECIPES[task]
     count = recipe.get("max_train_samples")
     examples = f"{count} random examples" if count else "the whole training set"
-    return f"{task} {examples} x {recipe['epochs']} epochs"
+    return f"{task} {examples} x {recipe['epochs']} epochs, batch {recipe['batch_size']}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

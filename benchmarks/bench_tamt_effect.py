@@ -12,7 +12,8 @@ A thin script over the ticket grid. It writes a grid spec and runs it (``GridRun
   ``valid.txt`` (held out from the TAMT text);
 - downstream: STS-B (Pearson) and CoLA (Matthews corr.) from ``$TICKETLAB_SHARED/data/glue``,
   seeds 0, 1, 2, lr 1e-4 (the full model's lr for MiniLM-L6 on both, see ../shared/README.md),
-  batch 32, best dev score over the epoch-end evaluations.
+  batch 16 (more updates for the same cost: see bench_lottery_grid.py), best dev score over the
+  epoch-end evaluations.
 
 It prints a table (KD loss, and downstream mean ± std per task, per method x sparsity), the
 correlations between KD loss and downstream score, and the search cost of the TAMT masks, and
@@ -81,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate (every task)")
     p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: CoLA 1, STS-B 2)")
     p.add_argument(
+        "--batch-size", type=int, help="fine-tuning batch size (default: 16, as bench_lottery_grid.py)"
+    )
+    p.add_argument(
         "--max-train-samples",
         type=int,
         help="N training examples of every task (0: all; default: CoLA 3000, STS-B 600, a random draw)",
@@ -111,7 +115,11 @@ def task_recipe(args: argparse.Namespace, task: str) -> dict[str, Any]:
     """Training subsample (None: the whole set) and epochs of ``task``: the flags, else the CPU recipe."""
     default = CPU_RECIPES.get(task, {"max_train_samples": None, "epochs": 3})
     count = args.max_train_samples if args.max_train_samples is not None else default["max_train_samples"]
-    recipe = {"max_train_samples": count or None, "epochs": args.epochs or default["epochs"]}
+    recipe = {
+        "max_train_samples": count or None,
+        "epochs": args.epochs or default["epochs"],
+        "batch_size": args.batch_size or default.get("batch_size", 32),
+    }
     if recipe["max_train_samples"]:
         recipe["train_subset"] = default.get("train_subset", "random")
     return recipe
@@ -119,7 +127,7 @@ def task_recipe(args: argparse.Namespace, task: str) -> dict[str, Any]:
 
 def grid_spec(args: argparse.Namespace, shared: Path) -> dict[str, Any]:
     """The grid the benchmark runs, as a spec file would hold it."""
-    recipe: dict[str, Any] = {"lr": args.lr, "batch_size": 32, "max_length": 128}
+    recipe: dict[str, Any] = {"lr": args.lr, "max_length": 128}
     if args.max_eval_samples:
         recipe["max_eval_samples"] = args.max_eval_samples
     return {
