@@ -100,6 +100,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/tamt-effect", help="the grid's run directory (resumed)")
     p.add_argument("--estimate", action="store_true", help="print the expected time and exit")
     p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing more: the losses of the tickets made so far and the report over finished cells",
+    )
+    p.add_argument(
         "--results-name",
         default="tamt_effect",
         help="write benchmarks/results/<NAME>.json (smoke runs: another)",
@@ -202,6 +207,13 @@ def results_table(report: dict[str, Any], tasks: list[str]) -> tuple[list[str], 
     return header, rows
 
 
+def _relative(path: str | Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     shared = shared_dir()
@@ -234,7 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     spec = GridSpec(**spec_data)
     started = time.perf_counter()
     runner = GridRunner(spec, out, quiet=True)
-    runner.run_all()
+    if args.report_only:  # a stopped run: what is finished (the JSON says which cells)
+        runner.measure_pretrain_losses()
+    else:
+        runner.run_all()
     report = write_report([runner.root], runner.root / "report")
     wall = time.perf_counter() - started
 
@@ -257,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     path = write_results(
         args.results_name,
         {
-            "settings": {k: v for k, v in vars(args).items() if k not in ("estimate", "results_name")},
+            "settings": {
+                k: v for k, v in vars(args).items() if k not in ("estimate", "results_name", "report_only")
+            },
+            "finished": "finished cells only (--report-only)" if args.report_only else "every cell",
             "grid_spec": spec_data,
             "command": " ".join(["python", "benchmarks/bench_tamt_effect.py", *(argv or sys.argv[1:])]),
             "wall_seconds": wall,
@@ -265,7 +283,11 @@ def main(argv: list[str] | None = None) -> int:
             "table": {"header": header, "rows": rows},
             "correlations": report["pretrain_loss"]["correlations"],
             "pretrain_loss_points": report["pretrain_loss"]["points"],
-            "search_cost": report["search_cost"],
+            # paths relative to the working directory: results name no folders of this machine
+            "search_cost": [
+                {**row, "files": [_relative(f) for f in row.get("files", [])]}
+                for row in report["search_cost"]
+            ],
             "cells": report["cells"],
             "run_dir": str(runner.root),
         },
