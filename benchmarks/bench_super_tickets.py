@@ -22,7 +22,8 @@ On two CPU cores a full-size run is far too slow (STS-B: 15 minutes per 3-epoch 
 defaults subsample: a fixed random draw (``train_subset`` random: GLUE files are ordered by source)
 of 1200 STS-B training examples (bench_lottery_grid.py's draw, with which the full model learns)
 and of 600 MRPC ones (its sentence pairs are about 3 times longer), 2 epochs, the first 250 STS-B
-and 200 MRPC dev examples, batch 32, lr 1e-4, an evaluation at each epoch end (the best is
+and 200 MRPC dev examples, batch 16 (twice the updates of batch 32 for the same cost: tickets
+need them, see bench_lottery_grid.py), lr 1e-4, an evaluation at each epoch end (the best is
 reported); importance is scored on the same training examples. A first attempt with the first 320
 STS-B and 128 MRPC examples x 3 epochs left the full model untrained (MRPC: the majority class,
 0.685, for every ticket). That is 2 tasks x 3 seeds x (1 full + 3 kinds x 4 levels) = 78 fine-tuning
@@ -84,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--train-subset", default="random", help="which N training examples: first, or random (a fixed draw)"
     )
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-train-samples", default="", help="N or task=N,...; 0 = all (defaults above)")
     parser.add_argument("--max-eval-samples", default="", help="N or task=N,...; 0 = all (defaults above)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
