@@ -62,6 +62,15 @@ def machine() -> dict[str, Any]:
     }
 
 
+def relative_path(path: str | Path) -> str:
+    """``path`` relative to the working directory when it lies under it: results name no folders of
+    this machine."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def write_results(name: str, data: dict[str, Any], path: Path | None = None) -> Path:
     """Write ``benchmarks/results/<name>.json`` (or ``path``), with the machine's description, and
     return its path."""

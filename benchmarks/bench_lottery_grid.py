@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_common import RESULTS_DIR, machine, shared_dir
+from bench_common import RESULTS_DIR, machine, relative_path, shared_dir
 
 MODEL = "models/all-MiniLM-L6-v2"
 GLUE = "data/glue"
@@ -123,13 +123,6 @@ def grid_spec(
     }
 
 
-def _relative(path: str | Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     import transformers
 
@@ -183,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         "grid_minutes_this_run": {t: round(s / 60, 2) for t, s in timings.items()},
         "wall_minutes_this_run": round(wall / 60, 2),
         # paths relative to the working directory: results name no folders of this machine
-        "report": {**report, "files": [_relative(f) for f in report.get("files", [])]},
+        "report": {**report, "files": [relative_path(f) for f in report.get("files", [])]},
     }
     (RESULTS_DIR / f"lottery_grid-{'-'.join(args.tasks)}.json").write_text(
         json.dumps(result, indent=2, default=str) + "\n"

@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_common import markdown_table, shared_dir, write_results
+from bench_common import markdown_table, relative_path, shared_dir, write_results
 from bench_lottery_grid import CPU_RECIPES as LOTTERY_RECIPES
 
 MODEL = "models/all-MiniLM-L6-v2"
@@ -207,13 +207,6 @@ def results_table(report: dict[str, Any], tasks: list[str]) -> tuple[list[str], 
     return header, rows
 
 
-def _relative(path: str | Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     shared = shared_dir()
@@ -285,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             "pretrain_loss_points": report["pretrain_loss"]["points"],
             # paths relative to the working directory: results name no folders of this machine
             "search_cost": [
-                {**row, "files": [_relative(f) for f in row.get("files", [])]}
+                {**row, "files": [relative_path(f) for f in row.get("files", [])]}
                 for row in report["search_cost"]
             ],
             "cells": report["cells"],
