@@ -128,6 +128,18 @@ def timing(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def keep_other_tasks(out: Path, results: dict[str, Any], tasks: list[str]) -> None:
+    """Tasks run as separate processes share the results file: just before writing, take over the
+    other tasks' entries (read now, not at start: the other process may have written since) when
+    they were measured with the same settings."""
+    if not out.exists():
+        return
+    previous = json.loads(out.read_text())
+    if previous.get("settings", {}) | {"threads": results["settings"]["threads"]} == results["settings"]:
+        others = {t: v for t, v in previous.get("tasks", {}).items() if t not in tasks}
+        results["tasks"] = others | {t: v for t, v in results["tasks"].items() if t in tasks}
+
+
 def table(summary: dict[str, Any]) -> str:
     rows = []
     full = summary["full"]
@@ -178,12 +190,6 @@ def main(argv: list[str] | None = None) -> int:
         },
         "tasks": {},
     }
-    # Tasks run as separate processes share the results file: keep the other tasks' entries when
-    # they were measured with the same settings.
-    if out.exists():
-        previous = json.loads(out.read_text())
-        if previous.get("settings", {}) | {"threads": args.threads} == results["settings"]:
-            results["tasks"] = {t: v for t, v in previous.get("tasks", {}).items() if t not in args.tasks}
     for task in args.tasks:
         train = args.train.get(task, args.train.get("*"))
         dev = args.eval.get(task, args.eval.get("*"))
@@ -223,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             "plot": plot.name,
             **{k: summary[k] for k in ("metric", "full", "points", "super_ticket")},
         }
+        keep_other_tasks(out, results, args.tasks)
         path = write_results(out.stem, results, out)
         print(f"\n### {task} ({summary['metric']}, dev, mean ± std over {len(args.seeds)} seeds)\n")
         print(table(summary))
