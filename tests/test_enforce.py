@@ -53,6 +53,23 @@ def test_gradients_of_pruned_weights_are_zero(bert_dir):
         assert torch.all(grad[~bits] == 0) and grad[bits].abs().sum() > 0
 
 
+def test_a_model_converted_to_another_dtype_after_the_mask_keeps_it(bert_dir):
+    # The keep masks are stored in the parameters' dtype; a later .double() (or .half() on a GPU)
+    # must not break the hooks or let pruned weights move.
+    model = BertForSequenceClassification.from_pretrained(bert_dir, num_labels=2)
+    mask = prune(model, "omp", 0.5)
+    enforcer = apply_mask(model, mask)
+    model.double()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    enforcer.attach(optimizer)
+    _train(model, optimizer, steps=2)
+    adapter = EncoderAdapter(model)
+    for name, bits in mask.tensors.items():
+        weight = adapter.parameter(name).detach()
+        assert weight.dtype == torch.float64
+        assert torch.all(weight[~bits] == 0) and weight[bits].abs().sum() > 0, name
+
+
 def test_checkpoint_keeps_plain_names_and_loads_into_a_plain_model(bert_dir, tmp_path):
     model = BertForSequenceClassification.from_pretrained(bert_dir, num_labels=2)
     mask = prune(model, "omp", 0.5)

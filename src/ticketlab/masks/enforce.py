@@ -5,6 +5,12 @@ moments for them stay zero), and an optimizer post-step hook re-zeroes the prune
 decoupled weight decay, momentum or any other update cannot move them). Parameters keep their
 names: a checkpoint saved afterwards loads into a plain model. Unlike ``torch.nn.utils.prune`` there
 is no reparametrisation and no extra multiply in the forward pass.
+
+Both zero by multiplying with a 0/1 keep mask in the parameter's dtype, not with ``masked_fill_``:
+on a CPU ``masked_fill_`` branches per element, so its cost grows with the sparsity (39 ms at 10%,
+89 ms at 50% for MiniLM-L6's 10.6M encoder weights on one core, against 7 ms for the multiply at
+any sparsity), which made short-sequence fine-tuning steps (CoLA, batch 16) 25-30% slower than
+dense. The price is one extra copy of the masked matrices, as ``torch.nn.utils.prune`` keeps.
 """
 
 from __future__ import annotations
@@ -98,8 +104,8 @@ class MaskEnforcer:
         adapter = EncoderAdapter(model)
         self.parameters: dict[str, nn.Parameter] = {n: adapter.parameter(n) for n in self.report.names}
         # Only matrices with something pruned need hooks.
-        self._pruned: dict[str, torch.Tensor] = {
-            n: ~mask.tensors[n].to(p.device)
+        self._keep: dict[str, torch.Tensor] = {
+            n: mask.tensors[n].to(device=p.device, dtype=p.dtype)
             for n, p in self.parameters.items()
             if not bool(mask.tensors[n].all())
         }
@@ -107,30 +113,32 @@ class MaskEnforcer:
         self._install_gradient_hooks()
         self.enforce()
 
-    def _pruned_on(self, name: str, device: torch.device) -> torch.Tensor:
-        pruned = self._pruned[name]
-        if pruned.device != device:  # the model moved (e.g. accelerator.prepare) after the mask was applied
-            pruned = self._pruned[name] = pruned.to(device)
-        return pruned
+    def _keep_like(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        keep = self._keep[name]
+        # The model moved (accelerator.prepare) or changed dtype after the mask was applied.
+        if keep.device != tensor.device or keep.dtype != tensor.dtype:
+            keep = self._keep[name] = keep.to(device=tensor.device, dtype=tensor.dtype)
+        return keep
 
     def _install_gradient_hooks(self) -> None:
-        for name in self._pruned:
+        for name in self._keep:
             param = self.parameters[name]
 
             # After the gradient is accumulated into .grad, zero its pruned entries in place: no new
             # tensor per step, and clipping and Adam's moments see the sparse network's gradient.
             def zero_pruned_gradient(param: torch.Tensor, name: str = name) -> None:
                 if param.grad is not None:
-                    param.grad.masked_fill_(self._pruned_on(name, param.grad.device), 0.0)
+                    param.grad.mul_(self._keep_like(name, param.grad))
 
             self._handles.append(param.register_post_accumulate_grad_hook(zero_pruned_gradient))
 
     @torch.no_grad()
     def enforce(self) -> None:
-        """Set every pruned weight to exactly zero."""
+        """Set every pruned weight to exactly zero (finite weights: a NaN stays NaN, and the
+        training loop's NaN guard stops the run)."""
         for name, param in self.parameters.items():
-            if name in self._pruned:
-                param.masked_fill_(self._pruned_on(name, param.device), 0.0)
+            if name in self._keep:
+                param.mul_(self._keep_like(name, param))
 
     def attach(self, optimizer: torch.optim.Optimizer) -> MaskEnforcer:
         """Re-zero the pruned weights after every ``optimizer.step()``."""
