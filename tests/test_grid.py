@@ -98,6 +98,35 @@ def test_plan_counts_cells():
     assert len(cells) == 2 * 3 * 5 + 3 * 2
 
 
+def test_report_records_hold_every_imp_level_but_only_evaluated_sparsities_are_tickets(tmp_path):
+    from ticketlab.experiments.grid import collect_records, main_metric_of, result_cells, ticket_cells
+
+    spec = GridSpec(
+        model="m",
+        tasks=["stsb"],
+        methods=["full", "omp", "imp"],
+        sparsities=[0.5, 0.7],
+        imp_levels=[0.1, 0.3, 0.5, 0.7],
+        seeds=[0, 1],
+    )
+
+    def imp(cells):
+        return sorted((c.sparsity, c.seed) for c in cells if c.method == "imp")
+
+    assert imp(ticket_cells(spec)) == [(0.5, 0), (0.5, 1), (0.7, 0), (0.7, 1)]
+    assert imp(result_cells(spec)) == [(lv, seed) for lv in (0.1, 0.3, 0.5, 0.7) for seed in (0, 1)]
+    # The IMP run's level folders hold the results: level 1 is sparsity 0.1, level 3 is 0.5.
+    for level, value in ((1, 0.61), (3, 0.55)):
+        run = tmp_path / "imp" / "stsb" / "seed0" / f"level_{level:02d}"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps({"main_metric": "pearson", "best": {"pearson": value}}))
+    records = collect_records(spec, tmp_path, main_metric_of)
+    assert sorted((r.method, r.sparsity, r.value) for r in records) == [
+        ("imp", 0.1, 0.61),
+        ("imp", 0.5, 0.55),
+    ]
+
+
 def test_undefined_correlation_counts_as_zero_but_other_metrics_must_exist():
     from ticketlab.experiments.grid import main_metric_of
 

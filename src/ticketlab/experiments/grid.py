@@ -352,6 +352,18 @@ def ticket_cells(spec: GridSpec) -> list[Cell]:
     return cells
 
 
+def result_cells(spec: GridSpec) -> list[Cell]:
+    """Every cell with a result to report: the ticket cells, and IMP at **every** level of its runs
+    (fine-tuned anyway as the IMP search, so the table has IMP's whole curve, as BERT-Tickets')."""
+    cells = ticket_cells(spec)
+    if "imp" in spec.methods:
+        extra = [lv for lv in spec.levels() if not any(abs(lv - s) < 1e-9 for s in spec.sparsities)]
+        cells += [
+            Cell(task, "imp", level, seed) for task in spec.tasks for seed in spec.seeds for level in extra
+        ]
+    return cells
+
+
 def ticket_path(spec: GridSpec, root: Path, cell: Cell) -> Path | None:
     """Where the mask of a cell's ticket is (or will be); None for the full model."""
     tickets = root / "tickets"
@@ -437,9 +449,9 @@ def imp_level_for(spec: GridSpec, sparsity: float) -> int:
 def collect_records(
     spec: GridSpec, root: Path, main_metric: Callable[[str, dict], tuple[str, float]]
 ) -> list[ResultRecord]:
-    """Every finished result of the grid as records (cells and IMP levels)."""
+    """Every finished result of the grid as records (cells and all of IMP's levels)."""
     records = []
-    for cell in ticket_cells(spec):
+    for cell in result_cells(spec):
         if cell.method == "imp":  # IMP's levels are the cells, fine-tuned inside the IMP run
             path = ticket_path(spec, root, cell).parent / "results.json"
         else:
