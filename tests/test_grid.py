@@ -48,6 +48,19 @@ def test_grid_runs_every_method_skips_finished_cells_and_reports(tmp_path, capsy
     omp = json.loads((out / "cells" / "sst2" / "omp-0.50-seed0" / "results.json").read_text())
     assert omp["pruned_nonzero"] == 0 and abs(omp["sparsity"] - 0.5) < 1e-3
 
+    # The full cell is IMP's level 0 (same spec), taken over rather than fine-tuned again; and it
+    # is what fine-tuning that spec gives.
+    from ticketlab.experiments.finetune import FinetuneSpec, run_finetune
+
+    full = json.loads((out / "cells" / "sst2" / "full-0.00-seed0" / "results.json").read_text())
+    assert full["reused_from"] == "imp/sst2/seed0/level_00"
+    level0 = json.loads((out / "imp" / "sst2" / "seed0" / "level_00" / "results.json").read_text())
+    assert full["best"] == level0["best"]
+    cell_spec = FinetuneSpec.from_dict(
+        json.loads((out / "cells" / "sst2" / "full-0.00-seed0" / "spec.json").read_text())
+    )
+    assert run_finetune(cell_spec, tmp_path / "full-again", quiet=True)["best"] == full["best"]
+
     # Rerun: nothing trains again (results files untouched).
     stamp = (out / "cells" / "sst2" / "omp-0.50-seed0" / "results.json").stat().st_mtime_ns
     assert main(["grid", str(spec_path), "--out", str(out), "--quiet"]) == 0

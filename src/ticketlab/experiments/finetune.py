@@ -239,8 +239,9 @@ def versions() -> dict[str, str]:
     }
 
 
-def _finished_run(out: Path, spec: FinetuneSpec) -> dict[str, Any] | None:
-    """The results of a finished run of the same spec in ``out``; an error if it holds another."""
+def _read_finished(out: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The recorded spec (through the spec class, so fields added since that run compare at their
+    defaults; a spec that does not load stays as it is) and results of a finished run in ``out``."""
     results_path = out / RESULTS_FILE
     if not results_path.exists():
         return None
@@ -249,10 +250,17 @@ def _finished_run(out: Path, spec: FinetuneSpec) -> dict[str, Any] | None:
         results = json.loads(results_path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise TicketlabError(f"{out} holds a finished run whose files cannot be read ({error})") from error
-    # Through the spec class, so fields added since that run compare at their defaults; a spec that
-    # does not load is simply different.
     with contextlib.suppress(TicketlabError, TypeError):
         previous_spec = FinetuneSpec.from_dict(previous_spec).to_dict()
+    return previous_spec, results
+
+
+def _finished_run(out: Path, spec: FinetuneSpec) -> dict[str, Any] | None:
+    """The results of a finished run of the same spec in ``out``; an error if it holds another."""
+    finished = _read_finished(out)
+    if finished is None:
+        return None
+    previous_spec, results = finished
     if previous_spec != spec.to_dict():
         changed = sorted(k for k, v in spec.to_dict().items() if previous_spec.get(k) != v)
         raise TicketlabError(
@@ -260,6 +268,13 @@ def _finished_run(out: Path, spec: FinetuneSpec) -> dict[str, Any] | None:
             "choose another output directory"
         )
     return results
+
+
+def same_finished_run(run_dir: str | Path, spec: FinetuneSpec) -> bool:
+    """Whether ``run_dir`` holds a finished fine-tuning run of exactly ``spec`` (its results can
+    stand for a run of ``spec``: ticketlab's fine-tuning is deterministic given the spec)."""
+    finished = _read_finished(Path(run_dir))
+    return finished is not None and finished[0] == spec.to_dict()
 
 
 def _load_ticket(spec: FinetuneSpec, model, mask=None) -> tuple[Any, Any, dict[str, Any]]:
