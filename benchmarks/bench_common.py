@@ -71,6 +71,18 @@ def relative_path(path: str | Path) -> str:
         return str(path)
 
 
+def relative_paths(data: Any) -> Any:
+    """``data`` with every absolute path under the working directory (in any string, list or dict
+    inside it) made relative, as :func:`relative_path` does for one."""
+    if isinstance(data, dict):
+        return {key: relative_paths(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [relative_paths(value) for value in data]
+    if isinstance(data, str) and data.startswith(os.sep):
+        return relative_path(data)
+    return data
+
+
 def write_results(name: str, data: dict[str, Any], path: Path | None = None) -> Path:
     """Write ``benchmarks/results/<name>.json`` (or ``path``), with the machine's description, and
     return its path."""
