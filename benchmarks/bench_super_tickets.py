@@ -29,9 +29,9 @@ STS-B and 128 MRPC examples x 3 epochs left the full model untrained (MRPC: the 
 0.685, for every ticket). That is 2 tasks x 3 seeds x (1 full + 3 kinds x 4 levels) = 78 fine-tuning
 runs and 6 importance passes.
 
-Time, from the throughput of bench_finetune.py on one dedicated core (MRPC 11 training examples/s,
-STS-B about 30): about 80 s per STS-B run and 120 s per MRPC run, so about 55 and 80 minutes on one
-core. Run the two tasks as two processes, one per core (``--tasks stsb --threads 1`` and ``--tasks
+Time: measured on STS-B (2026-11-22), 150-200 s per fine-tuning run on one core (15 training
+examples/s with the evaluations), 13 runs per seed: about 1 h 50 min per task on one core (the
+earlier estimate from bench_finetune.py's dense throughput, 55 minutes, was too low). Run the two tasks as two processes, one per core (``--tasks stsb --threads 1`` and ``--tasks
 mrpc --threads 1``): each writes its own task's entry of the results JSON. Progress is saved step
 by step: a stopped run resumes with the same command.
 
