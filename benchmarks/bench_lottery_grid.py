@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_common import RESULTS_DIR, machine, relative_path, relative_paths, shared_dir
+from bench_common import RESULTS_DIR, relative_path, relative_paths, shared_dir, write_results
 
 MODEL = "models/all-MiniLM-L6-v2"
 GLUE = "data/glue"
@@ -182,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wall time {wall / 60:.1f} min; report in {out / 'report'}")
     result = {
         "benchmark": "lottery_grid",
-        "machine": machine(),
         "scale": scale,
         "lr": LR,
         "scheme": args.scheme,
@@ -192,9 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         # paths relative to the working directory: results name no folders of this machine
         "report": relative_paths(report),
     }
-    (RESULTS_DIR / f"lottery_grid-{'-'.join(args.tasks)}.json").write_text(
-        json.dumps(result, indent=2, default=str) + "\n"
-    )
+    write_results(f"lottery_grid-{'-'.join(args.tasks)}", result)
     return 0
 
 

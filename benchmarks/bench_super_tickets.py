@@ -23,8 +23,8 @@ defaults subsample: a fixed random draw (``train_subset`` random: GLUE files are
 of 1200 STS-B training examples (bench_lottery_grid.py's draw, with which the full model learns)
 and of 1200 MRPC ones, 2 epochs, the first 250 STS-B dev examples and MRPC's whole dev set (408:
 its accuracies sit a few points above the majority class at this budget, so every example counts),
-batch 16 (twice the updates of batch 32 for the same cost: tickets
-need them, see bench_lottery_grid.py), lr 1e-4, an evaluation at each epoch end (the best is
+batch 16 (twice the updates of batch 32 for the same cost: tickets need them, see
+bench_lottery_grid.py), lr 1e-4, an evaluation at each epoch end (the best is
 reported); importance is scored on the same training examples. A first attempt with the first 320
 STS-B and 128 MRPC examples x 3 epochs left the full model untrained (MRPC: the majority class,
 0.685, for every ticket). That is 2 tasks x 3 seeds x (1 full + 3 kinds x 4 levels) = 78 fine-tuning
@@ -33,8 +33,8 @@ runs and 6 importance passes.
 Time: measured on STS-B (2026-11-22), 150-200 s per fine-tuning run on one core (15 training
 examples/s with the evaluations), 13 runs per seed: about 1 h 50 min per task on one core (the
 earlier estimate from bench_finetune.py's dense throughput, 55 minutes, was too low); MRPC at 1200
-x 2 about 230 s per run, about 2 h 30 min. Run the two tasks as two processes, one per core (``--tasks stsb --threads 1`` and ``--tasks
-mrpc --threads 1``): each writes its own task's entry of the results JSON. Progress is saved step
+x 2 about 230 s per run, about 2 h 30 min. Run the two tasks as two processes, one per core
+(``--tasks stsb --threads 1`` and ``--tasks mrpc --threads 1``): each writes its own task's entry of the results JSON. Progress is saved step
 by step: a stopped run resumes with the same command.
 
     TICKETLAB_SHARED=../shared PYTHONPATH=src python benchmarks/bench_super_tickets.py \\

@@ -750,10 +750,6 @@ class GridRunner:
         out = self.root / "cells" / cell.task / cell.name
         if (out / "results.json").exists():
             return read_json(out / "results.json")
-        if cell.method == FULL_MODEL:
-            reused = self._full_from_imp_level_zero(cell, out)
-            if reused is not None:
-                return reused
         model = None
         control = cell.method in CONTROLS
         mask_path = self.ticket(cell)
@@ -772,23 +768,25 @@ class GridRunner:
             cell.seed,
             mask=str(mask_path) if mask_path else None,
             allow_fingerprint_mismatch=control,
-            save_model=cell.method == FULL_MODEL and self.full_saves_model,
+            # The structured methods score the full model's fine-tuned weights.
+            save_model=cell.method == FULL_MODEL and any(m in STRUCTURED_METHODS for m in self.spec.methods),
         )
+        if cell.method == FULL_MODEL and (reused := self._reuse_imp_level_zero(cell, spec, out)):
+            return reused
         self.echo(f"fine-tune {cell.task}: {cell.method} at {cell.sparsity:.0%}, seed {cell.seed}")
         mask = load_mask(mask_path) if control and mask_path else None
         return run_finetune(spec, out, model=model, mask=mask, cache_dir=self.cache_dir, quiet=self.quiet)
 
-    def _full_from_imp_level_zero(self, cell: Cell, out: Path) -> dict[str, Any] | None:
-        """The full model's cell when the task's IMP run of the same seed already fine-tuned the same
-        spec as its level 0 (the grid's IMP recipe is the cell recipe): its files, with
-        ``reused_from`` in results.json, instead of the same fine-tuning run again."""
+    def _reuse_imp_level_zero(self, cell: Cell, spec: Any, out: Path) -> dict[str, Any] | None:
+        """The full model's cell when the task's IMP run of the same seed already fine-tuned ``spec``
+        as its level 0 (the grid's IMP recipe is the cell recipe): its files, with ``reused_from`` in
+        results.json, instead of the same fine-tuning run again; None when it did not."""
         import shutil
 
         from ticketlab.experiments.finetune import LOG_FILE, RESULTS_FILE, SPEC_FILE, same_finished_run
         from ticketlab.experiments.store import write_json
 
         level = self.root / "imp" / cell.task / f"seed{cell.seed}" / level_name(0)
-        spec = finetune_spec_for(self.spec, cell.task, cell.seed, save_model=self.full_saves_model)
         if not same_finished_run(level, spec):
             return None
 
@@ -805,11 +803,6 @@ class GridRunner:
             f"fine-tune {cell.task}: full at 0%, seed {cell.seed}: the same run as IMP's level 0, reused"
         )
         return write_directory(out, copy)
-
-    @property
-    def full_saves_model(self) -> bool:
-        """The structured methods score the full model's fine-tuned weights: its cell keeps them."""
-        return any(m in STRUCTURED_METHODS for m in self.spec.methods)
 
     def run_all(self) -> dict[str, Any]:
         """Every IMP run and cell (finished ones skipped), then the aggregate in results.json."""
