@@ -63,12 +63,15 @@ def machine() -> dict[str, Any]:
 
 
 def relative_path(path: str | Path) -> str:
-    """``path`` relative to the working directory when it lies under it: results name no folders of
-    this machine."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
+    """``path`` relative to the working directory when it lies under it, else ``~/...`` when it lies
+    under the home folder (run directories in the ticketlab cache): results name no folders of this
+    machine."""
+    resolved = Path(path).resolve()
+    for base, shown in ((Path.cwd().resolve(), None), (Path.home().resolve(), Path("~"))):
+        if resolved.is_relative_to(base):
+            relative = resolved.relative_to(base)
+            return str(shown / relative if shown else relative)
+    return str(path)
 
 
 def relative_paths(data: Any) -> Any:
@@ -84,11 +87,11 @@ def relative_paths(data: Any) -> Any:
 
 
 def write_results(name: str, data: dict[str, Any], path: Path | None = None) -> Path:
-    """Write ``benchmarks/results/<name>.json`` (or ``path``), with the machine's description, and
-    return its path."""
+    """Write ``benchmarks/results/<name>.json`` (or ``path``), with the machine's description and
+    every absolute path in ``data`` made relative (:func:`relative_paths`), and return its path."""
     path = path or RESULTS_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "machine": machine(), **data}
+    payload = {"benchmark": name, "machine": machine(), **relative_paths(data)}
     tmp = path.with_suffix(f".json.{os.getpid()}.tmp")  # one per process: tasks may share a file
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)

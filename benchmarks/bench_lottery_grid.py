@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_common import RESULTS_DIR, relative_path, relative_paths, shared_dir, write_results
+from bench_common import RESULTS_DIR, relative_path, shared_dir, write_results
 
 MODEL = "models/all-MiniLM-L6-v2"
 GLUE = "data/glue"
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_minutes_this_run": round(wall / 60, 2),
         "finetune_minutes_per_grid": compute,
         # paths relative to the working directory: results name no folders of this machine
-        "report": relative_paths(report),
+        "report": report,
     }
     write_results(f"lottery_grid-{'-'.join(args.tasks)}", result)
     return 0

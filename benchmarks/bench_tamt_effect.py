@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_common import markdown_table, relative_paths, shared_dir, write_results
+from bench_common import markdown_table, shared_dir, write_results
 from bench_lottery_grid import CPU_RECIPES as LOTTERY_RECIPES
 
 MODEL = "models/all-MiniLM-L6-v2"
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             "correlations": report["pretrain_loss"]["correlations"],
             "pretrain_loss_points": report["pretrain_loss"]["points"],
             # paths relative to the working directory: results name no folders of this machine
-            "search_cost": relative_paths(report["search_cost"]),
+            "search_cost": report["search_cost"],
             "cells": report["cells"],
             "run_dir": str(runner.root),
         },
