@@ -188,7 +188,6 @@ def main(argv: list[str] | None = None) -> int:
         "grid_minutes_this_run": {t: round(s / 60, 2) for t, s in timings.items()},
         "wall_minutes_this_run": round(wall / 60, 2),
         "finetune_minutes_per_grid": compute,
-        # paths relative to the working directory: results name no folders of this machine
         "report": report,
     }
     write_results(f"lottery_grid-{'-'.join(args.tasks)}", result)

@@ -33,9 +33,10 @@ runs and 6 importance passes.
 Time: measured on STS-B (2026-11-22), 150-200 s per fine-tuning run on one core (15 training
 examples/s with the evaluations), 13 runs per seed: about 1 h 50 min per task on one core (the
 earlier estimate from bench_finetune.py's dense throughput, 55 minutes, was too low); MRPC at 1200
-x 2 210-250 s per run, 152 minutes of one core (measured 2026-11-22; results in docs/BENCHMARKS.md). Run the two tasks as two processes, one per core
-(``--tasks stsb --threads 1`` and ``--tasks mrpc --threads 1``): each writes its own task's entry of the results JSON. Progress is saved step
-by step: a stopped run resumes with the same command.
+x 2 210-250 s per run, 152 minutes of one core (results in docs/BENCHMARKS.md). Run the two tasks
+as two processes, one per core (``--tasks stsb --threads 1`` and ``--tasks mrpc --threads 1``): each
+writes its own task's entry of the results JSON. Progress is saved step by step: a stopped run
+resumes with the same command.
 
     TICKETLAB_SHARED=../shared PYTHONPATH=src python benchmarks/bench_super_tickets.py \\
         [--tasks mrpc,stsb] [--levels 0.2,0.4,0.6,0.8] [--kinds winning,random,losing] [--seeds 0,1,2] \\
