@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             "table": {"header": header, "rows": rows},
             "correlations": report["pretrain_loss"]["correlations"],
             "pretrain_loss_points": report["pretrain_loss"]["points"],
-                "search_cost": report["search_cost"],
+            "search_cost": report["search_cost"],
             "cells": report["cells"],
             "run_dir": str(runner.root),
         },
