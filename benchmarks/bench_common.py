@@ -75,8 +75,8 @@ def relative_path(path: str | Path) -> str:
 
 
 def relative_paths(data: Any) -> Any:
-    """``data`` with every absolute path under the working directory (in any string, list or dict
-    inside it) made relative, as :func:`relative_path` does for one."""
+    """``data`` with every absolute path (in any string, list or dict inside it) made relative, as
+    :func:`relative_path` does for one."""
     if isinstance(data, dict):
         return {key: relative_paths(value) for key, value in data.items()}
     if isinstance(data, list | tuple):

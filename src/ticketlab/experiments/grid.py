@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,7 +50,13 @@ from ticketlab.analysis.pretrain_correlation import TicketLoss
 from ticketlab.errors import TicketlabError
 from ticketlab.experiments.imp import MLM_TASK, ImpSpec, level_name
 from ticketlab.experiments.pretrain_loss import PretrainLossSettings
-from ticketlab.experiments.store import RunDirectory, read_json, settings_from_dict, write_directory
+from ticketlab.experiments.store import (
+    RunDirectory,
+    read_json,
+    settings_from_dict,
+    write_directory,
+    write_json,
+)
 from ticketlab.experiments.tamt import TamtSettings, TamtSpec
 from ticketlab.pruning import validate_sparsity
 from ticketlab.pruning.structured import DEFAULT_FFN_RATIO
@@ -705,7 +712,6 @@ class GridRunner:
     def pretrain_loss(self, mask_path: Path) -> dict[str, Any]:
         """MLM and KD loss of one ticket (measured once, stored beside its mask)."""
         from ticketlab.experiments.pretrain_loss import PretrainLossSpec, run_pretrain_loss
-        from ticketlab.experiments.store import write_json
         from ticketlab.models.mlm_head import HEAD_FILE
 
         out = pretrain_loss_path(mask_path)
@@ -781,10 +787,7 @@ class GridRunner:
         """The full model's cell when the task's IMP run of the same seed already fine-tuned ``spec``
         as its level 0 (the grid's IMP recipe is the cell recipe): its files, with ``reused_from`` in
         results.json, instead of the same fine-tuning run again; None when it did not."""
-        import shutil
-
         from ticketlab.experiments.finetune import LOG_FILE, RESULTS_FILE, SPEC_FILE, same_finished_run
-        from ticketlab.experiments.store import write_json
 
         level = self.root / "imp" / cell.task / f"seed{cell.seed}" / level_name(0)
         if not same_finished_run(level, spec):
@@ -807,7 +810,6 @@ class GridRunner:
     def run_all(self) -> dict[str, Any]:
         """Every IMP run and cell (finished ones skipped), then the aggregate in results.json."""
         from ticketlab.analysis.aggregate import aggregate, highest_matching_sparsity
-        from ticketlab.experiments.store import write_json
 
         if "imp" in self.spec.methods or self.spec.transfer_from:
             for task in self.spec.tasks:
