@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     from ticketlab.analysis.winning import report_run, table_markdown
-    from ticketlab.experiments.store import write_json
     from ticketlab.experiments.winning_tickets import WinningSpec, run_all_winning
+    from ticketlab.io import write_json
     from ticketlab.training.metrics import json_safe
 
     transformers.logging.set_verbosity_error()  # no load reports between the progress lines

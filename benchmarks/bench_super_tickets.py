@@ -117,7 +117,7 @@ def work_dir(args: argparse.Namespace) -> Path:
 
 def timing(run_dir: Path) -> dict[str, Any]:
     """Seconds spent in the finished steps (from their own records), and training throughput."""
-    from ticketlab.experiments.store import read_json
+    from ticketlab.io import read_json
 
     runs = [read_json(p) for p in sorted(run_dir.glob("*-seed*/results.json"))]
     masks = [read_json(p) for p in sorted(run_dir.glob("importance-seed*/masks.json"))]

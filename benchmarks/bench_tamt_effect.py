@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     from ticketlab.experiments.grid import GridRunner, GridSpec
-    from ticketlab.experiments.report import write_report
+    from ticketlab.reports.report import write_report
 
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()  # as the CLI does: no load report per cell

@@ -41,10 +41,11 @@ def tiny_world(out: Path) -> tuple[str, str]:
 def main() -> None:
     import torch
 
-    from ticketlab.experiments.imp import ImpSpec, level_name, run_imp_on_task
+    from ticketlab.experiments.imp import ImpSpec, level_name
+    from ticketlab.experiments.imp_dispatch import run_imp_on_task
     from ticketlab.experiments.imp_mlm import MlmRecipe, load_mlm_text
     from ticketlab.experiments.pretrain_loss import pretraining_losses
-    from ticketlab.experiments.store import read_json, write_json
+    from ticketlab.io import read_json, write_json
     from ticketlab.masks import apply_mask, load_mask
     from ticketlab.models import load_encoder, load_tokenizer
     from ticketlab.models.mlm_head import load_mlm_head, word_embeddings

@@ -3,7 +3,8 @@
 import json
 
 from tests.glue_fixtures import one_thread  # noqa: F401 (autouse fixture)
-from ticketlab.experiments.demo import DemoSettings, run, verdict
+from ticketlab.experiments.demo import DemoSettings, verdict
+from ticketlab.reports.demo import run
 
 
 def test_demo_runs_end_to_end_at_toy_size(tmp_path):

@@ -12,12 +12,13 @@ from ticketlab.cli import main
 from ticketlab.data.synthetic import build_tokenizer, pretraining_corpus
 from ticketlab.data.text import load_text_blocks
 from ticketlab.errors import TicketlabError
-from ticketlab.experiments.imp import ImpSpec, level_name, run_imp_on_task
+from ticketlab.experiments.imp import ImpSpec, level_name
+from ticketlab.experiments.imp_dispatch import run_imp_on_task
 from ticketlab.experiments.imp_mlm import MlmRecipe
-from ticketlab.experiments.report import write_report
-from ticketlab.experiments.store import read_json
+from ticketlab.io import read_json
 from ticketlab.masks import load_mask
 from ticketlab.models.tiny import tiny_model
+from ticketlab.reports.report import write_report
 from ticketlab.training import loop
 from ticketlab.training.objectives import MlmMasking
 

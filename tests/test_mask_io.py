@@ -106,7 +106,7 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     import os
     import stat
 
-    from ticketlab.experiments.store import write_json
+    from ticketlab.io import write_json
 
     path = save_mask(UnstructuredMask({"w": torch.ones(4, dtype=torch.bool)}), tmp_path / "m.safetensors")
     write_json(tmp_path / "r.json", {"a": 1})

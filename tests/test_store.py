@@ -5,7 +5,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from ticketlab.errors import TicketlabError
-from ticketlab.experiments.store import RunDirectory, non_default_fields, read_json, spec_hash
+from ticketlab.experiments.store import RunDirectory, non_default_fields, spec_hash
+from ticketlab.io import read_json
 
 
 @dataclass

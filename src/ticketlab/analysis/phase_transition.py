@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ticketlab.errors import TicketlabError
-from ticketlab.masks.io import atomic_write
+from ticketlab.io import atomic_write
 
 KIND_STYLES = {"winning": ("tab:green", "o"), "random": ("tab:blue", "s"), "losing": ("tab:red", "v")}
 

@@ -29,7 +29,7 @@ import torch
 from scipy import stats
 
 from ticketlab.errors import TicketlabError
-from ticketlab.masks.io import atomic_write
+from ticketlab.io import atomic_write
 from ticketlab.masks.structured import StructuredMask
 
 

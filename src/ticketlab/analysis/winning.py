@@ -106,7 +106,7 @@ def ticket_stability(
 
 def load_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], list[Any]]:
     """A finished all-winning run's ``results.json`` and its tickets (one per seed)."""
-    from ticketlab.experiments.store import read_json
+    from ticketlab.io import read_json
     from ticketlab.masks.io import load_mask
 
     path = Path(run_dir) / "results.json"
@@ -298,8 +298,7 @@ def write_run_report(
 ) -> dict[str, str]:
     """``report.md``, ``report.json``, ``subnetworks.png``, ``pruning.png`` and (structured tickets
     of two or more seeds) ``survival.png`` under ``out_dir``; returns their paths."""
-    from ticketlab.experiments.store import write_json
-    from ticketlab.masks.io import atomic_write
+    from ticketlab.io import atomic_write, write_json
     from ticketlab.training.metrics import json_safe
 
     out = Path(out_dir)
@@ -363,8 +362,7 @@ def write_combined_report(
     comparison plot, the table of every run, survival heat-maps and stability per run and over all
     structured tickets of the same shape (every task and seed a rater; super-survivors are kept by
     all). Returns the report's JSON data (also written to ``report.json``)."""
-    from ticketlab.experiments.store import write_json
-    from ticketlab.masks.io import atomic_write
+    from ticketlab.io import atomic_write, write_json
     from ticketlab.training.metrics import json_safe
 
     if not runs:

@@ -22,7 +22,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from ticketlab.experiments.demo import run
+    from ticketlab.reports.demo import run
 
     run(Path(args.out), seed=args.seed, echo=print)
     return 0

@@ -98,7 +98,8 @@ def recipe_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def run_imp_command(args: argparse.Namespace) -> int:
     from ticketlab.errors import TicketlabError
     from ticketlab.experiments.finetune import FinetuneSpec
-    from ticketlab.experiments.imp import MLM_TASK, ImpSpec, run_imp_on_task
+    from ticketlab.experiments.imp import MLM_TASK, ImpSpec
+    from ticketlab.experiments.imp_dispatch import run_imp_on_task
     from ticketlab.experiments.imp_mlm import MlmRecipe
 
     finetune_flags = _recipe_flags(FinetuneSpec, _NOT_RECIPE)

@@ -43,7 +43,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 def run_grid_command(args: argparse.Namespace) -> int:
     from ticketlab.experiments.grid import GridRunner, GridSpec
-    from ticketlab.experiments.report import write_report
+    from ticketlab.reports.report import write_report
 
     spec = GridSpec.from_file(args.spec)
     echo = (lambda _: None) if args.quiet or args.json else print
@@ -59,7 +59,7 @@ def run_grid_command(args: argparse.Namespace) -> int:
 
 
 def run_report_command(args: argparse.Namespace) -> int:
-    from ticketlab.experiments.report import write_report
+    from ticketlab.reports.report import write_report
 
     summary = write_report(args.runs, args.out)
     if args.json:

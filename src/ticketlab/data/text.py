@@ -202,7 +202,7 @@ def blocks_from_lines(
     """Tokenise and pack ``lines``; reuse a cached result for the same text, tokenizer and packing."""
     from safetensors.torch import load_file, save_file
 
-    from ticketlab.masks.io import atomic_write
+    from ticketlab.io import atomic_write
 
     if max_sequences is not None and max_sequences < 1:
         raise TicketlabError(f"max sequences must be at least 1, got {max_sequences}")

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ticketlab.experiments.store import read_json, write_json
+from ticketlab.io import write_json
 
 
 @dataclass
@@ -164,16 +164,18 @@ def verdict(summary: dict[str, Any], sparsity: float) -> list[dict[str, Any]]:
     return rows
 
 
-def run(
+def run_grid(
     out: Path, seed: int = 0, echo: Callable[[str], None] = print, settings: DemoSettings | None = None
-) -> dict:
-    """Run the demo into ``out`` (resumable) and return its summary."""
+) -> tuple[Path, dict, Path]:
+    """Pre-train the tiny model and run the demo's grid into ``out`` (resumable).
+
+    Returns the grid's run directory, its summary and the pre-trained model's folder; the report
+    and the verdict are written by ``ticketlab.reports.demo.run``, the layer above.
+    """
     from ticketlab.data.synthetic import write_glue_tasks
     from ticketlab.experiments.grid import GridRunner, GridSpec
-    from ticketlab.experiments.report import write_report
 
     settings = settings or DemoSettings()
-    started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     # A model this small runs fastest on one thread (more threads only add synchronisation).
     torch.set_num_threads(1)
@@ -201,36 +203,4 @@ def run(
     )
     runner = GridRunner(spec, out / "grid", cache_dir=str(out / "cache"), quiet=True, echo=lambda _: None)
     summary = runner.run_all()
-    report = write_report([runner.root], out / "report")
-    echo((out / "report" / "results.md").read_text())
-    top = max(settings.sparsities)
-    rows = verdict(summary, top)
-    for row in rows:
-        if row["magnitude_wins"] is None:
-            outcome = "no verdict: the full model stayed at chance on this task"
-        elif row["magnitude_wins"]:
-            outcome = "magnitude wins (the gap is larger than the seeds' spread)"
-        else:
-            outcome = "no clear difference (the gap is within the seeds' spread)"
-        echo(
-            f"{row['task']} at {top:.0%} sparsity: {row['method']} {row['magnitude']:.3f} vs random "
-            f"{row['random']:.3f} ({row['metric']}; full model {row['full']:.3f}) -> {outcome}"
-        )
-    judged = [r for r in rows if r["magnitude_wins"] is not None]
-    wins = sum(bool(r["magnitude_wins"]) for r in judged)
-    echo(
-        f"magnitude tickets beat random ones in {wins} of {len(judged)} comparisons at {top:.0%} sparsity "
-        "on the tasks the full model learned"
-    )
-    for path in report["files"]:
-        if path.endswith(".png"):
-            echo(f"plot written to {path}")
-    result = {
-        "verdict": rows,
-        "report": report["files"],
-        "seconds": time.perf_counter() - started,
-        "pretraining": read_json(model_dir / "pretraining.json"),
-    }
-    write_json(out / "demo.json", result)
-    echo(f"demo finished in {result['seconds']:.0f}s; everything is in {out}")
-    return result
+    return runner.root, summary, model_dir

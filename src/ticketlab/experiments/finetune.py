@@ -30,7 +30,7 @@ from typing import Any
 from ticketlab.data.cache import file_sha256
 from ticketlab.data.subset import subset_indices
 from ticketlab.errors import TicketlabError
-from ticketlab.masks.io import atomic_write
+from ticketlab.io import atomic_write
 from ticketlab.training.metrics import json_safe
 
 log = logging.getLogger(__name__)
@@ -331,7 +331,7 @@ def save_trained_model(model: Any, tokenizer: Any, path: Path) -> Path:
     """Save ``model`` (safetensors) and ``tokenizer`` into the folder ``path``, atomically."""
     from transformers.utils import logging as hf_logging
 
-    from ticketlab.experiments.store import write_directory
+    from ticketlab.io import write_directory
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # its one-shard "writing" bar is noise (and ignores --quiet)

@@ -50,14 +50,9 @@ from ticketlab.analysis.pretrain_correlation import TicketLoss
 from ticketlab.errors import TicketlabError
 from ticketlab.experiments.imp import MLM_TASK, ImpSpec, level_name
 from ticketlab.experiments.pretrain_loss import PretrainLossSettings
-from ticketlab.experiments.store import (
-    RunDirectory,
-    read_json,
-    settings_from_dict,
-    write_directory,
-    write_json,
-)
+from ticketlab.experiments.store import RunDirectory, settings_from_dict
 from ticketlab.experiments.tamt import TamtSettings, TamtSpec
+from ticketlab.io import read_json, write_directory, write_json
 from ticketlab.pruning import validate_sparsity
 from ticketlab.pruning.structured import DEFAULT_FFN_RATIO
 
@@ -608,7 +603,7 @@ class GridRunner:
         return path
 
     def imp_run(self, task: str, seed: int) -> Path:
-        from ticketlab.experiments.imp import run_imp_on_task
+        from ticketlab.experiments.imp_dispatch import run_imp_on_task
 
         out = self.root / "imp" / task / f"seed{seed}"
         spec = imp_spec_for(self.spec, task, seed)

@@ -25,7 +25,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ticketlab.errors import TicketlabError
-from ticketlab.experiments.store import RunDirectory, read_json, write_json
+from ticketlab.experiments.store import RunDirectory
+from ticketlab.io import read_json, write_json
 from ticketlab.masks import UnstructuredMask, load_mask, save_mask
 from ticketlab.models.adapters import EncoderAdapter
 from ticketlab.pruning import prune, validate_sparsity
@@ -251,24 +252,3 @@ def finetune_functions(
         return run_finetune(spec, out, model=prepared, mask=mask, cache_dir=cache_dir, quiet=quiet)
 
     return build_model, train
-
-
-def run_imp_on_task(
-    spec: ImpSpec,
-    out: str | Path,
-    *,
-    cache_dir: str | None = None,
-    quiet: bool = False,
-    echo: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """IMP on a GLUE task or SQuAD with ticketlab's fine-tuning, or on MLM (``ticketlab imp``)."""
-    spec.validate()
-    if spec.task == MLM_TASK:
-        from ticketlab.experiments.imp_mlm import run_imp_on_mlm
-
-        return run_imp_on_mlm(spec, out, cache_dir=cache_dir, quiet=quiet, echo=echo)
-    check_recipe(spec.recipe)
-    build_model, train = finetune_functions(
-        spec.model, spec.task, spec.data_dir, spec.recipe, seed=spec.seed, cache_dir=cache_dir, quiet=quiet
-    )
-    return run_imp(spec, out, build_model, train, echo=echo)

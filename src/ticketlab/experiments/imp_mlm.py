@@ -47,8 +47,9 @@ from ticketlab.data.text import (
 )
 from ticketlab.errors import TicketlabError
 from ticketlab.experiments.imp import MLM_TASK, ImpSpec, TrainFunction, level_name, run_imp
-from ticketlab.experiments.store import RunDirectory, read_json
+from ticketlab.experiments.store import RunDirectory
 from ticketlab.experiments.tamt import BatchOrder
+from ticketlab.io import read_json
 from ticketlab.masks import UnstructuredMask
 from ticketlab.models.mlm_head import EncoderWithMlmHead
 from ticketlab.training import loop

@@ -102,7 +102,7 @@ class FinetunedModel:
 def locate_finetuned(name_or_path: str) -> FinetunedModel:
     """A model directory or hub id as it is; a fine-tuning run directory by its ``model/`` folder."""
     from ticketlab.experiments.finetune import MODEL_DIR, RESULTS_FILE, SPEC_FILE
-    from ticketlab.experiments.store import read_json
+    from ticketlab.io import read_json
 
     root = Path(name_or_path)
     if not (root / RESULTS_FILE).is_file() or (root / "config.json").exists():

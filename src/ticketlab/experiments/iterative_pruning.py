@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ticketlab.errors import TicketlabError
-from ticketlab.experiments.store import RunDirectory, read_json, write_json
+from ticketlab.experiments.store import RunDirectory
+from ticketlab.io import read_json, write_json
 from ticketlab.masks.io import Mask, load_mask, save_mask
 from ticketlab.masks.structured import StructuredMask
 from ticketlab.masks.unstructured import UnstructuredMask

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from ticketlab.errors import MaskMismatchError, TicketlabError
-from ticketlab.experiments.store import RunDirectory, read_json, write_json
+from ticketlab.experiments.store import RunDirectory
+from ticketlab.io import read_json, write_json
 from ticketlab.masks import StructuredGates, StructuredMask, load_mask
 from ticketlab.training.metrics import json_safe
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from ticketlab import __version__
 from ticketlab.errors import TicketlabError
-from ticketlab.masks.io import atomic_write
+from ticketlab.io import read_json, write_json
 
 DONE = "DONE"
 T = TypeVar("T")
@@ -141,41 +141,6 @@ def versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
     }
-
-
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON atomically: a temporary file renamed into place."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-
-    atomic_write(path, write)
-
-
-def write_directory(path: str | os.PathLike, body: Callable[[Path], T]) -> T:
-    """Fill the folder ``path`` atomically: ``body(tmp)`` writes into a temporary folder beside it,
-    which then replaces ``path`` (a folder left half-written by a killed run included)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        result = body(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return result
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as error:
-        raise TicketlabError(f"{path} is not valid JSON ({error})") from error
 
 
 def _record_versions(path: Path) -> None:

@@ -33,7 +33,8 @@ import numpy as np
 
 from ticketlab.errors import TicketlabError
 from ticketlab.experiments.importance import ImportanceOptions
-from ticketlab.experiments.store import RunDirectory, read_json, write_json
+from ticketlab.experiments.store import RunDirectory
+from ticketlab.io import read_json, write_json
 from ticketlab.pruning.structured import (
     DEFAULT_FFN_RATIO,
     DEFAULT_LEVELS,

@@ -31,7 +31,8 @@ from torch import nn
 from ticketlab.data.text import DEFAULT_DATASET, DEFAULT_DATASET_CONFIG, TextBlocks
 from ticketlab.errors import TicketlabError
 from ticketlab.experiments.pretrain_loss import load_spec_text
-from ticketlab.masks.io import atomic_write, save_mask
+from ticketlab.io import atomic_write
+from ticketlab.masks.io import save_mask
 from ticketlab.masks.provenance import Provenance
 from ticketlab.models.mlm_head import MlmHead, head_from_checkpoint, word_embeddings
 from ticketlab.pruning import prune, validate_sparsity

@@ -43,8 +43,9 @@ from ticketlab.experiments.iterative_pruning import (
     PruningTrace,
     iterative_pruning,
 )
-from ticketlab.experiments.store import RunDirectory, read_json, spec_to_dict, write_json
+from ticketlab.experiments.store import RunDirectory, spec_to_dict
 from ticketlab.experiments.task_probe import TaskProbe
+from ticketlab.io import read_json, write_json
 from ticketlab.masks import StructuredMask, UnstructuredMask, apply_structured_mask, load_mask, save_mask
 from ticketlab.pruning.importance import IMPORTANCE_VARIANTS, NORMALIZATIONS
 from ticketlab.pruning.structured import DEFAULT_FFN_RATIO, good_random_bad
@@ -349,8 +350,8 @@ def level_subnetworks(
     good mask's dev metric before retraining); returns what ``masks.json`` holds.
     """
     from ticketlab.experiments.iterative_pruning import MASK_FILE, TargetSchedule, step_name
-    from ticketlab.experiments.store import write_directory
     from ticketlab.experiments.super_tickets import MASKS_SUMMARY, mask_file_name
+    from ticketlab.io import write_directory
     from ticketlab.pruning.structured import kept_weight_fraction, level_steps, structured_levels
 
     adapter = probe.adapter

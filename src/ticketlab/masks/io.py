@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from safetensors.torch import save_file
 
 from ticketlab import __version__
 from ticketlab.errors import MaskFormatError
+from ticketlab.io import atomic_write
 from ticketlab.masks.provenance import Provenance, TensorInfo
 from ticketlab.masks.structured import StructuredMask
 from ticketlab.masks.unstructured import UnstructuredMask
@@ -72,32 +72,6 @@ def header_of(mask: Mask) -> dict[str, Any]:
         "provenance": mask.provenance.to_dict(),
         "ticketlab_version": __version__,
     }
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)`` and move the result to ``path`` only when it finished."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp makes the file private (0600); give it the mode any other new file would get.
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_mask(mask: Mask, path: str | os.PathLike) -> Path:

@@ -184,7 +184,7 @@ def save_mlm_head(head: MlmHead, directory: str | os.PathLike, info: dict[str, A
     """Write ``head`` (safetensors, atomically) with ``info`` (how it was built) in its header."""
     from safetensors.torch import save_file
 
-    from ticketlab.masks.io import atomic_write
+    from ticketlab.io import atomic_write
 
     path = Path(directory) / HEAD_FILE
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}

@@ -33,8 +33,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ticketlab.errors import TicketlabError
+from ticketlab.io import atomic_write
 from ticketlab.masks.gates import StructuredGates
-from ticketlab.masks.io import atomic_write
 from ticketlab.masks.structured import StructuredMask
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from ticketlab.data.glue import GLUE_TASKS, glue_task
 from ticketlab.data.glue_features import tokenized_glue_split
-from ticketlab.masks.io import atomic_write
+from ticketlab.io import atomic_write
 from ticketlab.training.metrics import accuracy, compute_metrics
 from ticketlab.training.predict import gather_outputs
 from ticketlab.training.tasks import DataOptions, SplitPredictions, Task, register_task

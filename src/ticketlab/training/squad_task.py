@@ -52,7 +52,7 @@ from ticketlab.data.squad_features import (
     prepare_train_features,
     squad_collator,
 )
-from ticketlab.masks.io import atomic_write
+from ticketlab.io import atomic_write
 from ticketlab.training.squad_metrics import compute_squad_metrics
 from ticketlab.training.squad_postprocess import MAX_ANSWER_LENGTH, N_BEST, postprocess_predictions
 

@@ -19,7 +19,7 @@ from ticketlab.analysis.aggregate import (
 )
 from ticketlab.analysis.pretrain_correlation import TicketLoss
 from ticketlab.errors import TicketlabError
-from ticketlab.experiments.store import read_json, write_json
+from ticketlab.io import read_json, write_json
 
 
 def _finetune_record(path: Path, results: dict[str, Any]) -> ResultRecord:
