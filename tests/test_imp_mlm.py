@@ -143,7 +143,7 @@ def test_a_kill_inside_a_level_resumes_to_bit_identical_masks(world, tmp_path, m
     monkeypatch.setattr(loop, "train", HeadRecorder(crash_at_call=1, crash_at_step=5))
     with pytest.raises(KeyboardInterrupt):
         run_imp_on_task(world["spec"], out, quiet=True, echo=lambda _: None)
-    assert not (out / level_name(1)).exists() and list(out.glob(f".{level_name(1)}.*.tmp"))
+    assert not (out / level_name(1)).exists() and not list(out.glob(f".{level_name(1)}.*"))
     monkeypatch.setattr(loop, "train", HeadRecorder())
     summary = run_imp_on_task(world["spec"], out, quiet=True, echo=lambda _: None)
     for index in (1, 2):

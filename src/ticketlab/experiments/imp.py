@@ -118,6 +118,16 @@ def search_cost(level_results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def level_files(index: int, num_levels: int) -> list[str]:
+    """The files IMP level ``index`` (of ``num_levels``, level 0 the full model) must hold."""
+    files = ["results.json", "trained_head.safetensors"]
+    if index > 0:
+        files.append("mask.safetensors")
+    if index + 1 < num_levels:
+        files.append("next_mask.safetensors")
+    return files
+
+
 def run_imp(
     spec: ImpSpec,
     out: str | Path,
@@ -138,13 +148,11 @@ def run_imp(
     sparsities = [0.0] + list(spec.levels)
     for index, target in enumerate(sparsities):
         name = level_name(index)
-        if run.is_done(name):
-            continue
         previous = run.step_path(level_name(index - 1)) if index else None
-        mask = load_mask(previous / "next_mask.safetensors") if previous else None
         started = time.time()
 
-        def level(tmp: Path, index=index, target=target, mask=mask, previous=previous) -> None:
+        def level(tmp: Path, index=index, previous=previous) -> bool:
+            mask = load_mask(previous / "next_mask.safetensors") if previous else None
             model = build_model()  # pre-trained weights: the rewind
             adapter = EncoderAdapter(model)
             if previous is not None and spec.head == "keep":
@@ -186,9 +194,15 @@ def run_imp(
                 }
                 save_mask(next_mask, tmp / "next_mask.safetensors")
             write_json(tmp / "results.json", results)
+            return True
 
-        run.run_step(name, level)
-        echo(f"IMP {spec.task}: level {index} (sparsity {target:.0%}) done in {time.time() - started:.0f}s")
+        computed = run.run_step(
+            name, level, load=lambda _: False, required=level_files(index, len(sparsities))
+        )
+        if computed:
+            echo(
+                f"IMP {spec.task}: level {index} (sparsity {target:.0%}) done in {time.time() - started:.0f}s"
+            )
     summary = {
         "task": spec.task,
         "levels": [read_json(run.step_path(level_name(i)) / "results.json") for i in range(len(sparsities))],

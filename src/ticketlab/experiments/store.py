@@ -1,9 +1,9 @@
 """The run store: content-addressed run directories whose steps skip themselves when done.
 
 A run directory is named from a hash of its spec's non-default fields (OpenLTH's idea), so the
-same experiment always lands in the same place and a changed one never overwrites it. Inside, each
-step writes into a temporary folder and renames it when finished; a folder without its ``DONE``
-marker is a half-finished step and is redone on the next run.
+same experiment always lands in the same place and a changed one never overwrites it. Its steps
+follow the step protocol of ``experiments/steps.py``: claimed, written into the claimer's temporary
+folder, published by one rename; any number of processes may share the directory.
 """
 
 from __future__ import annotations
@@ -13,19 +13,17 @@ import hashlib
 import json
 import os
 import platform
-import shutil
-import tempfile
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ticketlab import __version__
 from ticketlab.errors import TicketlabError
+from ticketlab.experiments.steps import StepStore
 from ticketlab.io import read_json, write_json
 
-DONE = "DONE"
 T = TypeVar("T")
 
 
@@ -201,29 +199,33 @@ class RunDirectory:
         return cls.open(spec, Path(root) / f"{prefix}_{spec_hash(spec)}")
 
     # -- steps ----------------------------------------------------------------------------------
+    @property
+    def steps(self) -> StepStore:
+        """The step protocol of this run (claims, temporary folders, publication by rename)."""
+        return StepStore(self.path)
+
     def step_path(self, name: str) -> Path:
         return self.path / name
 
     def is_done(self, name: str) -> bool:
-        return (self.step_path(name) / DONE).exists()
+        return self.steps.is_done(name)
 
     def run_step(
-        self, name: str, body: Callable[[Path], T], load: Callable[[Path], T] | None = None
+        self,
+        name: str,
+        body: Callable[[Path], T],
+        load: Callable[[Path], T] | None = None,
+        *,
+        required: Iterable[str] = (),
     ) -> T | None:
-        """Run ``body(tmp_dir)`` unless step ``name`` is finished; then move ``tmp_dir`` into place.
+        """Run ``body(tmp_dir)`` as step ``name`` through the step protocol (``experiments/steps.py``).
 
-        A finished step is skipped (``load(step_dir)`` gives its result back when given). A
-        half-finished step (a leftover temporary folder) is discarded and redone.
+        A finished step is verified and skipped (``load(step_dir)`` gives its result back when
+        given); one that another live process computes is waited for; one left by a dead process
+        is taken over. ``required`` are the files the step must hold.
         """
-        final = self.step_path(name)
-        if self.is_done(name):
-            return load(final) if load else None
-        for leftover in self.path.glob(f".{name}.*.tmp"):
-            shutil.rmtree(leftover, ignore_errors=True)
-        if final.exists():  # a step folder without DONE: never finished
-            shutil.rmtree(final)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=self.path))
-        result = body(tmp)
-        (tmp / DONE).write_text("")
-        os.replace(tmp, final)
-        return result
+        return self.steps.run(name, body, load=load, required=required)
+
+    def redo(self, names: Iterable[str]) -> list[str]:
+        """Remove the finished steps ``names`` (``--redo``) so this run computes them again."""
+        return [name for name in names if self.steps.redo(name)]

@@ -1,0 +1,204 @@
+"""The step protocol: claims, takeover of dead or expired claims, publication, damage, redo."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict
+
+import pytest
+
+from ticketlab.errors import TicketlabError
+from ticketlab.experiments.steps import DONE, Owner, StepBusy, StepStore
+
+
+def write_file(name, text="bits"):
+    def body(tmp):
+        (tmp / name).write_text(text)
+        return text
+
+    return body
+
+
+def plant_claim(store, name, **fields):
+    """A claim file as another process would have written it."""
+    owner = Owner.me(store.lease_seconds)
+    owner = Owner(**{**asdict(owner), "token": "theirs", **fields})
+    store.root.mkdir(parents=True, exist_ok=True)
+    (store.root / f".{name}.claim").write_text(json.dumps(asdict(owner)))
+    tmp = store.root / f".{name}.theirs.tmp"
+    tmp.mkdir()
+    (tmp / ".owner.json").write_text(json.dumps(asdict(owner)))
+    (tmp / "partial.txt").write_text("half")
+    return tmp
+
+
+@pytest.fixture
+def dead_pid():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.fixture
+def live_process():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield child
+    child.kill()
+    child.wait()
+
+
+def test_a_step_is_published_whole_with_its_manifest(tmp_path):
+    store = StepStore(tmp_path)
+    assert store.run("a", write_file("mask.txt"), required=["mask.txt"]) == "bits"
+    manifest = json.loads((tmp_path / "a" / DONE).read_text())
+    assert manifest["files"] == {"mask.txt": 4}
+    assert manifest["published_by"]["pid"] == os.getpid()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".steps.lock", "a"]  # no claim, no tmp
+    # finished: skipped, the result loaded
+    assert (
+        store.run("a", write_file("mask.txt", "other"), load=lambda p: (p / "mask.txt").read_text()) == "bits"
+    )
+
+
+def test_a_step_without_its_required_files_is_not_published(tmp_path):
+    store = StepStore(tmp_path)
+    with pytest.raises(TicketlabError, match="finished without results.json"):
+        store.run("a", write_file("mask.txt"), required=["mask.txt", "results.json"])
+    assert not (tmp_path / "a").exists() and not list(tmp_path.glob(".a.*"))
+
+
+def test_a_live_claim_is_never_touched(tmp_path, live_process):
+    store = StepStore(tmp_path)
+    theirs = plant_claim(store, "a", pid=live_process.pid, start=None)
+    with pytest.raises(StepBusy, match=f"pid {live_process.pid}"):
+        store.run("a", write_file("mask.txt"), wait=False)
+    assert (theirs / "partial.txt").read_text() == "half"
+    assert json.loads((tmp_path / ".a.claim").read_text())["token"] == "theirs"
+
+
+def test_a_dead_owners_claim_and_folder_are_taken_over(tmp_path, dead_pid):
+    store = StepStore(tmp_path)
+    theirs = plant_claim(store, "a", pid=dead_pid)
+    assert store.run("a", write_file("mask.txt"), wait=False) == "bits"
+    assert not theirs.exists() and not (tmp_path / ".a.claim").exists()
+    assert (tmp_path / "a" / "mask.txt").read_text() == "bits"
+
+
+def test_a_claim_from_another_machine_is_taken_over_only_when_its_lease_expired(tmp_path):
+    store = StepStore(tmp_path)
+    theirs = plant_claim(store, "a", host="elsewhere", pid=1, lease_until=time.time() + 60)
+    with pytest.raises(StepBusy):
+        store.run("a", write_file("mask.txt"), wait=False)
+    plant_claim_expired = {"host": "elsewhere", "pid": 1, "lease_until": time.time() - 1}
+    (tmp_path / ".a.claim").write_text(
+        json.dumps({**json.loads((tmp_path / ".a.claim").read_text()), **plant_claim_expired})
+    )
+    assert store.run("a", write_file("mask.txt"), wait=False) == "bits"
+    # Its folder is left to it (it may still be alive): it finds its claim gone when it publishes.
+    assert theirs.exists()
+
+
+def test_an_unreadable_claim_counts_as_stale(tmp_path):
+    store = StepStore(tmp_path)
+    (tmp_path / ".a.claim").write_text('{"host": "half-writ')
+    assert store.run("a", write_file("mask.txt"), wait=False) == "bits"
+
+
+def test_a_second_thread_waits_and_shares_the_result(tmp_path):
+    store = StepStore(tmp_path, poll_seconds=0.05)
+    calls, results = [], []
+
+    def slow(tmp):
+        calls.append(1)
+        time.sleep(0.5)
+        (tmp / "mask.txt").write_text("first")
+        return "first"
+
+    load = lambda p: (p / "mask.txt").read_text()  # noqa: E731
+    worker = threading.Thread(target=lambda: results.append(store.run("a", slow, load=load)))
+    worker.start()
+    time.sleep(0.1)
+    results.append(store.run("a", slow, load=load))  # waits for the thread's claim
+    worker.join()
+    assert calls == [1] and sorted(results) == ["first", "first"]
+
+
+def test_the_lease_is_renewed_while_the_step_runs(tmp_path):
+    store = StepStore(tmp_path, lease_seconds=0.4)
+    seen = []
+
+    def body(tmp):
+        first = json.loads((tmp_path / ".a.claim").read_text())["lease_until"]
+        time.sleep(0.5)  # longer than the lease: without renewal it would have expired
+        later = json.loads((tmp_path / ".a.claim").read_text())["lease_until"]
+        seen.append((first, later))
+        (tmp / "x").write_text("x")
+
+    store.run("a", body)
+    ((first, later),) = seen
+    assert later > first and later > time.time() - 0.2
+
+
+def test_a_step_taken_over_while_it_ran_gives_way_to_the_other_result(tmp_path):
+    store = StepStore(tmp_path)
+
+    def body(tmp):
+        # Meanwhile another process judged our lease expired, took over and published.
+        (tmp_path / ".a.claim").unlink()
+        other = tmp_path / "a"
+        other.mkdir()
+        (other / "mask.txt").write_text("theirs")
+        (other / DONE).write_text(json.dumps({"files": {"mask.txt": 6}}))
+        (tmp / "mask.txt").write_text("mine")
+        return "mine"
+
+    assert store.run("a", body, load=lambda p: (p / "mask.txt").read_text()) == "theirs"
+    assert not list(tmp_path.glob(".a.*"))
+
+
+def test_a_damaged_step_names_itself_and_redo_recomputes_it(tmp_path):
+    store = StepStore(tmp_path)
+    store.run("level_02", write_file("mask.txt"))
+    (tmp_path / "level_02" / "mask.txt").write_text("")  # emptied after publication
+    with pytest.raises(
+        TicketlabError, match=r"step level_02 .* damaged: mask.txt has 0 bytes.*--redo level_02"
+    ):
+        store.run("level_02", write_file("mask.txt"))
+    (tmp_path / "level_02" / "mask.txt").unlink()
+    with pytest.raises(TicketlabError, match="mask.txt is missing"):
+        store.verify("level_02")
+    assert store.redo("level_02") and not store.redo("level_02")
+    assert store.run("level_02", write_file("mask.txt", "again")) == "again"
+
+
+def test_redo_refuses_a_step_a_live_process_computes(tmp_path, live_process):
+    store = StepStore(tmp_path)
+    store.run("a", write_file("mask.txt"))
+    plant_claim(store, "a", pid=live_process.pid, start=None)
+    with pytest.raises(TicketlabError, match="computing it now"):
+        store.redo("a")
+
+
+def test_legacy_steps_with_an_empty_marker_stay_valid_and_are_checked(tmp_path):
+    legacy = tmp_path / "level_01"
+    legacy.mkdir()
+    (legacy / DONE).write_text("")
+    (legacy / "results.json").write_text("{}")
+    store = StepStore(tmp_path)
+    assert (
+        store.run("level_01", write_file("x"), load=lambda p: "loaded", required=["results.json"]) == "loaded"
+    )
+    with pytest.raises(TicketlabError, match="mask.safetensors is missing"):
+        store.run("level_01", write_file("x"), required=["results.json", "mask.safetensors"])
+
+
+def test_owner_identity_tells_a_reused_pid_from_its_claimer(dead_pid):
+    me = Owner.me(60)
+    assert not me.is_stale() and me.host == socket.gethostname()
+    assert Owner(**{**asdict(me), "pid": dead_pid}).is_stale()
+    if me.start is not None:  # Linux: the same pid with another start time is another process
+        assert Owner(**{**asdict(me), "start": "0"}).is_stale()
