@@ -202,3 +202,37 @@ def test_owner_identity_tells_a_reused_pid_from_its_claimer(dead_pid):
     assert Owner(**{**asdict(me), "pid": dead_pid}).is_stale()
     if me.start is not None:  # Linux: the same pid with another start time is another process
         assert Owner(**{**asdict(me), "start": "0"}).is_stale()
+
+
+def test_a_file_step_is_claimed_and_renamed_into_place(tmp_path, live_process):
+    store = StepStore(tmp_path)
+    calls = []
+
+    def body(file):
+        calls.append(file.name)
+        file.write_text("mask")
+        return "made"
+
+    assert store.run_file("omp-0.50.safetensors", body) == "made"
+    assert store.run_file("omp-0.50.safetensors", body, load=lambda p: p.read_text()) == "mask"
+    assert calls == ["omp-0.50.safetensors"] and not list(tmp_path.glob(".omp*"))
+    plant_claim(store, "rnd.safetensors", pid=live_process.pid, start=None)
+    with pytest.raises(StepBusy):
+        store.run_file("rnd.safetensors", body, wait=False)
+    with pytest.raises(TicketlabError, match="without writing its file"):
+        store.run_file("other.safetensors", lambda file: None)
+
+
+def test_a_finished_folder_from_before_the_protocol_is_adopted(tmp_path):
+    legacy = tmp_path / "omp-0.50-seed0"
+    legacy.mkdir()
+    (legacy / "results.json").write_text("{}")
+    half = tmp_path / "omp-0.70-seed0"
+    half.mkdir()
+    (half / "log.jsonl").write_text("half")
+    store = StepStore(tmp_path)
+    finished = lambda folder: (folder / "results.json").is_file()  # noqa: E731
+    assert store.run("omp-0.50-seed0", write_file("results.json", "new"), adopt=finished) is None
+    assert (legacy / "results.json").read_text() == "{}" and store.is_done("omp-0.50-seed0")
+    assert store.run("omp-0.70-seed0", write_file("results.json", "new"), adopt=finished) == "new"
+    assert sorted(p.name for p in half.iterdir()) == ["DONE", "results.json"]

@@ -66,6 +66,12 @@ class ImpSpec:
     )
 
     run_prefix = "imp"
+    # More levels on top of the finished ones: the run grows (its last level is redone to prune
+    # for the next one); any other change of levels is another run.
+    growable_fields = ("levels",)
+
+    def grows_from(self, recorded: ImpSpec) -> bool:
+        return list(self.levels[: len(recorded.levels)]) == list(recorded.levels)
 
     def validate(self) -> None:
         if not self.levels:
@@ -150,6 +156,14 @@ def run_imp(
         name = level_name(index)
         previous = run.step_path(level_name(index - 1)) if index else None
         started = time.time()
+        required = level_files(index, len(sparsities))
+        if (
+            run.is_done(name)
+            and not (run.step_path(name) / "next_mask.safetensors").exists()
+            and ("next_mask.safetensors" in required)
+        ):
+            echo(f"IMP {spec.task}: level {index} was the last level; redone to prune for the levels added")
+            run.steps.redo(name)
 
         def level(tmp: Path, index=index, previous=previous) -> bool:
             mask = load_mask(previous / "next_mask.safetensors") if previous else None

@@ -156,6 +156,8 @@ class StepStore:
 
     # -- where things are ----------------------------------------------------------------------
     def path(self, name: str) -> Path:
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"a step name is one plain file name, not {name!r} (a store per folder)")
         return self.root / name
 
     def _claim_path(self, name: str) -> Path:
@@ -247,43 +249,108 @@ class StepStore:
         load: Callable[[Path], T] | None = None,
         required: Iterable[str] = (),
         wait: bool = True,
+        adopt: Callable[[Path], bool] | None = None,
     ) -> T | None:
         """Compute step ``name`` with ``body(tmp_dir)`` unless it is finished; publish it.
 
         A finished step is verified and skipped (``load(step_dir)`` gives its result back when
         given). A step another live process holds is waited for (or ``StepBusy`` is raised when
         ``wait`` is False). ``required`` names the files the step must hold: publishing without
-        one is an error, and a finished step without one is reported as damaged.
+        one is an error, and a finished step without one is reported as damaged. ``adopt(folder)``
+        tells a finished folder written before the step protocol (no ``DONE``) from a half-written
+        one: an adopted folder gets its marker and counts as finished.
         """
         required = tuple(required)
-        announced = False
         while True:
-            if self.is_done(name):
+            claim = self._claim_unless_done(name, wait, lambda: self._folder_done(name, adopt))
+            if claim is None:
                 self.verify(name, required)
                 return load(self.path(name)) if load else None
-            claim = self._try_claim(name)
+            published, result = self._compute(name, claim, body, required)
+            if published:
+                return result
+            # Our lease ran out and another process took the step over: its result stands.
+            log.warning("step %s was taken over while this process computed it; using its result", name)
+
+    def run_file(
+        self,
+        name: str,
+        body: Callable[[Path], T],
+        *,
+        load: Callable[[Path], T] | None = None,
+        wait: bool = True,
+    ) -> T | None:
+        """A step whose output is one file ``name`` (a mask, a JSON record) rather than a folder:
+        ``body(tmp_file)`` writes it, and it is renamed into place. Claimed like any step, so two
+        processes never compute the same file at once."""
+        final = self.path(name)
+        while True:
+            claim = self._claim_unless_done(name, wait, final.is_file)
+            if claim is None:
+                return load(final) if load else None
+            tmp = self._tmp_path(name, claim.owner.token)
+            published = False
+            tmp.mkdir(parents=True, exist_ok=True)
+            _write_owner_note(tmp, claim.owner)
+            claim.start_heartbeat()
+            try:
+                result = body(tmp / final.name)
+                if not (tmp / final.name).is_file():
+                    raise TicketlabError(f"step {name} finished without writing its file (not published)")
+                with self._locked():
+                    owner = self.owner_of(name)
+                    if owner is not None and owner.token == claim.owner.token:
+                        final.parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(tmp / final.name, final)
+                        self._claim_path(name).unlink(missing_ok=True)
+                        claim.released = published = True
+            finally:
+                claim.stop_heartbeat()
+                shutil.rmtree(tmp, ignore_errors=True)
+                claim.release()
+            if published:
+                return result
+            log.warning("step %s was taken over while this process computed it; using its result", name)
+
+    def _folder_done(self, name: str, adopt: Callable[[Path], bool] | None) -> bool:
+        if self.is_done(name):
+            return True
+        folder = self.path(name)
+        if adopt is None or not folder.is_dir() or not adopt(folder):
+            return False
+        with self._locked():
+            if not self.is_done(name):
+                files = {
+                    str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()
+                }
+                manifest = {"format": MANIFEST_FORMAT, "files": files, "adopted": time.time()}
+                atomic_write(folder / DONE, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
+        return True
+
+    def _claim_unless_done(self, name: str, wait: bool, done: Callable[[], bool]) -> _Claim | None:
+        """Our claim on ``name``; None once it is finished (by anyone). Waits while a live process
+        holds it (``StepBusy`` when ``wait`` is False)."""
+        announced = False
+        while True:
+            if done():
+                return None
+            claim = self._try_claim(name, done)
             if claim is not None:
-                break
+                return claim
             owner = self.owner_of(name)
             if owner is None:
-                continue  # released between our look and now: look again
+                continue  # finished or released between our look and now: look again
             if not wait:
                 raise StepBusy(name, owner)
             if not announced:
                 log.info("waiting for step %s: %s is computing it", name, owner.describe())
                 announced = True
             time.sleep(self.poll_seconds)
-        published, result = self._compute(name, claim, body, required)
-        if published:
-            return result
-        # Our lease ran out and another process took the step over: its result stands.
-        log.warning("step %s was taken over while this process computed it; using the other result", name)
-        return self.run(name, body, load=load, required=required, wait=wait)
 
-    def _try_claim(self, name: str) -> _Claim | None:
+    def _try_claim(self, name: str, done: Callable[[], bool]) -> _Claim | None:
         """Our claim on ``name``, or None if a live process holds it or it is finished."""
         with self._locked():
-            if self.is_done(name):
+            if done():
                 return None
             claim_path = self._claim_path(name)
             owner = self.owner_of(name)

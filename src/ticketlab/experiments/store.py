@@ -154,11 +154,34 @@ def _record_versions(path: Path) -> None:
         write_json(path, {**recorded, "resumed_with": [*recorded.get("resumed_with", []), current]})
 
 
+def _growth_of(spec: Any, found: dict[str, Any]) -> str | None:
+    """Whether ``spec`` is the recorded run ``found`` grown (more seeds, tasks, levels, ...): the
+    same in every field but the spec class's ``growable_fields``, and accepted by its
+    ``grows_from(recorded)`` check when it has one. Returns the recorded hash, or None."""
+    growable = getattr(type(spec), "growable_fields", ())
+    if not growable or found.get("kind") != type(spec).__name__:
+        return None
+    try:
+        recorded = type(spec)(**found.get("spec", {}))
+    except (TypeError, TicketlabError):
+        return None
+    fixed = {k: v for k, v in non_default_fields(spec).items() if k not in growable}
+    fixed_before = {k: v for k, v in non_default_fields(recorded).items() if k not in growable}
+    if fixed != fixed_before:
+        return None
+    check = getattr(spec, "grows_from", None)
+    if check is not None and not check(recorded):
+        return None
+    return found.get("hash")
+
+
 class RunDirectory:
     """One run: ``spec.json``, ``versions.json``, and step folders that appear only when finished.
 
     ``RunDirectory.open(spec, out)`` uses ``out`` as the run directory. If it already holds a
-    different spec, it refuses rather than mixing two experiments.
+    different spec, it refuses rather than mixing two experiments, unless the spec class declares
+    the difference a growth (``growable_fields``: a grid with more seeds, IMP with more levels),
+    in which case every finished step stands and ``spec.json`` records what it grew from.
     """
 
     def __init__(self, path: Path, spec: Any):
@@ -172,22 +195,28 @@ class RunDirectory:
             raise TicketlabError(f"{path} exists and is not a directory")
         spec_file = path / "spec.json"
         wanted = {"kind": type(spec).__name__, "hash": spec_hash(spec), "spec": spec_to_dict(spec)}
+        grown = None
         if spec_file.exists():
             found = read_json(spec_file)
             if found.get("hash") != wanted["hash"] or found.get("kind") != wanted["kind"]:
-                differing = sorted(
-                    k
-                    for k in set(found.get("spec", {})) | set(wanted["spec"])
-                    if found.get("spec", {}).get(k) != wanted["spec"].get(k)
-                )
-                raise TicketlabError(
-                    f"{path} holds a different {found.get('kind', 'run')} (fields that differ: "
-                    f"{', '.join(differing) or 'kind'}); choose another --out or remove it"
-                )
+                grown = _growth_of(spec, found)
+                if grown is None:
+                    differing = sorted(
+                        k
+                        for k in set(found.get("spec", {})) | set(wanted["spec"])
+                        if found.get("spec", {}).get(k) != wanted["spec"].get(k)
+                    )
+                    raise TicketlabError(
+                        f"{path} holds a different {found.get('kind', 'run')} (fields that differ: "
+                        f"{', '.join(differing) or 'kind'}); choose another --out or remove it"
+                    )
         elif path.exists() and any(p for p in path.iterdir() if not p.name.startswith(".")):
             raise TicketlabError(f"{path} is not empty and holds no spec.json: not a ticketlab run directory")
         path.mkdir(parents=True, exist_ok=True)
-        if not spec_file.exists():
+        if grown is not None:  # the same run, grown: its finished steps all stand
+            history = [*found.get("grown_from", []), {"hash": found["hash"], "spec": found["spec"]}]
+            write_json(spec_file, {**wanted, "grown_from": history})
+        elif not spec_file.exists():
             write_json(spec_file, wanted)
         _record_versions(path / "versions.json")
         return cls(path, spec)

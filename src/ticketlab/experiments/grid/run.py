@@ -1,0 +1,345 @@
+"""Running a grid: every ticket and cell, finished ones skipped."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ticketlab.analysis.aggregate import FULL_MODEL
+from ticketlab.experiments.grid.plan import (
+    finetune_spec_for,
+    imp_spec_for,
+    plan_cells,
+    pretrain_loss_path,
+    structured_masks_dir,
+    tamt_spec_for,
+    ticket_cells,
+    ticket_path,
+)
+from ticketlab.experiments.grid.records import collect_records, main_metric_of
+from ticketlab.experiments.grid.spec import (
+    CONTROLS,
+    NO_PRETRAIN_LOSS,
+    STRUCTURED_METHODS,
+    SUPER_METHODS,
+    Cell,
+    GridSpec,
+)
+from ticketlab.experiments.imp import level_name
+from ticketlab.experiments.store import RunDirectory
+from ticketlab.io import read_json, write_directory, write_json
+
+
+def open_grid(spec: GridSpec, out: str | Path) -> RunDirectory:
+    spec.validate()
+    return RunDirectory.open(spec, out)
+
+
+class GridRunner:
+    """Runs (or resumes) every ticket and cell of a grid into its run directory."""
+
+    def __init__(
+        self,
+        spec: GridSpec,
+        out: str | Path,
+        *,
+        cache_dir: str | None = None,
+        quiet: bool = False,
+        echo: Callable[[str], None] = print,
+    ):
+        self.spec = spec
+        self.run = open_grid(spec, out)
+        self.root = self.run.path
+        self.cache_dir = cache_dir
+        self.quiet = quiet
+        self.echo = echo
+
+    # -- tickets ----------------------------------------------------------------------------------
+    def _pretrained(self) -> nn.Module:
+        from ticketlab.models import load_encoder
+
+        return load_encoder(self.spec.model)
+
+    def _path(self, method: str, sparsity: float, seed: int = 0, task: str = "") -> Path:
+        path = ticket_path(self.spec, self.root, Cell(task, method, sparsity, seed))
+        assert path is not None
+        return path
+
+    def omp_ticket(self, sparsity: float) -> Path:
+        from ticketlab.masks import save_mask
+        from ticketlab.pruning import prune
+
+        path = self._path("omp", sparsity)
+        if not path.exists():
+            mask = prune(
+                self._pretrained(),
+                "omp",
+                sparsity,
+                scope=self.spec.scope,
+                scheme=self.spec.scheme,
+                source_model=self.spec.model,
+            )
+            save_mask(mask, path)
+        return path
+
+    def random_ticket(self, sparsity: float, seed: int) -> Path:
+        from ticketlab.masks import load_mask, save_mask
+        from ticketlab.pruning import prune
+
+        path = self._path("random", sparsity, seed)
+        if not path.exists():
+            params: dict[str, Any] = {}
+            if self.spec.random_variant == "matched":
+                params["reference"] = load_mask(self.omp_ticket(sparsity))
+            mask = prune(
+                self._pretrained(),
+                "random",
+                sparsity,
+                scope=self.spec.scope,
+                scheme=self.spec.scheme,
+                seed=seed,
+                source_model=self.spec.model,
+                **params,
+            )
+            save_mask(mask, path)
+        return path
+
+    def tamt_ticket(self, sparsity: float) -> Path:
+        """The TAMT mask at ``sparsity``, trained once for every task (resumes from its checkpoint)."""
+        from ticketlab.experiments.tamt import run_tamt
+
+        path = self._path("tamt", sparsity)
+        if not (path.parent / "results.json").exists():
+            spec = tamt_spec_for(self.spec, sparsity)
+            self.echo(f"TAMT-{spec.objective} at {sparsity:.0%}: {spec.steps} steps")
+            run_tamt(spec, path.parent, progress=not self.quiet)
+        return path
+
+    def imp_run(self, task: str, seed: int) -> Path:
+        from ticketlab.experiments.imp_dispatch import run_imp_on_task
+
+        out = self.root / "imp" / task / f"seed{seed}"
+        spec = imp_spec_for(self.spec, task, seed)
+        if not (out / "results.json").exists():
+            self.echo(f"IMP on {task}, seed {seed}: levels {', '.join(f'{lv:.0%}' for lv in spec.levels)}")
+            run_imp_on_task(spec, out, cache_dir=self.cache_dir, quiet=self.quiet, echo=self.echo)
+        return out
+
+    def imp_ticket(self, task: str, sparsity: float, seed: int) -> Path:
+        self.imp_run(task, seed)
+        return self._path("imp", sparsity, seed, task)
+
+    def structured_ticket(self, cell: Cell) -> Path:
+        """The mask of a super-* or allwin-* cell: its method's masks are made once per task and seed
+        from the fine-tuned model of the full cell (run first if needed)."""
+        from ticketlab.experiments.finetune import MODEL_DIR
+
+        masks = structured_masks_dir(self.root, cell.method, cell.task, cell.seed)
+        if not masks.is_dir():  # written atomically: it exists only when finished
+            full = Cell(cell.task, FULL_MODEL, 0.0, cell.seed)
+            self.run_cell(full)
+            make = self._super_masks if cell.method in SUPER_METHODS else self._allwin_masks
+            make(cell.task, cell.seed, self.root / "cells" / cell.task / full.name / MODEL_DIR, masks)
+        path = ticket_path(self.spec, self.root, cell)
+        assert path is not None
+        return path
+
+    def _super_masks(self, task: str, seed: int, model_dir: Path, masks: Path) -> None:
+        """Super tickets: one-shot nested masks from the importance of ``model_dir`` on train."""
+        from ticketlab.experiments.super_tickets import importance_options_for, write_super_masks
+
+        self.echo(f"importance on {task}, seed {seed}: super tickets at {self.spec.super_head_fractions()}")
+        write_directory(
+            masks.parent,
+            lambda tmp: write_super_masks(
+                model_dir,
+                task,
+                tmp,
+                options=importance_options_for(self.spec.super_variant, self.spec.recipe_for(task)),
+                kinds=[SUPER_METHODS[m] for m in self.spec.methods if m in SUPER_METHODS],
+                levels=self.spec.super_head_fractions(),
+                ffn_ratio=self.spec.super_ffn_ratio,
+                seed=seed,
+                source_model=self.spec.model,
+                tokenizer_source=self.spec.model,
+                data_dir=self.spec.data_dir,
+                max_length=self.spec.recipe_for(task).get("max_length"),
+                cache_dir=self.cache_dir,
+                quiet=self.quiet,
+            ),
+        )
+
+    def _allwin_masks(self, task: str, seed: int, model_dir: Path, masks: Path) -> None:
+        """All tickets winning at the grid's sizes: iterative importance pruning of ``model_dir``
+        (its steps resumable beside ``masks``), then good, random and bad masks at every level."""
+        from transformers.utils import SAFE_WEIGHTS_NAME
+
+        from ticketlab.experiments.importance import load_task_model
+        from ticketlab.experiments.task_probe import TaskProbe
+        from ticketlab.experiments.winning_tickets import level_subnetworks
+        from ticketlab.training.tasks import get_task
+
+        levels = self.spec.allwin_head_fractions()
+        self.echo(f"iterative importance pruning on {task}, seed {seed}: all-winning subnetworks at {levels}")
+        masks.parent.mkdir(parents=True, exist_ok=True)
+        probe = TaskProbe(
+            finetune_spec_for(self.spec, task, seed),
+            lambda: load_task_model(str(model_dir), get_task(task)),
+            model_dir / SAFE_WEIGHTS_NAME,
+            importance=self.spec.allwin_variant,
+            cache_dir=self.cache_dir,
+            quiet=self.quiet,
+        )
+        level_subnetworks(
+            RunDirectory(masks.parent, self.spec),
+            probe,
+            levels,
+            masks,
+            ffn_ratio=self.spec.allwin_ffn_ratio,
+            seed=seed,
+            source_model=self.spec.model,
+            echo=(lambda _: None) if self.quiet else self.echo,
+        )
+
+    def ticket(self, cell: Cell) -> Path | None:
+        """The mask file of a cell's ticket, made (or trained) first if it does not exist yet."""
+        if cell.method in ("omp", *CONTROLS):
+            return self.omp_ticket(cell.sparsity)
+        if cell.method == "random":
+            return self.random_ticket(cell.sparsity, cell.seed)
+        if cell.method == "tamt":
+            return self.tamt_ticket(cell.sparsity)
+        if cell.method == "imp":
+            return self.imp_ticket(cell.task, cell.sparsity, cell.seed)
+        if cell.method.startswith("imp@"):
+            return self.imp_ticket(cell.method.split("@", 1)[1], cell.sparsity, cell.seed)
+        if cell.method in STRUCTURED_METHODS:
+            return self.structured_ticket(cell)
+        return None
+
+    def pretrain_loss(self, mask_path: Path) -> dict[str, Any]:
+        """MLM and KD loss of one ticket (measured once, stored beside its mask)."""
+        from ticketlab.experiments.pretrain_loss import PretrainLossSpec, run_pretrain_loss
+        from ticketlab.models.mlm_head import HEAD_FILE
+
+        out = pretrain_loss_path(mask_path)
+        if out.exists():
+            return read_json(out)
+        assert self.spec.pretrain_loss is not None
+        settings = asdict(self.spec.pretrain_loss)
+        save_head = None
+        if settings["mlm_head"] == "auto":  # build the head once and reuse it for every ticket
+            head_dir = self.root / "tickets" / "mlm_head"
+            if (head_dir / HEAD_FILE).exists():
+                settings["mlm_head"] = str(head_dir)
+            else:
+                save_head = str(head_dir)
+        spec = PretrainLossSpec(model=self.spec.model, mask=str(mask_path), save_head=save_head, **settings)
+        results = run_pretrain_loss(spec, progress=not self.quiet)
+        write_json(out, results)
+        return results
+
+    def measure_pretrain_losses(self) -> None:
+        """Pre-training losses of every unstructured ticket of the grid (see ``NO_PRETRAIN_LOSS``)."""
+        if self.spec.pretrain_loss is None:
+            return
+        paths = {}
+        for cell in ticket_cells(self.spec):
+            if cell.method not in NO_PRETRAIN_LOSS:
+                paths.setdefault(ticket_path(self.spec, self.root, cell), cell)
+        todo = [p for p in paths if not pretrain_loss_path(p).exists()]
+        if todo:
+            self.echo(f"pre-training losses of {len(todo)} tickets")
+        for path in todo:
+            self.ticket(paths[path])
+            self.pretrain_loss(path)
+
+    # -- cells ------------------------------------------------------------------------------------
+    def run_cell(self, cell: Cell) -> dict[str, Any]:
+        from ticketlab.experiments.finetune import run_finetune
+        from ticketlab.masks import load_mask
+        from ticketlab.models.controls import permute_layers, reinitialize
+        from ticketlab.training.tasks import get_task
+
+        out = self.root / "cells" / cell.task / cell.name
+        if (out / "results.json").exists():
+            return read_json(out / "results.json")
+        model = None
+        control = cell.method in CONTROLS
+        mask_path = self.ticket(cell)
+        if control:
+            from accelerate.utils import set_seed
+
+            set_seed(cell.seed)
+            model = get_task(cell.task).build_model(self.spec.model)
+            if cell.method == "permuted":
+                permute_layers(model, seed=cell.seed)
+            else:
+                reinitialize(model, seed=cell.seed)
+        spec = finetune_spec_for(
+            self.spec,
+            cell.task,
+            cell.seed,
+            mask=str(mask_path) if mask_path else None,
+            allow_fingerprint_mismatch=control,
+            # The structured methods score the full model's fine-tuned weights.
+            save_model=cell.method == FULL_MODEL and any(m in STRUCTURED_METHODS for m in self.spec.methods),
+        )
+        if cell.method == FULL_MODEL and (reused := self._reuse_imp_level_zero(cell, spec, out)):
+            return reused
+        self.echo(f"fine-tune {cell.task}: {cell.method} at {cell.sparsity:.0%}, seed {cell.seed}")
+        mask = load_mask(mask_path) if control and mask_path else None
+        return run_finetune(spec, out, model=model, mask=mask, cache_dir=self.cache_dir, quiet=self.quiet)
+
+    def _reuse_imp_level_zero(self, cell: Cell, spec: Any, out: Path) -> dict[str, Any] | None:
+        """The full model's cell when the task's IMP run of the same seed already fine-tuned ``spec``
+        as its level 0 (the grid's IMP recipe is the cell recipe): its files, with ``reused_from`` in
+        results.json, instead of the same fine-tuning run again; None when it did not."""
+        from ticketlab.experiments.finetune import LOG_FILE, RESULTS_FILE, SPEC_FILE, same_finished_run
+
+        level = self.root / "imp" / cell.task / f"seed{cell.seed}" / level_name(0)
+        if not same_finished_run(level, spec):
+            return None
+
+        def copy(tmp: Path) -> dict[str, Any]:
+            for path in [level / SPEC_FILE, level / LOG_FILE, *level.glob("*_predictions.tsv")]:
+                if path.exists():
+                    shutil.copyfile(path, tmp / path.name)
+            results = read_json(level / RESULTS_FILE)
+            results["reused_from"] = str(level.relative_to(self.root))
+            write_json(tmp / RESULTS_FILE, results)
+            return results
+
+        self.echo(
+            f"fine-tune {cell.task}: full at 0%, seed {cell.seed}: the same run as IMP's level 0, reused"
+        )
+        return write_directory(out, copy)
+
+    def run_all(self) -> dict[str, Any]:
+        """Every IMP run and cell (finished ones skipped), then the aggregate in results.json."""
+        from ticketlab.analysis.aggregate import aggregate, highest_matching_sparsity
+
+        if "imp" in self.spec.methods or self.spec.transfer_from:
+            for task in self.spec.tasks:
+                if "imp" in self.spec.methods or task in self.spec.transfer_from:
+                    for seed in self.spec.seeds:
+                        self.imp_run(task, seed)
+        for cell in plan_cells(self.spec):
+            self.run_cell(cell)
+        self.measure_pretrain_losses()
+        records = collect_records(self.spec, self.root, main_metric_of)
+        cells = aggregate(records)
+        summary = {
+            "cells": [c.to_dict() for c in cells],
+            "highest_matching_sparsity": [
+                {"task": task, "method": method, "sparsity": sparsity}
+                for (task, method), sparsity in highest_matching_sparsity(cells).items()
+            ],
+        }
+        write_json(self.root / "results.json", summary)
+        return summary
