@@ -102,3 +102,22 @@ def test_both_processes_share_the_levels(tmp_path, reference):
     assert_same_run(out, reference)
     publishers = {read_json(out / level_name(i) / "DONE")["published_by"]["pid"] for i in range(LEVELS)}
     assert publishers <= {w.pid for w in workers}
+
+
+@pytest.mark.slow
+def test_two_ranks_of_one_launch_write_one_run_equal_to_one_process(tmp_path, reference):
+    """torchrun with two gloo processes: the first claims and writes, both train every level with
+    the same mask bits, and the run directory is what one process writes."""
+    out, record = tmp_path / "run", tmp_path / "record"
+    record.mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["-m", "tests.imp_worker", str(out), "0", str(record)]
+    completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    ranks = [json.loads((record / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1] and len(ranks[0]) == LEVELS - 1
+    assert_same_run(out, reference)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
+    publishers = {read_json(out / level_name(i) / "DONE")["published_by"]["pid"] for i in range(LEVELS)}
+    assert len(publishers) == 1  # the first rank published every level

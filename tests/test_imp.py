@@ -104,3 +104,27 @@ def test_kept_head_comes_from_the_previous_level(tmp_path):
 def test_bad_levels_are_refused(tmp_path, levels):
     with pytest.raises(TicketlabError):
         run_imp(ImpSpec(model="tiny", task="rte", levels=levels), tmp_path, build_model, FakeTrainer())
+
+
+def test_a_damaged_level_is_named_and_redo_recomputes_it_identically(tmp_path):
+    from ticketlab.experiments.store import redo_steps
+
+    spec = ImpSpec(model="tiny", task="rte", levels=[0.3, 0.6])
+    out = tmp_path / "run"
+    run_imp(spec, out, build_model, FakeTrainer(), echo=lambda _: None)
+    clean = load_mask(out / level_name(1) / "mask.safetensors")
+    mask_file = out / level_name(1) / "mask.safetensors"
+    mask_file.write_bytes(mask_file.read_bytes()[:100])  # truncated after the run
+    with pytest.raises(
+        TicketlabError, match=r"step level_01 .* damaged: mask.safetensors has 100 bytes.*--redo"
+    ):
+        run_imp(spec, out, build_model, FakeTrainer(), echo=lambda _: None)
+    with pytest.raises(TicketlabError, match="has no step level_09"):
+        redo_steps(out, ["level_09"])
+    with pytest.raises(TicketlabError, match="name a step inside"):
+        redo_steps(out, ["../elsewhere"])
+    assert redo_steps(out, ["level_01"]) == ["level_01"]
+    trainer = FakeTrainer()
+    trainer.calls = [0.0]  # the stand-in trainer seeds its noise by the level it counts
+    run_imp(spec, out, build_model, trainer, echo=lambda _: None)
+    assert len(trainer.calls) == 2 and load_mask(mask_file) == clean  # only level 1 ran again

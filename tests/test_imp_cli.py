@@ -69,3 +69,53 @@ def test_imp_runs_levels_and_resumes(tmp_path, capsys):
 
     assert imp(model_dir, data, out, "--seed", "1") == 2
     assert "holds a different ImpSpec" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_imp_under_torchrun_trains_on_both_ranks_and_writes_one_run(tmp_path):
+    """`torchrun --nproc_per_node 2 -m ticketlab imp` (DDP over gloo): the first rank claims and
+    publishes every level (the second used to crash renaming the same folder), one JSON report."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.glue_fixtures import tiny_model_dir, write_glue_task
+
+    model = tiny_model_dir(tmp_path / "model")
+    data = write_glue_task(tmp_path / "glue", "rte", {"train": 32, "dev": 16})
+    out = tmp_path / "run"
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "ticketlab",
+        "imp",
+    ]
+    command += ["--model", str(model), "--task", "rte", "--data-dir", str(data), "--levels", "0.5"]
+    command += ["--batch-size", "8", "--epochs", "1", "--out", str(out), "--quiet", "--json"]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    summary = json.loads(completed.stdout)  # one report: the other rank prints nothing
+    assert [level["num_processes"] for level in summary["levels"]] == [2, 2]
+    assert all(level["training_steps"] == 2 for level in summary["levels"])  # 32 examples / (2 x 8)
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".steps.lock",
+        "level_00",
+        "level_01",
+        "results.json",
+        "spec.json",
+        "versions.json",
+    ]
+    assert (out / "level_01" / "mask.safetensors").is_file() and (
+        out / "level_00" / "next_mask.safetensors"
+    ).is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -59,8 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_libraries(quiet=getattr(args, "quiet", False))
+    # Under torchrun / accelerate launch every process runs the verb; one report is enough (the
+    # first process's), and the others' errors still reach stderr.
+    quiet_rank = int(os.environ.get("RANK", "0")) != 0
     try:
-        return int(args.run(args) or 0)
+        with contextlib.redirect_stdout(open(os.devnull, "w")) if quiet_rank else contextlib.nullcontext():
+            return int(args.run(args) or 0)
     except TicketlabError as error:
         print(f"ticketlab {args.verb}: error: {error}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ import json
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, fields
 from typing import Any
 
@@ -106,3 +107,23 @@ def spec_overrides(args: argparse.Namespace, spec_class: type, skip: tuple[str, 
         for f in fields(spec_class)
         if f.name not in skip and getattr(args, f.name, None) is not None
     }
+
+
+def add_redo_flag(parser: argparse.ArgumentParser) -> None:
+    """``--redo STEP`` (repeatable) on the verbs that write a run directory of steps."""
+    parser.add_argument(
+        "--redo",
+        action="append",
+        default=[],
+        metavar="STEP",
+        help="compute this finished step again: its folder inside the run directory, e.g. level_02 "
+        "or cells/rte/omp-0.50-seed0 (repeatable); the error that names a damaged step names it too",
+    )
+
+
+def apply_redo(out: str, steps: list[str], echo: Callable[[str], None]) -> None:
+    """Remove the steps of ``--redo`` (after the run directory was checked, before the run)."""
+    from ticketlab.experiments.store import redo_steps
+
+    for step in redo_steps(out, steps):
+        echo(f"redo: {step} removed, computed again now")

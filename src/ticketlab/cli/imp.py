@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ticketlab.cli.common import add_output_flags, add_spec_arguments, format_table, print_json
+from ticketlab.cli.common import (
+    add_output_flags,
+    add_redo_flag,
+    add_spec_arguments,
+    apply_redo,
+    format_table,
+    print_json,
+)
 
 # Fields of FinetuneSpec that IMP sets itself rather than taking as recipe overrides.
 _NOT_RECIPE = (
@@ -80,6 +87,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "--cache-dir", help="tokenisation cache (default: $TICKETLAB_CACHE, else ~/.cache/ticketlab)"
     )
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (resumed if it exists)")
+    add_redo_flag(p)
     add_output_flags(p)
     p.set_defaults(run=run_imp_command)
 
@@ -125,6 +133,12 @@ def run_imp_command(args: argparse.Namespace) -> int:
         eval_text=args.eval_text,
     )
     echo = (lambda _: None) if args.quiet or args.json else print
+    if args.redo:
+        from ticketlab.experiments.store import RunDirectory
+
+        spec.validate()
+        RunDirectory.open(spec, args.out)  # refuses another run's directory before anything goes
+        apply_redo(args.out, args.redo, echo)
     summary = run_imp_on_task(spec, args.out, cache_dir=args.cache_dir, quiet=args.quiet, echo=echo)
     if args.json:
         print_json(summary)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ticketlab.cli.common import add_output_flags, print_json
+from ticketlab.cli.common import add_output_flags, add_redo_flag, apply_redo, print_json
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -20,6 +20,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument("spec", help="grid spec file (.yaml, .yml or .json)")
     p.add_argument("--out", required=True, help="grid run directory (resumed if it exists)")
+    add_redo_flag(p)
     p.add_argument(
         "--cache-dir", help="tokenisation cache (default: $TICKETLAB_CACHE, else ~/.cache/ticketlab)"
     )
@@ -48,6 +49,7 @@ def run_grid_command(args: argparse.Namespace) -> int:
     spec = GridSpec.from_file(args.spec)
     echo = (lambda _: None) if args.quiet or args.json else print
     runner = GridRunner(spec, args.out, cache_dir=args.cache_dir, quiet=args.quiet, echo=echo)
+    apply_redo(args.out, args.redo, echo)
     summary = runner.run_all()
     report = write_report([runner.root], runner.root / "report")
     if args.json:

@@ -30,6 +30,7 @@ from ticketlab.io import read_json, write_json
 from ticketlab.masks import UnstructuredMask, load_mask, save_mask
 from ticketlab.models.adapters import EncoderAdapter
 from ticketlab.pruning import prune, validate_sparsity
+from ticketlab.training.distributed import broadcast_from_first
 
 # train(model, mask, seed, out_dir) -> results dict. It trains ``model`` in place (mask held) and
 # may write its own files (logs, predictions) into ``out_dir``.
@@ -196,6 +197,9 @@ def run_imp(
                     pretrained=pretrained,
                     within=mask,
                 )
+                # Every rank of a launch holds the first rank's mask (the weights agree after DDP,
+                # but the ranking is made once and sent, so ties cannot split the ranks).
+                next_mask = broadcast_from_first(next_mask)
                 next_mask.provenance.method = "imp"
                 earlier = [read_json(run.step_path(level_name(i)) / "results.json") for i in range(index)]
                 next_mask.provenance.method_params = {

@@ -45,6 +45,7 @@ from typing import TypeVar
 
 from ticketlab.errors import TicketlabError
 from ticketlab.io import atomic_write
+from ticketlab.training.distributed import broadcast_from_first, rank_and_world
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +262,8 @@ class StepStore:
         one: an adopted folder gets its marker and counts as finished.
         """
         required = tuple(required)
+        if rank_and_world()[1] > 1:
+            return self._run_on_ranks(name, body, load, required, adopt)
         while True:
             claim = self._claim_unless_done(name, wait, lambda: self._folder_done(name, adopt))
             if claim is None:
@@ -271,6 +274,40 @@ class StepStore:
                 return result
             # Our lease ran out and another process took the step over: its result stands.
             log.warning("step %s was taken over while this process computed it; using its result", name)
+
+    def _run_on_ranks(
+        self,
+        name: str,
+        body: Callable[[Path], T],
+        load: Callable[[Path], T] | None,
+        required: tuple[str, ...],
+        adopt: Callable[[Path], bool] | None,
+    ) -> T | None:
+        """A step under a multi-process launch: every rank runs ``body`` (they train together),
+        but only the first claims, writes and publishes; the others write into private folders
+        that are thrown away, and learn from the first whether the step was done or published."""
+        rank, _ = rank_and_world()
+        while True:
+            claim = None
+            if rank == 0:
+                claim = self._claim_unless_done(name, True, lambda: self._folder_done(name, adopt))
+            if not broadcast_from_first(claim is not None):
+                self.verify(name, required)
+                return load(self.path(name)) if load else None
+            if claim is not None:
+                published, result = self._compute(name, claim, body, required)
+            else:
+                private = self.root / f".{name}.rank{rank}-{uuid.uuid4().hex[:8]}.tmp"
+                private.mkdir(parents=True)
+                _write_owner_note(private, Owner.me(self.lease_seconds))
+                try:
+                    result = body(private)
+                finally:
+                    shutil.rmtree(private, ignore_errors=True)
+            # Also the barrier: no rank reads the step before the first has published it.
+            if broadcast_from_first(claim is not None and published):
+                return result
+            log.warning("step %s was taken over while this job computed it; using its result", name)
 
     def run_file(
         self,

@@ -257,4 +257,20 @@ class RunDirectory:
 
     def redo(self, names: Iterable[str]) -> list[str]:
         """Remove the finished steps ``names`` (``--redo``) so this run computes them again."""
-        return [name for name in names if self.steps.redo(name)]
+        return redo_steps(self.path, names)
+
+
+def redo_steps(root: str | os.PathLike, names: Iterable[str]) -> list[str]:
+    """``--redo``: remove the finished steps ``names`` (paths relative to the run directory
+    ``root``, e.g. ``level_02`` or ``cells/rte/omp-0.50-seed0``) so the next run computes them
+    again. A name that is not a step of ``root`` is a one-line error; nothing is removed then."""
+    root = Path(root)
+    targets = []
+    for name in names:
+        relative = Path(name.strip("/"))
+        if not name.strip("/") or relative.is_absolute() or ".." in relative.parts:
+            raise TicketlabError(f"--redo {name!r}: name a step inside {root}, e.g. level_02")
+        if not (root / relative).exists():
+            raise TicketlabError(f"--redo {name}: {root} has no step {name}")
+        targets.append(relative)
+    return [str(t) for t in targets if StepStore(root / t.parent).redo(t.name)]

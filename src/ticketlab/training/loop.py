@@ -15,7 +15,6 @@ DDP: ``accelerate launch`` sets the environment that ``Accelerator()`` reads. Th
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -180,11 +179,9 @@ def default_accelerator() -> Any:
     """
     from accelerate import Accelerator
 
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    has_device = (
-        torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
-    )
-    return Accelerator(cpu=True) if world_size > 1 and not has_device else Accelerator()
+    from ticketlab.training.distributed import needs_cpu_backend
+
+    return Accelerator(cpu=True) if needs_cpu_backend() else Accelerator()
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

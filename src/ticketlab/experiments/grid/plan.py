@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ from ticketlab.errors import TicketlabError
 from ticketlab.experiments.grid.spec import (
     ALLWIN_METHODS,
     CONTROLS,
+    NO_PRETRAIN_LOSS,
     STRUCTURED_METHODS,
     SUPER_METHODS,
     Cell,
@@ -144,3 +145,100 @@ def ticket_files(spec: GridSpec, root: Path) -> list[Path]:
     """Every ticket mask of the grid that exists, once each (OMP, random, TAMT, IMP levels)."""
     paths = {ticket_path(spec, root, cell) for cell in ticket_cells(spec)}
     return sorted(p for p in paths if p is not None and p.exists())
+
+
+# -- the step graph -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GridStep:
+    """One node of a grid's step graph: the kind of work, where its output lives (``key``, relative
+    to the grid's folder) and the keys of the steps it needs. A cell step carries its cell."""
+
+    kind: str
+    key: str
+    inputs: tuple[str, ...] = ()
+    cell: Cell | None = None
+
+
+def _relative(root: Path, path: Path) -> str:
+    return str(path.relative_to(root))
+
+
+def imp_run_key(task: str, seed: int) -> str:
+    return f"imp/{task}/seed{seed}"
+
+
+def cell_key(cell: Cell) -> str:
+    return f"cells/{cell.task}/{cell.name}"
+
+
+def ticket_step(spec: GridSpec, cell: Cell) -> GridStep | None:
+    """The step that makes the ticket of ``cell`` (None for the full model)."""
+    root = Path(".")
+    method = cell.method
+    if method == FULL_MODEL:
+        return None
+    if method in ("omp", *CONTROLS):
+        omp = Cell("", "omp", cell.sparsity, 0)
+        return GridStep("omp", _relative(root, ticket_path(spec, root, omp)), cell=omp)
+    if method == "random":
+        drawn = Cell("", "random", cell.sparsity, cell.seed)
+        inputs = (ticket_step(spec, Cell("", "omp", cell.sparsity, 0)).key,)
+        key = _relative(root, ticket_path(spec, root, drawn))
+        return GridStep("random", key, inputs if spec.random_variant == "matched" else (), cell=drawn)
+    if method == "tamt":
+        return GridStep("tamt", f"tickets/tamt-{cell.sparsity:.2f}", cell=Cell("", "tamt", cell.sparsity, 0))
+    if method == "imp" or method.startswith("imp@"):
+        source = cell.task if method == "imp" else method.split("@", 1)[1]
+        return GridStep("imp", imp_run_key(source, cell.seed), cell=Cell(source, "imp", 0.0, cell.seed))
+    if method in STRUCTURED_METHODS:
+        family = "super" if method in SUPER_METHODS else "allwin"
+        full = cell_key(Cell(cell.task, FULL_MODEL, 0.0, cell.seed))
+        key = _relative(root, structured_masks_dir(root, method, cell.task, cell.seed).parent)
+        return GridStep(family, key, (full,), cell=Cell(cell.task, method, 0.0, cell.seed))
+    raise TicketlabError(f"unknown grid method {method!r}")
+
+
+def plan_steps(spec: GridSpec) -> list[GridStep]:
+    """Every step of the grid, each once, every step after the steps it needs: IMP runs, tickets,
+    fine-tuning cells, then the pre-training losses of the tickets. The full model's cell needs the
+    task's IMP run of its seed when the grid has one (it may take over IMP's level 0)."""
+    steps: dict[str, GridStep] = {}
+
+    def add(step: GridStep | None) -> None:
+        if step is not None and step.key not in steps:
+            steps[step.key] = step
+
+    runs_imp = "imp" in spec.methods
+    for task in spec.tasks:
+        if runs_imp or task in spec.transfer_from:
+            for seed in spec.seeds:
+                add(GridStep("imp", imp_run_key(task, seed), cell=Cell(task, "imp", 0.0, seed)))
+    for source in spec.transfer_from:
+        if source not in spec.tasks:
+            for seed in spec.seeds:
+                add(GridStep("imp", imp_run_key(source, seed), cell=Cell(source, "imp", 0.0, seed)))
+    for cell in plan_cells(spec):
+        ticket = ticket_step(spec, cell)
+        if ticket is not None:
+            if ticket.kind == "random" and ticket.inputs:  # matched random needs OMP's ticket
+                add(ticket_step(spec, Cell(cell.task, "omp", cell.sparsity, 0)))
+            if ticket.kind in ("super", "allwin"):
+                add(_cell_step(spec, Cell(cell.task, FULL_MODEL, 0.0, cell.seed)))
+            add(ticket)
+        add(_cell_step(spec, cell))
+    if spec.pretrain_loss is not None:
+        for cell in ticket_cells(spec):
+            ticket = ticket_step(spec, cell)
+            if cell.method in NO_PRETRAIN_LOSS or ticket is None:
+                continue
+            mask = ticket_path(spec, Path("."), cell)
+            add(GridStep("pretrain_loss", str(pretrain_loss_path(mask)), (ticket.key,), cell=cell))
+    return list(steps.values())
+
+
+def _cell_step(spec: GridSpec, cell: Cell) -> GridStep:
+    ticket = ticket_step(spec, cell)
+    inputs = (ticket.key,) if ticket is not None else ()
+    if cell.method == FULL_MODEL and "imp" in spec.methods:
+        inputs += (imp_run_key(cell.task, cell.seed),)
+    return GridStep("cell", cell_key(cell), inputs, cell=cell)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -11,28 +12,29 @@ from typing import Any
 from torch import nn
 
 from ticketlab.analysis.aggregate import FULL_MODEL
+from ticketlab.errors import TicketlabError
 from ticketlab.experiments.grid.plan import (
+    GridStep,
     finetune_spec_for,
     imp_spec_for,
-    plan_cells,
+    plan_steps,
     pretrain_loss_path,
     structured_masks_dir,
     tamt_spec_for,
-    ticket_cells,
     ticket_path,
 )
 from ticketlab.experiments.grid.records import collect_records, main_metric_of
 from ticketlab.experiments.grid.spec import (
     CONTROLS,
-    NO_PRETRAIN_LOSS,
     STRUCTURED_METHODS,
     SUPER_METHODS,
     Cell,
     GridSpec,
 )
 from ticketlab.experiments.imp import level_name
+from ticketlab.experiments.steps import StepStore
 from ticketlab.experiments.store import RunDirectory
-from ticketlab.io import read_json, write_directory, write_json
+from ticketlab.io import read_json, write_json
 
 
 def open_grid(spec: GridSpec, out: str | Path) -> RunDirectory:
@@ -58,6 +60,20 @@ class GridRunner:
         self.cache_dir = cache_dir
         self.quiet = quiet
         self.echo = echo
+        # What this runner computed, by kind of step (the rest of the plan was finished already).
+        self.computed: Counter[str] = Counter()
+        self._imp_runs_checked: set[Path] = set()
+        # How each kind of step of the plan (``plan_steps``) is made.
+        self._makers: dict[str, Callable[[Cell], Any]] = {
+            "omp": lambda cell: self.omp_ticket(cell.sparsity),
+            "random": lambda cell: self.random_ticket(cell.sparsity, cell.seed),
+            "tamt": lambda cell: self.tamt_ticket(cell.sparsity),
+            "imp": lambda cell: self.imp_run(cell.task, cell.seed),
+            "super": self.structured_masks,
+            "allwin": self.structured_masks,
+            "cell": self.run_cell,
+            "pretrain_loss": self.pretrain_loss,
+        }
 
     # -- tickets ----------------------------------------------------------------------------------
     def _pretrained(self) -> nn.Module:
@@ -75,7 +91,8 @@ class GridRunner:
         from ticketlab.pruning import prune
 
         path = self._path("omp", sparsity)
-        if not path.exists():
+
+        def make(file: Path) -> None:
             mask = prune(
                 self._pretrained(),
                 "omp",
@@ -84,7 +101,10 @@ class GridRunner:
                 scheme=self.spec.scheme,
                 source_model=self.spec.model,
             )
-            save_mask(mask, path)
+            save_mask(mask, file)
+            self.computed["omp"] += 1
+
+        StepStore(path.parent).run_file(path.name, make)
         return path
 
     def random_ticket(self, sparsity: float, seed: int) -> Path:
@@ -92,7 +112,8 @@ class GridRunner:
         from ticketlab.pruning import prune
 
         path = self._path("random", sparsity, seed)
-        if not path.exists():
+
+        def make(file: Path) -> None:
             params: dict[str, Any] = {}
             if self.spec.random_variant == "matched":
                 params["reference"] = load_mask(self.omp_ticket(sparsity))
@@ -106,7 +127,10 @@ class GridRunner:
                 source_model=self.spec.model,
                 **params,
             )
-            save_mask(mask, path)
+            save_mask(mask, file)
+            self.computed["random"] += 1
+
+        StepStore(path.parent).run_file(path.name, make)
         return path
 
     def tamt_ticket(self, sparsity: float) -> Path:
@@ -124,29 +148,52 @@ class GridRunner:
         from ticketlab.experiments.imp_dispatch import run_imp_on_task
 
         out = self.root / "imp" / task / f"seed{seed}"
+        if out in self._imp_runs_checked:
+            return out
         spec = imp_spec_for(self.spec, task, seed)
-        if not (out / "results.json").exists():
+        levels = [level_name(i) for i in range(len(spec.levels) + 1)]
+        done_before = sum((out / name / "DONE").is_file() for name in levels)
+        if done_before < len(levels):
             self.echo(f"IMP on {task}, seed {seed}: levels {', '.join(f'{lv:.0%}' for lv in spec.levels)}")
-            run_imp_on_task(spec, out, cache_dir=self.cache_dir, quiet=self.quiet, echo=self.echo)
+        # Always through IMP itself: it verifies its levels, and grows a run whose levels were added.
+        run_imp_on_task(spec, out, cache_dir=self.cache_dir, quiet=self.quiet, echo=self.echo)
+        self.computed["imp level"] += sum((out / name / "DONE").is_file() for name in levels) - done_before
+        self._imp_runs_checked.add(out)
         return out
 
     def imp_ticket(self, task: str, sparsity: float, seed: int) -> Path:
         self.imp_run(task, seed)
         return self._path("imp", sparsity, seed, task)
 
-    def structured_ticket(self, cell: Cell) -> Path:
-        """The mask of a super-* or allwin-* cell: its method's masks are made once per task and seed
-        from the fine-tuned model of the full cell (run first if needed)."""
+    def structured_masks(self, cell: Cell) -> Path:
+        """The masks of a structured method for the cell's task and seed: made once per task and
+        seed from the fine-tuned model of the full cell (run first if needed)."""
         from ticketlab.experiments.finetune import MODEL_DIR
 
         masks = structured_masks_dir(self.root, cell.method, cell.task, cell.seed)
         if not masks.is_dir():  # written atomically: it exists only when finished
             full = Cell(cell.task, FULL_MODEL, 0.0, cell.seed)
             self.run_cell(full)
+            if not (self.root / "cells" / cell.task / full.name / MODEL_DIR).is_dir():
+                # The grid grew by a structured method: its full cell ran without keeping weights.
+                self.echo(f"fine-tune {cell.task}: full, seed {cell.seed}, again, to keep its weights")
+                StepStore(self.root / "cells" / cell.task).redo(full.name)
+                self.run_cell(full)
             make = self._super_masks if cell.method in SUPER_METHODS else self._allwin_masks
             make(cell.task, cell.seed, self.root / "cells" / cell.task / full.name / MODEL_DIR, masks)
+        return masks
+
+    def structured_ticket(self, cell: Cell) -> Path:
+        """The mask of a super-* or allwin-* cell (its method's masks made first if needed)."""
+        masks = self.structured_masks(cell)
         path = ticket_path(self.spec, self.root, cell)
         assert path is not None
+        if not path.exists():
+            step = masks.parent.relative_to(self.root)
+            raise TicketlabError(
+                f"the structured masks in {step} were made for other levels than {cell.method} at "
+                f"{cell.sparsity:.2f} (the grid grew); redo them with --redo {step}"
+            )
         return path
 
     def _super_masks(self, task: str, seed: int, model_dir: Path, masks: Path) -> None:
@@ -154,14 +201,16 @@ class GridRunner:
         from ticketlab.experiments.super_tickets import importance_options_for, write_super_masks
 
         self.echo(f"importance on {task}, seed {seed}: super tickets at {self.spec.super_head_fractions()}")
-        write_directory(
-            masks.parent,
-            lambda tmp: write_super_masks(
+
+        def make(tmp: Path) -> None:
+            write_super_masks(
                 model_dir,
                 task,
                 tmp,
                 options=importance_options_for(self.spec.super_variant, self.spec.recipe_for(task)),
-                kinds=[SUPER_METHODS[m] for m in self.spec.methods if m in SUPER_METHODS],
+                # Every kind, whichever the grid asks for now: a grid that grows by a kind needs no
+                # second scoring of the same model.
+                kinds=list(SUPER_METHODS.values()),
                 levels=self.spec.super_head_fractions(),
                 ffn_ratio=self.spec.super_ffn_ratio,
                 seed=seed,
@@ -171,7 +220,11 @@ class GridRunner:
                 max_length=self.spec.recipe_for(task).get("max_length"),
                 cache_dir=self.cache_dir,
                 quiet=self.quiet,
-            ),
+            )
+            self.computed["super masks"] += 1
+
+        StepStore(masks.parent.parent).run(
+            masks.parent.name, make, adopt=lambda folder: (folder / masks.name).is_dir()
         )
 
     def _allwin_masks(self, task: str, seed: int, model_dir: Path, masks: Path) -> None:
@@ -222,66 +275,47 @@ class GridRunner:
             return self.structured_ticket(cell)
         return None
 
-    def pretrain_loss(self, mask_path: Path) -> dict[str, Any]:
-        """MLM and KD loss of one ticket (measured once, stored beside its mask)."""
+    def pretrain_loss(self, cell: Cell) -> dict[str, Any]:
+        """MLM and KD loss of a cell's ticket (measured once, stored beside its mask)."""
         from ticketlab.experiments.pretrain_loss import PretrainLossSpec, run_pretrain_loss
         from ticketlab.models.mlm_head import HEAD_FILE
 
+        mask_path = self.ticket(cell)
+        assert mask_path is not None and self.spec.pretrain_loss is not None
         out = pretrain_loss_path(mask_path)
-        if out.exists():
-            return read_json(out)
-        assert self.spec.pretrain_loss is not None
-        settings = asdict(self.spec.pretrain_loss)
-        save_head = None
-        if settings["mlm_head"] == "auto":  # build the head once and reuse it for every ticket
-            head_dir = self.root / "tickets" / "mlm_head"
-            if (head_dir / HEAD_FILE).exists():
-                settings["mlm_head"] = str(head_dir)
-            else:
-                save_head = str(head_dir)
-        spec = PretrainLossSpec(model=self.spec.model, mask=str(mask_path), save_head=save_head, **settings)
-        results = run_pretrain_loss(spec, progress=not self.quiet)
-        write_json(out, results)
-        return results
+
+        def measure(file: Path) -> dict[str, Any]:
+            settings = asdict(self.spec.pretrain_loss)
+            save_head = None
+            if settings["mlm_head"] == "auto":  # build the head once and reuse it for every ticket
+                head_dir = self.root / "tickets" / "mlm_head"
+                if (head_dir / HEAD_FILE).exists():
+                    settings["mlm_head"] = str(head_dir)
+                else:
+                    save_head = str(head_dir)
+            spec = PretrainLossSpec(
+                model=self.spec.model, mask=str(mask_path), save_head=save_head, **settings
+            )
+            self.echo(f"pre-training losses of {mask_path.relative_to(self.root)}")
+            results = run_pretrain_loss(spec, progress=not self.quiet)
+            write_json(file, results)
+            self.computed["pretrain loss"] += 1
+            return results
+
+        return StepStore(out.parent).run_file(out.name, measure, load=read_json)
 
     def measure_pretrain_losses(self) -> None:
-        """Pre-training losses of every unstructured ticket of the grid (see ``NO_PRETRAIN_LOSS``)."""
-        if self.spec.pretrain_loss is None:
-            return
-        paths = {}
-        for cell in ticket_cells(self.spec):
-            if cell.method not in NO_PRETRAIN_LOSS:
-                paths.setdefault(ticket_path(self.spec, self.root, cell), cell)
-        todo = [p for p in paths if not pretrain_loss_path(p).exists()]
-        if todo:
-            self.echo(f"pre-training losses of {len(todo)} tickets")
-        for path in todo:
-            self.ticket(paths[path])
-            self.pretrain_loss(path)
+        """Only the pre-training-loss steps of the plan (their tickets made first where needed)."""
+        for step in plan_steps(self.spec):
+            if step.kind == "pretrain_loss":
+                self.run_step(step)
 
     # -- cells ------------------------------------------------------------------------------------
-    def run_cell(self, cell: Cell) -> dict[str, Any]:
-        from ticketlab.experiments.finetune import run_finetune
-        from ticketlab.masks import load_mask
-        from ticketlab.models.controls import permute_layers, reinitialize
-        from ticketlab.training.tasks import get_task
-
-        out = self.root / "cells" / cell.task / cell.name
-        if (out / "results.json").exists():
-            return read_json(out / "results.json")
-        model = None
+    def cell_spec(self, cell: Cell) -> Any:
+        """The fine-tuning spec of a cell (its ticket's path named, not made)."""
         control = cell.method in CONTROLS
-        mask_path = self.ticket(cell)
-        if control:
-            from accelerate.utils import set_seed
-
-            set_seed(cell.seed)
-            model = get_task(cell.task).build_model(self.spec.model)
-            if cell.method == "permuted":
-                permute_layers(model, seed=cell.seed)
-            else:
-                reinitialize(model, seed=cell.seed)
-        spec = finetune_spec_for(
+        mask_path = ticket_path(self.spec, self.root, cell)
+        return finetune_spec_for(
             self.spec,
             cell.task,
             cell.seed,
@@ -290,51 +324,116 @@ class GridRunner:
             # The structured methods score the full model's fine-tuned weights.
             save_model=cell.method == FULL_MODEL and any(m in STRUCTURED_METHODS for m in self.spec.methods),
         )
-        if cell.method == FULL_MODEL and (reused := self._reuse_imp_level_zero(cell, spec, out)):
-            return reused
-        self.echo(f"fine-tune {cell.task}: {cell.method} at {cell.sparsity:.0%}, seed {cell.seed}")
-        mask = load_mask(mask_path) if control and mask_path else None
-        return run_finetune(spec, out, model=model, mask=mask, cache_dir=self.cache_dir, quiet=self.quiet)
 
-    def _reuse_imp_level_zero(self, cell: Cell, spec: Any, out: Path) -> dict[str, Any] | None:
+    def run_cell(self, cell: Cell) -> dict[str, Any]:
+        """Fine-tune one cell (a step of ``cells/<task>``), or read back its finished results."""
+        from ticketlab.experiments.finetune import RESULTS_FILE
+
+        spec = self.cell_spec(cell)
+        cells = StepStore(self.root / "cells" / cell.task)
+
+        def load(folder: Path) -> dict[str, Any]:
+            self._check_cell(cell, folder, spec)
+            return read_json(folder / RESULTS_FILE)
+
+        return cells.run(
+            cell.name,
+            lambda tmp: self._fine_tune(cell, spec, tmp),
+            load=load,
+            required=[RESULTS_FILE],
+            # A cell folder from before the step protocol is finished when its results.json is there.
+            adopt=lambda folder: (folder / RESULTS_FILE).is_file(),
+        )
+
+    def _check_cell(self, cell: Cell, folder: Path, spec: Any) -> None:
+        """A finished cell must have been fine-tuned as the grid now asks (a grid that grew keeps
+        its cells only where their recipe did not change). The mask's path and whether the model
+        was saved do not count: the ticket is named by the cell, and the weights are an extra."""
+        from ticketlab.experiments.finetune import SPEC_FILE, FinetuneSpec
+
+        try:
+            recorded = FinetuneSpec.from_dict(read_json(folder / SPEC_FILE)).to_dict()
+        except (OSError, TypeError, TicketlabError):
+            return  # a cell without a readable spec (an old layout): its results stand as they are
+        wanted = spec.to_dict()
+        ignored = ("mask", "save_model")
+        changed = sorted(k for k in wanted if k not in ignored and recorded.get(k) != wanted[k])
+        if changed:
+            step = folder.relative_to(self.root)
+            raise TicketlabError(
+                f"cell {step} was fine-tuned with other settings than the grid's now (differs in: "
+                f"{', '.join(changed)}); redo it with --redo {step}, or write the grid to another --out"
+            )
+
+    def _fine_tune(self, cell: Cell, spec: Any, tmp: Path) -> dict[str, Any]:
+        from ticketlab.experiments.finetune import run_finetune
+        from ticketlab.masks import load_mask
+        from ticketlab.models.controls import permute_layers, reinitialize
+        from ticketlab.training.tasks import get_task
+
+        self.computed["cell"] += 1
+        mask_path = self.ticket(cell)
+        if cell.method == FULL_MODEL and (reused := self._reuse_imp_level_zero(cell, spec, tmp)):
+            return reused
+        model = mask = None
+        if cell.method in CONTROLS:
+            from accelerate.utils import set_seed
+
+            set_seed(cell.seed)
+            model = get_task(cell.task).build_model(self.spec.model)
+            if cell.method == "permuted":
+                permute_layers(model, seed=cell.seed)
+            else:
+                reinitialize(model, seed=cell.seed)
+            mask = load_mask(mask_path) if mask_path else None
+        self.echo(f"fine-tune {cell.task}: {cell.method} at {cell.sparsity:.0%}, seed {cell.seed}")
+        return run_finetune(spec, tmp, model=model, mask=mask, cache_dir=self.cache_dir, quiet=self.quiet)
+
+    def _reuse_imp_level_zero(self, cell: Cell, spec: Any, tmp: Path) -> dict[str, Any] | None:
         """The full model's cell when the task's IMP run of the same seed already fine-tuned ``spec``
         as its level 0 (the grid's IMP recipe is the cell recipe): its files, with ``reused_from`` in
-        results.json, instead of the same fine-tuning run again; None when it did not."""
+        results.json, written into ``tmp`` instead of the same fine-tuning run again; None when it
+        did not."""
         from ticketlab.experiments.finetune import LOG_FILE, RESULTS_FILE, SPEC_FILE, same_finished_run
 
         level = self.root / "imp" / cell.task / f"seed{cell.seed}" / level_name(0)
         if not same_finished_run(level, spec):
             return None
-
-        def copy(tmp: Path) -> dict[str, Any]:
-            for path in [level / SPEC_FILE, level / LOG_FILE, *level.glob("*_predictions.tsv")]:
-                if path.exists():
-                    shutil.copyfile(path, tmp / path.name)
-            results = read_json(level / RESULTS_FILE)
-            results["reused_from"] = str(level.relative_to(self.root))
-            write_json(tmp / RESULTS_FILE, results)
-            return results
-
+        for path in [level / SPEC_FILE, level / LOG_FILE, *level.glob("*_predictions.tsv")]:
+            if path.exists():
+                shutil.copyfile(path, tmp / path.name)
+        results = read_json(level / RESULTS_FILE)
+        results["reused_from"] = str(level.relative_to(self.root))
+        write_json(tmp / RESULTS_FILE, results)
         self.echo(
             f"fine-tune {cell.task}: full at 0%, seed {cell.seed}: the same run as IMP's level 0, reused"
         )
-        return write_directory(out, copy)
+        return results
+
+    def run_step(self, step: GridStep) -> Any:
+        """Make one step of the plan (its inputs are made first if they are not finished)."""
+        return self._makers[step.kind](step.cell)
 
     def run_all(self) -> dict[str, Any]:
         """Every IMP run and cell (finished ones skipped), then the aggregate in results.json."""
         from ticketlab.analysis.aggregate import aggregate, highest_matching_sparsity
 
-        if "imp" in self.spec.methods or self.spec.transfer_from:
-            for task in self.spec.tasks:
-                if "imp" in self.spec.methods or task in self.spec.transfer_from:
-                    for seed in self.spec.seeds:
-                        self.imp_run(task, seed)
-        for cell in plan_cells(self.spec):
-            self.run_cell(cell)
-        self.measure_pretrain_losses()
+        plan = plan_steps(self.spec)
+        computed_steps = 0
+        for step in plan:
+            before = sum(self.computed.values())
+            self.run_step(step)
+            computed_steps += sum(self.computed.values()) > before
         records = collect_records(self.spec, self.root, main_metric_of)
         cells = aggregate(records)
         summary = {
+            # Counted, not assumed: a grid that grew (or resumed) says how much it reused.
+            "steps": {
+                "planned": len(plan),
+                "computed": computed_steps,
+                "reused": len(plan) - computed_steps,
+                "computed_by_kind": dict(self.computed),
+            },
             "cells": [c.to_dict() for c in cells],
             "highest_matching_sparsity": [
                 {"task": task, "method": method, "sparsity": sparsity}
