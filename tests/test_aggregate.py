@@ -68,3 +68,31 @@ def test_a_full_model_at_chance_level_gets_a_caveat():
     assert "Caveat" in untrained and "matching* it means nothing" in untrained
     trained = markdown_table(aggregate(cola([0.30, 0.34, 0.32])))
     assert "Caveat" not in trained
+
+
+def test_only_true_replicates_pool_and_duplicate_seeds_are_refused(tmp_path):
+    from ticketlab.analysis.aggregate import replicate_key
+    from ticketlab.errors import TicketlabError
+
+    recipe_a = replicate_key({"model": "m", "task": "rte", "lr": 2e-5, "seed": 0, "mask": "a.safetensors"})
+    assert recipe_a == replicate_key({"model": "m", "task": "rte", "lr": 2e-5, "seed": 3, "mask": "b"})
+    recipe_b = replicate_key({"model": "m", "task": "rte", "lr": 1e-4, "seed": 0})
+    assert recipe_a != recipe_b and replicate_key(None) == ""
+    records = [
+        ResultRecord("rte", "full", 0.0, 0, "accuracy", 0.80, "a/0", recipe=recipe_a),
+        ResultRecord("rte", "full", 0.0, 1, "accuracy", 0.84, "a/1", recipe=recipe_a),
+        ResultRecord("rte", "full", 0.0, 0, "accuracy", 0.60, "b/0", recipe=recipe_b),  # another recipe
+        ResultRecord("rte", "omp", 0.5, 0, "accuracy", 0.79, "a/omp", "encoder", "global", recipe_a),
+        ResultRecord("rte", "omp", 0.5, 0, "accuracy", 0.70, "a/omp-pm", "encoder", "per-matrix", recipe_a),
+    ]
+    cells = aggregate(records + [records[0]])  # the same result twice counts once
+    full = [c for c in cells if c.method == "full"]
+    assert sorted((c.recipe, c.seeds) for c in full) == sorted([(recipe_a, [0, 1]), (recipe_b, [0])])
+    omp = {c.scheme: c for c in cells if c.method == "omp"}
+    assert omp["global"].values == [0.79] and omp["per-matrix"].values == [0.70]
+    assert omp["global"].to_dict()["scope"] == "encoder"
+    table = markdown_table(cells)
+    assert f"recipe {recipe_a}" in table and f"recipe {recipe_b}" in table
+    assert "| omp (encoder/global) |" in table and "| omp (encoder/per-matrix) |" in table
+    with pytest.raises(TicketlabError, match="with seed 1 and the same recipe"):
+        aggregate(records + [ResultRecord("rte", "full", 0.0, 1, "accuracy", 0.5, "c/1", recipe=recipe_a)])

@@ -47,6 +47,21 @@ def test_grid_runs_every_method_skips_finished_cells_and_reports(tmp_path, capsy
     assert (out / "report" / "mask_overlap.png").exists()
     omp = json.loads((out / "cells" / "sst2" / "omp-0.50-seed0" / "results.json").read_text())
     assert omp["pruned_nonzero"] == 0 and abs(omp["sparsity"] - 0.5) < 1e-3
+    # Every results.json names its mask and hash; the controls say what they did to the weights.
+    from ticketlab.data.cache import file_sha256
+
+    omp_file = out / "tickets" / "omp-0.50.safetensors"
+    assert omp["mask"] == str(omp_file) and omp["mask_sha256"] == file_sha256(omp_file)
+    permuted = json.loads((out / "cells" / "sst2" / "permuted-0.50-seed0" / "results.json").read_text())
+    assert permuted["mask_sha256"] == omp["mask_sha256"] and permuted["control"]["kind"] == "permuted"
+    assert sorted(permuted["control"]["layer_order"]) == [0, 1]
+    reinit = json.loads((out / "cells" / "sst2" / "random-init-0.50-seed0" / "results.json").read_text())
+    assert reinit["control"] == {"kind": "random-init", "seed": 0}
+    level1 = out / "imp" / "sst2" / "seed0" / "level_01"
+    imp = json.loads((level1 / "results.json").read_text())
+    assert imp["mask"] == "mask.safetensors" and imp["mask_sha256"] == file_sha256(
+        level1 / "mask.safetensors"
+    )
 
     # The full cell is IMP's level 0 (same spec), taken over rather than fine-tuned again; and it
     # is what fine-tuning that spec gives.

@@ -7,13 +7,19 @@ model's mean over the same seeds: ``mean_ticket >= mean_full - std_full``.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from ticketlab.errors import TicketlabError
 
 FULL_MODEL = "full"
 # Metrics where lower is better (a held-out loss): a ticket matches when its mean is at most the
@@ -22,6 +28,29 @@ LOWER_IS_BETTER = frozenset({"mlm_loss"})
 # Correlation metrics score 0 for a model that predicts a constant (or at random): a full model whose
 # score is within one std of 0 has not learned the task, and "matching" it says nothing.
 CHANCE_LEVEL = {"matthews": 0.0, "pearson": 0.0, "spearman": 0.0}
+
+
+# Fine-tuning settings that do not change what is trained: results that differ only in these (and
+# the seed, and which file holds the mask) are replicates of one experiment.
+NOT_THE_RECIPE = (
+    "seed",
+    "mask",
+    "allow_fingerprint_mismatch",
+    "save_model",
+    "predict_test",
+    "log_every",
+    "eval_batch_size",
+)
+
+
+def replicate_key(spec: Mapping[str, Any] | None) -> str:
+    """A short hash of a fine-tuning spec without its seed (``NOT_THE_RECIPE``): results with the
+    same key are replicates and pool into one cell; another recipe is another row. "" when the
+    spec is unknown."""
+    if not spec:
+        return ""
+    payload = {k: v for k, v in spec.items() if k not in NOT_THE_RECIPE}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def display_scale(metric: str) -> float:
@@ -46,11 +75,14 @@ class ResultRecord:
     metric: str
     value: float
     source: str = ""
+    scope: str | None = None  # the ticket's scope and scheme (None for the full model)
+    scheme: str | None = None
+    recipe: str = ""  # replicate_key of its fine-tuning spec
 
 
 @dataclass
 class Cell:
-    """The seeds of one (task, method, sparsity) cell."""
+    """The seeds of one ticket (task, method, sparsity, scope, scheme) under one recipe."""
 
     task: str
     method: str
@@ -58,6 +90,10 @@ class Cell:
     metric: str
     values: list[float] = field(default_factory=list)
     matching: bool | None = None
+    scope: str | None = None
+    scheme: str | None = None
+    recipe: str = ""
+    seeds: list[int] = field(default_factory=list)
 
     @property
     def mean(self) -> float:
@@ -74,7 +110,11 @@ class Cell:
             "std": self.std,
             "n": len(self.values),
             "values": list(self.values),
+            "seeds": list(self.seeds),
             "matching": self.matching,
+            "scope": self.scope,
+            "scheme": self.scheme,
+            "recipe": self.recipe,
         }
 
     @property
@@ -84,23 +124,77 @@ class Cell:
 
 
 def aggregate(records: Iterable[ResultRecord]) -> list[Cell]:
-    """Group records into cells and mark each ticket's cell as matching its task's full model or not."""
+    """Group records into cells of true replicates (the same ticket and recipe, another seed) and
+    mark each ticket's cell as matching the full model of its task and recipe, or not.
+
+    A record given twice (the same result file, e.g. a grid and its IMP run both named) counts
+    once; two different results of one cell with the same seed are refused.
+    """
     cells: dict[tuple, Cell] = {}
+    sources: dict[tuple, str] = {}
     for record in records:
-        key = (record.task, record.method, round(record.sparsity, 6), record.metric)
+        key = (
+            record.task,
+            record.method,
+            round(record.sparsity, 6),
+            record.metric,
+            record.scope,
+            record.scheme,
+            record.recipe,
+        )
+        source = _same_file(record.source)
+        seen = sources.get((*key, record.seed))
+        if seen is not None:
+            if seen == source:
+                continue
+            raise TicketlabError(
+                f"two results of {record.task} {record.method} at {record.sparsity:.0%} with seed "
+                f"{record.seed} and the same recipe ({seen} and {source}): a seed is one replicate; "
+                "give each run once"
+            )
+        sources[(*key, record.seed)] = source
         cell = cells.setdefault(
-            key, Cell(record.task, record.method, round(record.sparsity, 6), record.metric)
+            key,
+            Cell(
+                record.task,
+                record.method,
+                round(record.sparsity, 6),
+                record.metric,
+                scope=record.scope,
+                scheme=record.scheme,
+                recipe=record.recipe,
+            ),
         )
         cell.values.append(record.value)
-    full = {(c.task, c.metric): c for c in cells.values() if c.method == FULL_MODEL}
+        cell.seeds.append(record.seed)
+    full = {(c.task, c.metric, c.recipe): c for c in cells.values() if c.method == FULL_MODEL}
     for cell in cells.values():
-        reference = full.get((cell.task, cell.metric))
+        reference = full.get((cell.task, cell.metric, cell.recipe))
         if cell.method != FULL_MODEL and reference is not None:
             if cell.metric in LOWER_IS_BETTER:
                 cell.matching = cell.mean <= reference.mean + reference.std
             else:
                 cell.matching = cell.mean >= reference.mean - reference.std
-    return sorted(cells.values(), key=lambda c: (c.task, c.method != FULL_MODEL, c.method, c.sparsity))
+    return sorted(
+        cells.values(),
+        key=lambda c: (
+            c.task,
+            c.recipe,
+            c.method != FULL_MODEL,
+            c.method,
+            c.scope or "",
+            c.scheme or "",
+            c.sparsity,
+        ),
+    )
+
+
+def _same_file(source: str) -> str:
+    """A record's source as one name per result: a run folder and its results.json are the same."""
+    if not source:
+        return source
+    path = Path(source)
+    return str((path if path.name.endswith(".json") else path / "results.json").resolve())
 
 
 def highest_matching_sparsity(cells: Iterable[Cell]) -> dict[tuple[str, str], float | None]:
@@ -123,51 +217,97 @@ def _fmt(cell: Cell, scale: float) -> str:
     return text
 
 
+def _protocol(cell: Cell) -> str:
+    return f"{cell.scope or '?'}/{cell.scheme or '?'}"
+
+
 def markdown_table(cells: list[Cell], scale: float | None = None) -> str:
     """Method x sparsity per task (mean ± std over seeds, ✓ = matching).
 
+    Each recipe of a task is a table of its own (results of different recipes never pool), and the
+    tickets' scope and scheme are stated: in the heading when they share one, per row when not.
     ``scale`` multiplies every value; by default scores are shown x100 and losses as they are.
     """
     out = []
     for task in sorted({c.task for c in cells}):
-        task_cells = [c for c in cells if c.task == task]
-        sparsities = sorted({c.sparsity for c in task_cells if c.method != FULL_MODEL})
-        methods = sorted({c.method for c in task_cells if c.method != FULL_MODEL})
-        metric = task_cells[0].metric
-        task_scale = display_scale(metric) if scale is None else scale
-        full = next((c for c in task_cells if c.method == FULL_MODEL), None)
-        shown = f", x{task_scale:g}" if task_scale != 1 else ""
-        out.append(f"### {task} ({metric}{shown}, mean ± std over seeds, ✓ = matching)\n")
-        if full is not None:
-            out.append(f"Full model: {_fmt(full, task_scale)} (n={len(full.values)})\n")
-            if full_model_at_chance(full):
-                out.append(
-                    f"**Caveat:** the full model's {metric} is at chance level ({CHANCE_LEVEL[metric]:g}): "
-                    "it has not learned the task with this recipe, so *matching* it means nothing here.\n"
-                )
-        header = "| method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |"
-        out += [header, "|" + "---|" * (len(sparsities) + 1)]
-        for method in methods:
-            row = {c.sparsity: c for c in task_cells if c.method == method}
-            out.append(
-                f"| {method} | "
-                + " | ".join(_fmt(row[s], task_scale) if s in row else "" for s in sparsities)
-                + " |"
+        recipes = sorted({c.recipe for c in cells if c.task == task})
+        for recipe in recipes:
+            out += _task_table(
+                [c for c in cells if c.task == task and c.recipe == recipe],
+                task,
+                recipe if len(recipes) > 1 else "",
+                scale,
             )
-        out.append("")
     return "\n".join(out)
+
+
+def _task_table(task_cells: list[Cell], task: str, recipe: str, scale: float | None) -> list[str]:
+    out = []
+    tickets = [c for c in task_cells if c.method != FULL_MODEL]
+    sparsities = sorted({c.sparsity for c in tickets})
+    protocols = sorted({_protocol(c) for c in tickets})
+    per_row = len(protocols) > 1
+    rows = sorted({(c.method, _protocol(c) if per_row else "") for c in tickets})
+    metric = task_cells[0].metric
+    task_scale = display_scale(metric) if scale is None else scale
+    full = next((c for c in task_cells if c.method == FULL_MODEL), None)
+    shown = f", x{task_scale:g}" if task_scale != 1 else ""
+    which = f", recipe {recipe}" if recipe else ""
+    out.append(f"### {task} ({metric}{shown}, mean ± std over seeds, ✓ = matching{which})\n")
+    if len(protocols) == 1:
+        scope, scheme = protocols[0].split("/")
+        out.append(f"Tickets: scope {scope}, scheme {scheme}.\n")
+    if full is not None:
+        out.append(f"Full model: {_fmt(full, task_scale)} (n={len(full.values)})\n")
+        if full_model_at_chance(full):
+            out.append(
+                f"**Caveat:** the full model's {metric} is at chance level ({CHANCE_LEVEL[metric]:g}): "
+                "it has not learned the task with this recipe, so *matching* it means nothing here.\n"
+            )
+    header = "| method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |"
+    out += [header, "|" + "---|" * (len(sparsities) + 1)]
+    for method, protocol in rows:
+        row = {
+            c.sparsity: c for c in tickets if c.method == method and (not per_row or _protocol(c) == protocol)
+        }
+        label = f"{method} ({protocol})" if per_row else method
+        out.append(
+            f"| {label} | "
+            + " | ".join(_fmt(row[s], task_scale) if s in row else "" for s in sparsities)
+            + " |"
+        )
+    out.append("")
+    return out
 
 
 def csv_table(cells: list[Cell]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["task", "method", "sparsity", "metric", "mean", "std", "n", "matching", "values"])
+    writer.writerow(
+        [
+            "task",
+            "method",
+            "sparsity",
+            "scope",
+            "scheme",
+            "recipe",
+            "metric",
+            "mean",
+            "std",
+            "n",
+            "matching",
+            "values",
+        ]
+    )
     for c in cells:
         writer.writerow(
             [
                 c.task,
                 c.method,
                 c.sparsity,
+                c.scope or "",
+                c.scheme or "",
+                c.recipe,
                 c.metric,
                 c.mean,
                 c.std,

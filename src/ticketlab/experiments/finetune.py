@@ -277,14 +277,21 @@ def same_finished_run(run_dir: str | Path, spec: FinetuneSpec) -> bool:
     return finished is not None and finished[0] == spec.to_dict()
 
 
-def _load_ticket(spec: FinetuneSpec, model, mask=None) -> tuple[Any, Any, dict[str, Any]]:
+def _load_ticket(
+    spec: FinetuneSpec, model, mask=None, mask_file: str | os.PathLike | None = None
+) -> tuple[Any, Any, dict[str, Any]]:
     """The unstructured mask to hold on ``model``, the structured mask it came from (if any), and the
-    ticket's facts for results.json."""
+    ticket's facts for results.json. A mask object passed in is named by ``mask_file`` (the file
+    it was saved to) or else by ``spec.mask``."""
     from ticketlab.masks import StructuredMask, load_mask
     from ticketlab.models import EncoderAdapter
 
     if mask is not None:
-        facts: dict[str, Any] = {"mask": None, "mask_sha256": None}
+        source = mask_file if mask_file is not None else spec.mask
+        facts: dict[str, Any] = {
+            "mask": str(source) if source is not None else None,
+            "mask_sha256": file_sha256(source) if source is not None and Path(source).is_file() else None,
+        }
     elif spec.mask is None:
         return None, None, {"mask": None, "mask_sha256": None, "sparsity": 0.0, "scope": None, "scheme": None}
     else:
@@ -409,13 +416,17 @@ def run_finetune(
     accelerator: Any = None,
     model: Any = None,
     mask: Any = None,
+    mask_file: str | os.PathLike | None = None,
+    record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``spec.model`` (with ``spec.mask`` held, if any) on ``spec.task``; write the run
     directory ``out_dir`` and return the contents of its results.json.
 
     Pipelines pass ``model`` to train a model they prepared (IMP's rewound weights with the kept
     task head, a control's permuted weights) instead of loading ``spec.model``; it is trained in
-    place. ``mask`` (a mask object) stands in for ``spec.mask``.
+    place. ``mask`` (a mask object) stands in for ``spec.mask``; ``mask_file`` names the file it
+    was saved to (results.json records it and its hash; a relative name is relative to
+    ``out_dir``). ``record`` adds entries to results.json (a control's layer order, say).
     """
     from accelerate.utils import set_seed
 
@@ -443,7 +454,11 @@ def run_finetune(
     set_seed(spec.seed)  # before the model: the task head's initialisation depends on it
     if model is None:
         model = task.build_model(spec.model)
-    mask, structured, ticket = _load_ticket(spec, model, mask)
+    relative = mask_file is not None and not Path(mask_file).is_absolute()
+    mask, structured, ticket = _load_ticket(spec, model, mask, out / mask_file if relative else mask_file)
+    if relative:  # named relative to the run's folder, which moves when its step is published
+        ticket["mask"] = str(mask_file)
+    ticket.update(record or {})
     enforcer = (
         apply_mask(model, mask, allow_fingerprint_mismatch=spec.allow_fingerprint_mismatch) if mask else None
     )

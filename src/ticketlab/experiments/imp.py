@@ -281,6 +281,10 @@ def finetune_functions(
         prepared: nn.Module, mask: UnstructuredMask | None, train_seed: int, out: Path
     ) -> dict[str, Any]:
         spec = FinetuneSpec(model=model, task=task_name, data_dir=data_dir, seed=train_seed, **recipe)
-        return run_finetune(spec, out, model=prepared, mask=mask, cache_dir=cache_dir, quiet=quiet)
+        # The level saved its mask beside the run before training: results.json names it.
+        mask_file = "mask.safetensors" if mask is not None and (out / "mask.safetensors").is_file() else None
+        return run_finetune(
+            spec, out, model=prepared, mask=mask, mask_file=mask_file, cache_dir=cache_dir, quiet=quiet
+        )
 
     return build_model, train

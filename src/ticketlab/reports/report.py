@@ -24,23 +24,19 @@ from ticketlab.io import read_json, write_json
 
 def _finetune_record(path: Path, results: dict[str, Any]) -> ResultRecord:
     from ticketlab.experiments.grid import main_metric_of
+    from ticketlab.experiments.grid.records import record_of
 
-    metric, value = main_metric_of(results["task"], results)
     method = results.get("mask_method") or FULL_MODEL
-    return ResultRecord(
-        results["task"],
-        method,
-        round(float(results.get("sparsity") or 0.0), 4),
-        int(results.get("seed", 0)),
-        metric,
-        value,
-        str(path),
+    sparsity = round(float(results.get("sparsity") or 0.0), 4)
+    return record_of(
+        path / "results.json", results["task"], method, sparsity, int(results.get("seed", 0)), main_metric_of
     )
 
 
 def records_from(run_dir: str | Path) -> tuple[list[ResultRecord], list[Path]]:
     """Result records and mask files of a grid, IMP or fine-tuning run directory."""
     from ticketlab.experiments.grid import GridSpec, collect_records, main_metric_of
+    from ticketlab.experiments.grid.records import record_of
 
     root = Path(run_dir)
     if not root.is_dir():
@@ -58,17 +54,15 @@ def records_from(run_dir: str | Path) -> tuple[list[ResultRecord], list[Path]]:
         for level in sorted(root.glob("level_*")):
             if (level / "results.json").exists():
                 results = read_json(level / "results.json")
-                metric, value = main_metric_of(results["task"], results)
                 method = "imp" if results.get("level") else FULL_MODEL
                 records.append(
-                    ResultRecord(
+                    record_of(
+                        level / "results.json",
                         results["task"],
                         method,
                         round(float(results["sparsity"]), 4),
                         int(spec["spec"].get("seed", 0)),
-                        metric,
-                        value,
-                        str(level),
+                        main_metric_of,
                     )
                 )
             if (level / "mask.safetensors").exists():

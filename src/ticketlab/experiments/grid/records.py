@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ticketlab.analysis.aggregate import ResultRecord
+from ticketlab.analysis.aggregate import ResultRecord, replicate_key
 from ticketlab.analysis.pretrain_correlation import TicketLoss
 from ticketlab.errors import TicketlabError
 from ticketlab.experiments.grid.plan import (
@@ -25,6 +25,41 @@ from ticketlab.io import read_json
 log = logging.getLogger(__name__)
 
 
+def record_of(
+    path: Path,
+    task: str,
+    method: str,
+    sparsity: float,
+    seed: int,
+    main_metric: Callable[[str, dict], tuple[str, float]],
+    root: Path | None = None,
+) -> ResultRecord:
+    """The record of one fine-tuning run's results.json: its main metric, the ticket's scope and
+    scheme, and its recipe (from the spec.json beside it), so that only replicates pool. A result
+    taken over from another run (``reused_from``, relative to ``root``) is named by that run."""
+    results = read_json(path)
+    metric, value = main_metric(task, results)
+    spec_file = path.parent / "spec.json"
+    spec = read_json(spec_file) if spec_file.is_file() else None
+    if isinstance(spec, dict) and "spec" in spec and "kind" in spec:  # a run directory's, not a run's
+        spec = None
+    source = path
+    if results.get("reused_from") and root is not None:
+        source = root / results["reused_from"] / "results.json"
+    return ResultRecord(
+        task,
+        method,
+        sparsity,
+        seed,
+        metric,
+        value,
+        str(source),
+        scope=results.get("scope"),
+        scheme=results.get("scheme"),
+        recipe=replicate_key(spec),
+    )
+
+
 def collect_records(
     spec: GridSpec, root: Path, main_metric: Callable[[str, dict], tuple[str, float]]
 ) -> list[ResultRecord]:
@@ -36,9 +71,8 @@ def collect_records(
         else:
             path = root / "cells" / cell.task / cell.name / "results.json"
         if path.exists():
-            metric, value = main_metric(cell.task, read_json(path))
             records.append(
-                ResultRecord(cell.task, cell.method, cell.sparsity, cell.seed, metric, value, str(path))
+                record_of(path, cell.task, cell.method, cell.sparsity, cell.seed, main_metric, root)
             )
     return records
 

@@ -376,18 +376,23 @@ class GridRunner:
         if cell.method == FULL_MODEL and (reused := self._reuse_imp_level_zero(cell, spec, tmp)):
             return reused
         model = mask = None
+        record: dict[str, Any] = {}
         if cell.method in CONTROLS:
             from accelerate.utils import set_seed
 
             set_seed(cell.seed)
             model = get_task(cell.task).build_model(self.spec.model)
             if cell.method == "permuted":
-                permute_layers(model, seed=cell.seed)
+                order = permute_layers(model, seed=cell.seed)
+                record["control"] = {"kind": "permuted", "seed": cell.seed, "layer_order": order}
             else:
                 reinitialize(model, seed=cell.seed)
+                record["control"] = {"kind": "random-init", "seed": cell.seed}
             mask = load_mask(mask_path) if mask_path else None
         self.echo(f"fine-tune {cell.task}: {cell.method} at {cell.sparsity:.0%}, seed {cell.seed}")
-        return run_finetune(spec, tmp, model=model, mask=mask, cache_dir=self.cache_dir, quiet=self.quiet)
+        return run_finetune(
+            spec, tmp, model=model, mask=mask, record=record, cache_dir=self.cache_dir, quiet=self.quiet
+        )
 
     def _reuse_imp_level_zero(self, cell: Cell, spec: Any, tmp: Path) -> dict[str, Any] | None:
         """The full model's cell when the task's IMP run of the same seed already fine-tuned ``spec``
