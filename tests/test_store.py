@@ -69,3 +69,26 @@ def test_finished_steps_are_skipped_and_half_finished_redone(tmp_path):
     run.run_step("level_2", body)
     assert run.is_done("level_2") and not list(run.path.glob(".level_2.*"))
     assert sorted(p.name for p in (run.path / "level_2").iterdir()) == ["DONE", "mask.txt"]
+
+
+def test_the_replicate_key_is_pinned():
+    # It names the rows of reports (run names are pinned in test_imp_mlm): change it on purpose only.
+    from ticketlab.analysis.aggregate import replicate_key
+
+    assert replicate_key(
+        {"model": "bert-base-uncased", "task": "rte", "lr": 2e-5, "epochs": 3, "seed": 0}
+    ) == ("ee0ff840")
+
+
+def test_a_grown_spec_keeps_the_run_and_records_what_it_grew_from(tmp_path):
+    from ticketlab.experiments.imp import ImpSpec
+
+    RunDirectory.open(ImpSpec(model="m", task="rte", levels=[0.2, 0.4]), tmp_path / "run")
+    RunDirectory.open(ImpSpec(model="m", task="rte", levels=[0.2, 0.4, 0.6]), tmp_path / "run")  # grows
+    recorded = read_json(tmp_path / "run" / "spec.json")
+    assert recorded["spec"]["levels"] == [0.2, 0.4, 0.6]
+    assert recorded["grown_from"][0]["spec"]["levels"] == [0.2, 0.4]
+    with pytest.raises(TicketlabError, match="fields that differ: levels"):  # not on top: another run
+        RunDirectory.open(ImpSpec(model="m", task="rte", levels=[0.3, 0.6]), tmp_path / "run")
+    with pytest.raises(TicketlabError, match="fields that differ: seed"):
+        RunDirectory.open(ImpSpec(model="m", task="rte", levels=[0.2, 0.4, 0.6], seed=1), tmp_path / "run")
