@@ -209,3 +209,21 @@ def test_a_mask_that_empties_a_matrix_is_flagged(capsys, bert, tmp_path, caplog)
     args = ["prune", "--model", model_dir, "--method", "omp", "--sparsity", 0.3, "--scheme", "per-matrix"]
     assert run_cli(capsys, *args, "--out", per_matrix)[0] == 0
     assert load_mask(per_matrix).fully_pruned() == []
+
+
+@pytest.mark.parametrize(
+    "verb", [["prune", "--method", "omp", "--sparsity", "0.5"], ["imp", "--task", "rte"]]
+)
+def test_protocol_presets_scope_and_scheme_and_explicit_flags_win(verb):
+    from ticketlab.cli import build_parser
+    from ticketlab.cli.common import protocol_of
+
+    parser = build_parser()
+    base = [verb[0], "--model", "m", *verb[1:], "--out", "x"]
+    assert protocol_of(parser.parse_args(base)) == ("encoder", "global")
+    assert protocol_of(parser.parse_args([*base, "--protocol", "liu2022"])) == (
+        "encoder+embeddings",
+        "per-matrix",
+    )
+    liu_global = parser.parse_args([*base, "--protocol", "liu2022", "--scheme", "global"])
+    assert protocol_of(liu_global) == ("encoder+embeddings", "global")

@@ -127,3 +127,32 @@ def apply_redo(out: str, steps: list[str], echo: Callable[[str], None]) -> None:
 
     for step in redo_steps(out, steps):
         echo(f"redo: {step} removed, computed again now")
+
+
+def add_protocol_flags(parser: argparse.ArgumentParser, default: str = "chen2020") -> None:
+    """``--protocol`` (a paper's scope and scheme) with ``--scope`` and ``--scheme`` overriding it."""
+    from ticketlab.models.adapters import SCOPES
+    from ticketlab.pruning import PROTOCOLS, SCHEMES
+
+    described = ", ".join(f"{name} = {p['scope']}/{p['scheme']}" for name, p in sorted(PROTOCOLS.items()))
+    parser.add_argument(
+        "--protocol",
+        choices=sorted(PROTOCOLS),
+        default=None,
+        help=f"a paper's scope and scheme ({described}; default {default})",
+    )
+    parser.add_argument("--scope", choices=SCOPES, help="which weights can be pruned (overrides --protocol)")
+    parser.add_argument(
+        "--scheme",
+        choices=SCHEMES,
+        help="one ranking over the scope, or each matrix alike (overrides --protocol)",
+    )
+    parser.set_defaults(default_protocol=default)
+
+
+def protocol_of(args: argparse.Namespace) -> tuple[str, str]:
+    """(scope, scheme) from ``--protocol`` (or the verb's default protocol), ``--scope``, ``--scheme``."""
+    from ticketlab.pruning import PROTOCOLS
+
+    protocol = PROTOCOLS[args.protocol or args.default_protocol]
+    return args.scope or protocol["scope"], args.scheme or protocol["scheme"]

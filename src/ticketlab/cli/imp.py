@@ -7,11 +7,13 @@ from typing import Any
 
 from ticketlab.cli.common import (
     add_output_flags,
+    add_protocol_flags,
     add_redo_flag,
     add_spec_arguments,
     apply_redo,
     format_table,
     print_json,
+    protocol_of,
 )
 
 # Fields of FinetuneSpec that IMP sets itself rather than taking as recipe overrides.
@@ -70,8 +72,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         default="keep",
         help="task head at rewinding: keep the trained one (the paper) or re-initialise",
     )
-    p.add_argument("--scope", choices=("encoder", "encoder+embeddings"), default="encoder")
-    p.add_argument("--scheme", choices=("global", "per-matrix"), default="global")
+    add_protocol_flags(p)
     p.add_argument("--seed", type=int, default=0)
     add_spec_arguments(p, FinetuneSpec, skip=_NOT_RECIPE, overrides_only=True)
     mlm = p.add_argument_group("IMP on MLM (--task mlm)")
@@ -119,14 +120,15 @@ def run_imp_command(args: argparse.Namespace) -> int:
         kind = "a task's fine-tuning" if args.task == MLM_TASK else "--task mlm"
         raise TicketlabError(f"{flag} is a flag of {kind}, not of --task {args.task}")
     recipe = _set_flags(args, wanted)
+    scope, scheme = protocol_of(args)
     spec = ImpSpec(
         model=args.model,
         task=args.task,
         data_dir=args.data_dir,
         levels=args.levels,
         head=args.head,
-        scope=args.scope,
-        scheme=args.scheme,
+        scope=scope,
+        scheme=scheme,
         seed=args.seed,
         recipe=recipe,
         text=args.text,

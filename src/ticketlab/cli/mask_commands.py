@@ -6,15 +6,21 @@ import argparse
 import os
 from typing import Any
 
-from ticketlab.cli.common import add_output_flags, format_table, human_size, print_json
+from ticketlab.cli.common import (
+    add_output_flags,
+    add_protocol_flags,
+    format_table,
+    human_size,
+    print_json,
+    protocol_of,
+)
 from ticketlab.errors import TicketlabError
 
 HELP_ORDER = 10  # prune, inspect, compare, import-mask come first in --help
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
-    from ticketlab.models.adapters import SCOPES
-    from ticketlab.pruning import PROTOCOLS, PRUNING_METHODS, SCHEMES
+    from ticketlab.pruning import PRUNING_METHODS
 
     p = verbs.add_parser(
         "prune",
@@ -26,15 +32,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sparsity", required=True, type=float, help="fraction of the weights in scope to prune, in [0, 1)"
     )
-    p.add_argument(
-        "--protocol",
-        choices=sorted(PROTOCOLS),
-        help="a paper's scope and scheme: chen2020 = encoder/global, liu2022 = encoder+embeddings/per-matrix",
-    )
-    p.add_argument("--scope", choices=SCOPES, help="which weights can be pruned (default: encoder)")
-    p.add_argument(
-        "--scheme", choices=SCHEMES, help="one ranking over the scope, or each matrix alike (default: global)"
-    )
+    add_protocol_flags(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (random pruning; recorded for all)")
     p.add_argument("--reference", help="random pruning matched per matrix to the counts of this mask file")
     p.add_argument("--out", required=True, help="mask file to write (.safetensors)")
@@ -95,13 +93,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
 def run_prune(args: argparse.Namespace) -> int:
     from ticketlab.masks import load_mask, save_mask
     from ticketlab.models import load_encoder
-    from ticketlab.pruning import PROTOCOLS, prune, validate_sparsity
+    from ticketlab.pruning import prune, validate_sparsity
 
     validate_sparsity(args.sparsity)
     _check_out(args.out)
-    protocol = PROTOCOLS.get(args.protocol, {}) if args.protocol else {}
-    scope = args.scope or protocol.get("scope", "encoder")
-    scheme = args.scheme or protocol.get("scheme", "global")
+    scope, scheme = protocol_of(args)
     params: dict[str, Any] = {}
     if args.reference:
         if args.method != "random":
