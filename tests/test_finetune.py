@@ -175,9 +175,12 @@ def test_nan_loss_leaves_no_results(tmp_path, model_dir, capsys):
     assert finetune(model_dir, "sst2", data, out, "--lr", "1e30") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ticketlab finetune: error: the training loss became") and "\n" not in err
-    assert not (out / "results.json").exists()
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert not (out / "results.json").exists() and not out.exists()  # nothing that looks like a run
+    failed = tmp_path / ".run.failed" / "log.jsonl"  # the failed attempt's log is kept, and named
+    assert str(failed) in err
+    log = [json.loads(line) for line in failed.read_text().splitlines()]
     assert log[-1]["event"] == "error"
+    assert finetune(model_dir, "sst2", data, out, "--lr", "1e-3") == 0  # the same --out, fixed: runs
 
 
 def test_hub_is_the_default_source(tmp_path, model_dir, monkeypatch):

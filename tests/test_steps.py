@@ -68,7 +68,10 @@ def test_a_step_without_its_required_files_is_not_published(tmp_path):
     store = StepStore(tmp_path)
     with pytest.raises(TicketlabError, match="finished without results.json"):
         store.run("a", write_file("mask.txt"), required=["mask.txt", "results.json"])
-    assert not (tmp_path / "a").exists() and not list(tmp_path.glob(".a.*"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / ".a.claim").exists()
+    # What the failed attempt wrote is kept aside for its log, never where a finished step goes.
+    assert [p.name for p in tmp_path.glob(".a.*")] == [".a.failed"]
+    assert (store.failed_path("a") / "mask.txt").read_text() == "bits"
 
 
 def test_a_live_claim_is_never_touched(tmp_path, live_process):

@@ -45,9 +45,9 @@ def _format_metrics(metrics: dict[str, Any]) -> str:
 
 
 def run_finetune_command(args: argparse.Namespace) -> int:
-    from ticketlab.experiments.finetune import run_finetune
+    from ticketlab.experiments.finetune import run_finetune_step
 
-    results = run_finetune(_spec_from_args(args), args.out, cache_dir=args.cache_dir, quiet=args.quiet)
+    results = run_finetune_step(_spec_from_args(args), args.out, cache_dir=args.cache_dir, quiet=args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # in a multi-process launch only the first process reports
     if args.json:

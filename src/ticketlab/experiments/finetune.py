@@ -9,8 +9,11 @@ A run directory holds (all written atomically, results.json last):
 - ``submission/<TASK>.tsv``: test-set predictions in the leaderboard format (``predict_test``);
 - ``model/``: the trained model and its tokenizer (``save_model``), loadable with ``--model``;
 - ``results.json``: best and final metrics, the step of the best, the ticket, the seed, timings
-  and versions. Its presence means the run finished; rerunning the same spec into the same
-  directory returns it without training again.
+  and versions. Rerunning the same spec into the same directory returns it without training again.
+
+``ticketlab finetune`` runs it as one step of the store protocol (``run_finetune_step``): the
+folder appears, complete, only when the run finished. Pipelines call ``run_finetune`` inside
+their own steps' temporary folders.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 from ticketlab.data.cache import file_sha256
 from ticketlab.data.subset import subset_indices
 from ticketlab.errors import TicketlabError
-from ticketlab.io import atomic_write
+from ticketlab.io import atomic_write, read_json
 from ticketlab.training.metrics import json_safe
 
 log = logging.getLogger(__name__)
@@ -472,6 +475,60 @@ def run_finetune(
     finally:
         if gates is not None:
             gates.remove()
+
+
+def run_finetune_step(
+    spec: FinetuneSpec,
+    out_dir: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """``ticketlab finetune``: ``run_finetune`` as one step of the folder that holds ``out_dir``.
+
+    The run is claimed, written aside and renamed into place when complete, so two commands with
+    the same ``--out`` train it once (the second waits and reads the result), and a killed run
+    leaves nothing that looks finished. A finished run of the same spec is returned (with
+    ``skipped``); one of another spec, or a folder that is not a run, is refused in one line.
+    """
+    from ticketlab.experiments.steps import DONE, StepStore
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise TicketlabError(f"output {str(out)!r} exists and is not a directory")
+    spec.validate()
+    finished = _finished_run(out, spec)
+    if finished is not None:
+        return finished | {"skipped": True}
+    if out.is_dir() and any(out.iterdir()) and not (out / DONE).exists():
+        raise TicketlabError(
+            f"{out} is not empty and holds no finished run (a run killed by an older ticketlab, or other "
+            "files): choose another --out, or empty it"
+        )
+    computed: list[dict[str, Any]] = []
+
+    def body(tmp: Path) -> dict[str, Any]:
+        computed.append(run_finetune(spec, tmp, cache_dir=cache_dir, quiet=quiet))
+        return computed[0]
+
+    store = StepStore(out.parent)
+    try:
+        results = store.run(
+            out.name,
+            body,
+            load=lambda folder: read_json(folder / RESULTS_FILE),
+            required=[RESULTS_FILE],
+            adopt=lambda folder: (folder / RESULTS_FILE).is_file(),
+        )
+    except TicketlabError as error:
+        log_file = store.failed_path(out.name) / LOG_FILE
+        if log_file.is_file():
+            raise TicketlabError(f"{error} (the failed run's log: {log_file})") from error
+        raise
+    if not computed:  # another process trained it meanwhile: the same spec?
+        _finished_run(out, spec)
+        return results | {"skipped": True}
+    return results
 
 
 def _train_and_record(

@@ -432,12 +432,24 @@ class StepStore:
             if missing:
                 raise TicketlabError(f"step {name} finished without {', '.join(missing)} (not published)")
             published = self._publish(name, claim, tmp)
+        except Exception:
+            # A step that failed (NaN loss, a bad input) keeps what it wrote, its log above all, in
+            # .<name>.failed (the latest failure only); an interrupted one keeps nothing.
+            failed = self.failed_path(name)
+            shutil.rmtree(failed, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.replace(tmp, failed)
+            raise
         finally:
             claim.stop_heartbeat()
             if not published:
                 shutil.rmtree(tmp, ignore_errors=True)
                 claim.release()
         return published, result if published else None
+
+    def failed_path(self, name: str) -> Path:
+        """Where the files of the latest failed attempt at step ``name`` are kept."""
+        return self.root / f".{name}.failed"
 
     def _publish(self, name: str, claim: _Claim, tmp: Path) -> bool:
         (tmp / _OWNER_NOTE).unlink(missing_ok=True)
