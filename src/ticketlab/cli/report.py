@@ -22,6 +22,14 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="grid run directory (resumed if it exists)")
     add_redo_flag(p)
     p.add_argument(
+        "--executor",
+        choices=("serial", "local"),
+        default="serial",
+        help="serial: one process, step after step; local: --workers processes on this machine sharing "
+        "the run directory (one GPU each, round robin, when there are GPUs); the same results either way",
+    )
+    p.add_argument("--workers", type=int, default=2, help="local executor: worker processes (default: 2)")
+    p.add_argument(
         "--cache-dir", help="tokenisation cache (default: $TICKETLAB_CACHE, else ~/.cache/ticketlab)"
     )
     add_output_flags(p)
@@ -50,7 +58,14 @@ def run_grid_command(args: argparse.Namespace) -> int:
     echo = (lambda _: None) if args.quiet or args.json else print
     runner = GridRunner(spec, args.out, cache_dir=args.cache_dir, quiet=args.quiet, echo=echo)
     apply_redo(args.out, args.redo, echo)
-    summary = runner.run_all()
+    if args.executor == "local":
+        from ticketlab.experiments.grid.executors import run_grid_locally
+
+        summary = run_grid_locally(
+            spec, args.out, args.workers, cache_dir=args.cache_dir, quiet=args.quiet, echo=echo
+        )
+    else:
+        summary = runner.run_all()
     report = write_report([runner.root], runner.root / "report")
     if args.json:
         print_json(summary | {"report": report["files"]})

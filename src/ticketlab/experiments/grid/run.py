@@ -32,7 +32,7 @@ from ticketlab.experiments.grid.spec import (
     GridSpec,
 )
 from ticketlab.experiments.imp import level_name
-from ticketlab.experiments.steps import StepStore
+from ticketlab.experiments.steps import DONE, StepStore
 from ticketlab.experiments.store import RunDirectory
 from ticketlab.io import read_json, write_json
 
@@ -138,10 +138,15 @@ class GridRunner:
         from ticketlab.experiments.tamt import run_tamt
 
         path = self._path("tamt", sparsity)
-        if not (path.parent / "results.json").exists():
-            spec = tamt_spec_for(self.spec, sparsity)
-            self.echo(f"TAMT-{spec.objective} at {sparsity:.0%}: {spec.steps} steps")
-            run_tamt(spec, path.parent, progress=not self.quiet)
+        # TAMT keeps its own books in its folder (a checkpoint to resume from): held, not published.
+        with StepStore(path.parent.parent).hold(
+            path.parent.name, (path.parent / "results.json").exists
+        ) as todo:
+            if todo:
+                spec = tamt_spec_for(self.spec, sparsity)
+                self.echo(f"TAMT-{spec.objective} at {sparsity:.0%}: {spec.steps} steps")
+                run_tamt(spec, path.parent, progress=not self.quiet)
+                self.computed["tamt"] += 1
         return path
 
     def imp_run(self, task: str, seed: int) -> Path:
@@ -419,16 +424,46 @@ class GridRunner:
         """Make one step of the plan (its inputs are made first if they are not finished)."""
         return self._makers[step.kind](step.cell)
 
-    def run_all(self) -> dict[str, Any]:
-        """Every IMP run and cell (finished ones skipped), then the aggregate in results.json."""
-        from ticketlab.analysis.aggregate import aggregate, highest_matching_sparsity
+    # -- the plan, step by step ---------------------------------------------------------------------
+    def step_done(self, step: GridStep) -> bool:
+        """Whether a step of the plan is finished (by anyone), without making anything."""
+        path = self.root / step.key
+        if step.kind in ("omp", "random", "pretrain_loss"):
+            return path.is_file()
+        if step.kind == "tamt":
+            return (path / "results.json").is_file()
+        if step.kind == "imp":
+            levels = len(imp_spec_for(self.spec, step.cell.task, step.cell.seed).levels) + 1
+            return all((path / level_name(i) / DONE).is_file() for i in range(levels))
+        if step.kind in ("super", "allwin"):
+            return structured_masks_dir(self.root, step.cell.method, step.cell.task, step.cell.seed).is_dir()
+        return (path / DONE).is_file() or (path / "results.json").is_file()  # a cell
 
+    def step_busy(self, step: GridStep) -> bool:
+        """Whether another live process holds the step (for an IMP run: one of its levels)."""
+        path = self.root / step.key
+        if step.kind == "imp":
+            store = StepStore(path)
+            names = [c.name[1:].removesuffix(".claim") for c in path.glob(".level_*.claim")]
+        else:
+            store, names = StepStore(path.parent), [path.name]
+        return any((owner := store.owner_of(n)) is not None and not owner.is_stale() for n in names)
+
+    def run_all(self) -> dict[str, Any]:
+        """Every step of the plan in order (finished ones skipped), then the summary."""
         plan = plan_steps(self.spec)
         computed_steps = 0
         for step in plan:
             before = sum(self.computed.values())
             self.run_step(step)
             computed_steps += sum(self.computed.values()) > before
+        return self.summarize(plan, computed_steps, self.computed)
+
+    def summarize(self, plan: list[GridStep], computed_steps: int, computed: Counter[str]) -> dict[str, Any]:
+        """The aggregate of every finished result, written to results.json, with what was
+        computed (``computed_steps`` of the plan's steps, by kind in ``computed``)."""
+        from ticketlab.analysis.aggregate import aggregate, highest_matching_sparsity
+
         records = collect_records(self.spec, self.root, main_metric_of)
         cells = aggregate(records)
         summary = {
@@ -437,7 +472,7 @@ class GridRunner:
                 "planned": len(plan),
                 "computed": computed_steps,
                 "reused": len(plan) - computed_steps,
-                "computed_by_kind": dict(self.computed),
+                "computed_by_kind": dict(computed),
             },
             "cells": [c.to_dict() for c in cells],
             "highest_matching_sparsity": [
