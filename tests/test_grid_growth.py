@@ -95,3 +95,33 @@ def test_the_step_graph_names_each_steps_inputs():
     assert steps["cells/rte/full-0.00-seed0"].inputs == ("imp/rte/seed0",)
     assert steps["tickets/super/rte/seed0"].inputs == ("cells/rte/full-0.00-seed0",)
     assert steps["cells/rte/super-winning-0.70-seed0"].inputs == ("tickets/super/rte/seed0",)
+
+
+def test_status_lists_each_step_and_what_it_waits_for(tmp_path, capsys):
+    import os
+
+    from ticketlab.cli import main
+
+    spec_path = tiny_grid_spec(tmp_path, ["full", "omp", "random"], sparsities=[0.5])
+    out = tmp_path / "grid"
+    assert main(["grid", str(spec_path), "--out", str(out), "--status", "--json"]) == 0
+    states = {s["step"]: s for s in json.loads(capsys.readouterr().out)}
+    assert states["tickets/omp-0.50.safetensors"]["state"] == "ready"
+    assert states["cells/mrpc/full-0.00-seed0"]["state"] == "ready"
+    assert states["cells/mrpc/omp-0.50-seed0"]["waiting_for"] == ["tickets/omp-0.50.safetensors"]
+    assert states["tickets/random-0.50-seed0.safetensors"]["state"] == "waiting"
+    claim = {
+        "host": os.uname().nodename,
+        "boot": "",
+        "pid": os.getpid(),
+        "start": None,
+        "token": "t",
+        "claimed_at": 0.0,
+        "lease_until": 1e12,
+    }
+    (out / "tickets").mkdir()
+    (out / "tickets" / ".omp-0.50.safetensors.claim").write_text(json.dumps(claim))
+    assert main(["grid", str(spec_path), "--out", str(out), "--status"]) == 0
+    text = capsys.readouterr().out
+    assert "running" in text and "1 running, 1 ready, 3 waiting" in text
+    assert not (out / "tickets" / "omp-0.50.safetensors").exists()  # --status runs nothing

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ticketlab.cli.common import add_output_flags, add_redo_flag, apply_redo, print_json
+from ticketlab.cli.common import add_output_flags, add_redo_flag, apply_redo, format_table, print_json
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -30,6 +30,11 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workers", type=int, default=2, help="local executor: worker processes (default: 2)")
     p.add_argument(
+        "--status",
+        action="store_true",
+        help="run nothing: list every step of the grid with its state (done, running, ready, waiting)",
+    )
+    p.add_argument(
         "--cache-dir", help="tokenisation cache (default: $TICKETLAB_CACHE, else ~/.cache/ticketlab)"
     )
     add_output_flags(p)
@@ -50,6 +55,19 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_report_command)
 
 
+def _print_status(states: list[dict], as_json: bool) -> int:
+    from collections import Counter
+
+    if as_json:
+        print_json(states)
+        return 0
+    counts = Counter(s["state"] for s in states)
+    rows = [[s["state"], s["kind"], s["step"], ", ".join(s.get("waiting_for", []))] for s in states]
+    print(format_table(rows, ["state", "kind", "step", "waiting for"]))
+    print(", ".join(f"{counts[k]} {k}" for k in ("done", "running", "ready", "waiting") if counts[k]))
+    return 0
+
+
 def run_grid_command(args: argparse.Namespace) -> int:
     from ticketlab.experiments.grid import GridRunner, GridSpec
     from ticketlab.reports.report import write_report
@@ -57,6 +75,8 @@ def run_grid_command(args: argparse.Namespace) -> int:
     spec = GridSpec.from_file(args.spec)
     echo = (lambda _: None) if args.quiet or args.json else print
     runner = GridRunner(spec, args.out, cache_dir=args.cache_dir, quiet=args.quiet, echo=echo)
+    if args.status:
+        return _print_status(runner.step_states(), args.json)
     apply_redo(args.out, args.redo, echo)
     if args.executor == "local":
         from ticketlab.experiments.grid.executors import run_grid_locally

@@ -449,6 +449,26 @@ class GridRunner:
             store, names = StepStore(path.parent), [path.name]
         return any((owner := store.owner_of(n)) is not None and not owner.is_stale() for n in names)
 
+    def step_states(self) -> list[dict[str, Any]]:
+        """Every step of the plan with its state: done, running (and by whom), ready (its inputs
+        are done), or waiting (for the inputs named); what ``ticketlab grid --status`` shows."""
+        plan = plan_steps(self.spec)
+        done = {step.key: self.step_done(step) for step in plan}
+        states = []
+        for step in plan:
+            entry: dict[str, Any] = {"kind": step.kind, "step": step.key, "inputs": list(step.inputs)}
+            if done[step.key]:
+                entry["state"] = "done"
+            elif self.step_busy(step):
+                entry["state"] = "running"
+            else:
+                waiting = [key for key in step.inputs if not done.get(key, True)]
+                entry["state"] = "waiting" if waiting else "ready"
+                if waiting:
+                    entry["waiting_for"] = waiting
+            states.append(entry)
+        return states
+
     def run_all(self) -> dict[str, Any]:
         """Every step of the plan in order (finished ones skipped), then the summary."""
         plan = plan_steps(self.spec)
