@@ -28,12 +28,11 @@ from safetensors.torch import save_file
 from ticketlab import __version__
 from ticketlab.errors import MaskFormatError
 from ticketlab.io import atomic_write
-from ticketlab.masks.provenance import Provenance, TensorInfo
+from ticketlab.masks.header import FORMAT_NAME, FORMAT_VERSION, check_header
+from ticketlab.masks.provenance import TensorInfo
 from ticketlab.masks.structured import StructuredMask
 from ticketlab.masks.unstructured import UnstructuredMask
 
-FORMAT_NAME = "ticketlab-mask"
-FORMAT_VERSION = 1
 Mask = UnstructuredMask | StructuredMask
 
 
@@ -83,8 +82,11 @@ def save_mask(mask: Mask, path: str | os.PathLike) -> Path:
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON header of a mask file, validated, without reading the bits."""
+    """The JSON header of a mask file, checked against the schema (masks/header.py), without
+    reading the bits."""
     path = Path(path)
+    if path.is_dir():
+        raise MaskFormatError(f"{path} is a folder, not a mask file")
     if not path.exists():
         raise MaskFormatError(f"mask file {str(path)!r} does not exist")
     try:
@@ -101,27 +103,30 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
         header = json.loads(metadata["ticketlab"])
     except json.JSONDecodeError as error:
         raise MaskFormatError(f"{path}: the mask header is not valid JSON ({error})") from error
-    if header.get("format") != FORMAT_NAME:
-        raise MaskFormatError(f"{path}: unknown format {header.get('format')!r}")
-    if int(header.get("format_version", 0)) > FORMAT_VERSION:
-        raise MaskFormatError(
-            f"{path}: mask format version {header['format_version']} is newer than this ticketlab "
-            f"understands ({FORMAT_VERSION}); upgrade ticketlab"
-        )
+    check_header(header, path)
     return header
+
+
+def is_mask_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a ticketlab mask file (an output that may be replaced by another)."""
+    try:
+        read_header(path)
+    except MaskFormatError:
+        return False
+    return True
 
 
 def load_mask(path: str | os.PathLike) -> Mask:
     """Read a mask file written by :func:`save_mask`."""
-    header = read_header(path)
+    header = check_header(read_header(path), path)
     tensors: dict[str, torch.Tensor] = {}
     try:
         with safe_open(str(path), framework="pt") as handle:
             stored = set(handle.keys())
-            for name, meta in header["tensors"].items():
+            for name, entry in header.tensors.items():
                 if name not in stored:
                     raise MaskFormatError(f"{path}: tensor {name!r} named in the header is missing")
-                shape = tuple(int(s) for s in meta["shape"])
+                shape = tuple(entry.shape)
                 packed = handle.get_tensor(name)
                 if packed.dtype != torch.uint8 or packed.numel() != math.ceil(math.prod(shape) / 8):
                     raise MaskFormatError(
@@ -130,13 +135,10 @@ def load_mask(path: str | os.PathLike) -> Mask:
                 tensors[name] = unpack_bits(packed, shape)
     except SafetensorError as error:
         raise MaskFormatError(f"{path}: corrupt mask file ({error})") from error
-    provenance = Provenance.from_dict(header.get("provenance", {}))
-    if header["kind"] == "structured":
-        return StructuredMask(tensors["heads"], tensors["ffn"], provenance)
-    if header["kind"] != "unstructured":
-        raise MaskFormatError(f"{path}: unknown mask kind {header['kind']!r}")
+    if header.kind == "structured":
+        return StructuredMask(tensors["heads"], tensors["ffn"], header.provenance)
     info = {
-        n: TensorInfo(shape=tuple(m["shape"]), role=m.get("role", "unknown"), layer=m.get("layer"))
-        for n, m in header["tensors"].items()
+        n: TensorInfo(shape=tuple(entry.shape), role=entry.role, layer=entry.layer)
+        for n, entry in header.tensors.items()
     }
-    return UnstructuredMask(tensors, provenance, info)
+    return UnstructuredMask(tensors, header.provenance, info)
