@@ -28,11 +28,30 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def _cannot_write(path: Path, error: OSError) -> TicketlabError:
+    reason = error.strerror or type(error).__name__
+    where = f" ({error.filename})" if error.filename and str(error.filename) != str(path) else ""
+    return TicketlabError(f"cannot write {path}: {reason}{where}")
+
+
+def ensure_directory(path: str | os.PathLike) -> Path:
+    """``mkdir -p path``; a file in the way or a folder that cannot be written is one-line error."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _cannot_write(path, error) from error
+    return path
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
     """Call ``write(tmp_path)`` and move the result to ``path`` only when it finished."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    ensure_directory(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise _cannot_write(path, error) from error
     os.close(fd)
     try:
         write(tmp)
@@ -69,8 +88,13 @@ def write_directory(path: str | os.PathLike, body: Callable[[Path], T]) -> T:
     """Fill the folder ``path`` atomically: ``body(tmp)`` writes into a temporary folder beside it,
     which then replaces ``path`` (a folder left half-written by a killed run included)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    if path.exists() and not path.is_dir():
+        raise TicketlabError(f"cannot write the folder {path}: a file of that name is in the way")
+    ensure_directory(path.parent)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as error:
+        raise _cannot_write(path, error) from error
     try:
         result = body(tmp)
         if path.exists():
@@ -79,3 +103,53 @@ def write_directory(path: str | os.PathLike, body: Callable[[Path], T]) -> T:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
+
+
+def _first_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (the folder a new output would be made in)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")
+
+
+def check_output(
+    path: str | os.PathLike,
+    *,
+    flag: str = "--out",
+    directory: bool = False,
+    what: str = "file",
+    ours: Callable[[Path], bool] | None = None,
+    inputs: tuple[str | os.PathLike | None, ...] = (),
+    force: bool = False,
+) -> Path:
+    """Refuse, before any work, an output path that cannot or should not be written.
+
+    The one check every verb runs on what it will write (a file, or a ``directory``): no file in
+    the way of the folders to create, a writable place, the right kind of thing at ``path``, never
+    one of the command's ``inputs`` (not even with ``force``), and an existing ``path`` replaced
+    only when ``ours(path)`` says it is this tool's output of the same kind (``what``, for the
+    message), or ``force`` is set. ``ours=None``: the verb checks what is there itself (a run
+    directory refuses a different run). Returns ``path`` as a ``Path``.
+    """
+    path = Path(path)
+    shown = f"{flag} {str(path)!r}"
+    base = _first_existing(path)
+    if base != path and not base.is_dir():
+        raise TicketlabError(f"{shown}: {str(base)!r} is a file, not a folder")
+    if path.exists():
+        if directory and not path.is_dir():
+            raise TicketlabError(f"{shown} is a file; a folder is wanted here")
+        if not directory and path.is_dir():
+            raise TicketlabError(f"{shown} is a folder; give a file name ({what})")
+        for source in inputs:
+            if source is None or not Path(source).exists():
+                continue
+            if os.path.samefile(path, source):
+                raise TicketlabError(f"{shown} is also an input of this command; write the output elsewhere")
+        if ours is not None and not force and not ours(path):
+            raise TicketlabError(f"{shown} exists and is not a {what}; pass --force to replace it")
+    writable_in = base if base != path else (path if path.is_dir() else path.parent)
+    if not os.access(writable_in, os.W_OK | os.X_OK):
+        raise TicketlabError(f"{shown}: cannot write in {str(writable_in)!r} (permission denied)")
+    return path

@@ -64,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # first process's), and the others' errors still reach stderr.
     quiet_rank = int(os.environ.get("RANK", "0")) != 0
     try:
+        from ticketlab.cli.common import check_outputs
+
+        check_outputs(args)
         with contextlib.redirect_stdout(open(os.devnull, "w")) if quiet_rank else contextlib.nullcontext():
             return int(args.run(args) or 0)
     except TicketlabError as error:

@@ -8,7 +8,8 @@ import sys
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 
@@ -156,3 +157,91 @@ def protocol_of(args: argparse.Namespace) -> tuple[str, str]:
 
     protocol = PROTOCOLS[args.protocol or args.default_protocol]
     return args.scope or protocol["scope"], args.scheme or protocol["scheme"]
+
+
+# -- outputs ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a verb writes at ``args.<dest>``, checked by ``main()`` before the verb runs.
+
+    ``directory``: True for a folder, False for a file, None when the name decides (a
+    ``.safetensors`` name is a file, anything else a folder). ``ours``: whether something already
+    there is this tool's output of the same kind (``what``), which may be replaced; None when the
+    verb checks that itself (a run directory). ``inputs``: the ``args`` fields naming the
+    command's inputs, which are never overwritten.
+    """
+
+    dest: str
+    what: str
+    directory: bool | None = False
+    ours: Callable[[Path], bool] | None = None
+    inputs: tuple[str, ...] = ()
+
+
+def declare_output(parser: argparse.ArgumentParser, output: Output, force: bool = True) -> None:
+    """Register ``output`` for the shared check in ``main()`` (and add ``--force`` once)."""
+    outputs = [*(parser.get_default("outputs") or ()), output]
+    parser.set_defaults(outputs=outputs)
+    if force and not any("--force" in action.option_strings for action in parser._actions):
+        parser.add_argument(
+            "--force", action="store_true", help="replace an existing file that is not this tool's output"
+        )
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """The one output check of every verb (``ticketlab.io.check_output`` on each declared output)."""
+    from ticketlab.io import check_output
+
+    for output in getattr(args, "outputs", None) or ():
+        path = getattr(args, output.dest, None)
+        if path is None:
+            continue
+        directory = output.directory
+        if directory is None:
+            directory = not str(path).endswith(".safetensors")
+        inputs: list[Any] = []
+        for name in output.inputs:
+            value = getattr(args, name, None)
+            inputs += value if isinstance(value, list | tuple) else [value]
+        check_output(
+            path,
+            flag="--" + output.dest.replace("_", "-"),
+            directory=directory,
+            what=output.what,
+            ours=output.ours,
+            inputs=tuple(inputs),
+            force=getattr(args, "force", False),
+        )
+
+
+def is_mask_file(path: Path) -> bool:
+    from ticketlab.masks.io import is_mask_file as check
+
+    return check(path)
+
+
+def is_scores_file(path: Path) -> bool:
+    from ticketlab.errors import TicketlabError
+    from ticketlab.pruning.importance import ImportanceScores
+
+    try:
+        ImportanceScores.load(path)
+    except TicketlabError:
+        return False
+    return True
+
+
+def holds(marker: str) -> Callable[[Path], bool]:
+    """``ours`` for a folder: empty, or holding ``marker`` (a file only this tool writes there)."""
+
+    def check(path: Path) -> bool:
+        return not any(path.iterdir()) or (path / marker).exists()
+
+    return check
+
+
+def is_png(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -7,7 +7,7 @@ import os
 from dataclasses import fields
 from typing import Any
 
-from ticketlab.cli.common import add_output_flags, add_spec_arguments, print_json
+from ticketlab.cli.common import Output, add_output_flags, add_spec_arguments, declare_output, print_json
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -30,6 +30,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "--cache-dir",
         help="tokenisation cache (default: $TICKETLAB_CACHE, else ~/.cache/ticketlab)",
     )
+    declare_output(p, Output("out", "run directory", directory=True), force=False)
     add_output_flags(p)
     p.set_defaults(run=run_finetune_command)
 

@@ -6,11 +6,13 @@ import argparse
 from typing import Any
 
 from ticketlab.cli.common import (
+    Output,
     add_output_flags,
     add_protocol_flags,
     add_redo_flag,
     add_spec_arguments,
     apply_redo,
+    declare_output,
     format_table,
     print_json,
     protocol_of,
@@ -89,6 +91,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (resumed if it exists)")
     add_redo_flag(p)
+
+    declare_output(p, Output("out", "run directory", directory=True), force=False)
     add_output_flags(p)
     p.set_defaults(run=run_imp_command)
 

@@ -6,7 +6,14 @@ import argparse
 import os
 from typing import Any
 
-from ticketlab.cli.common import add_output_flags, format_table, print_json
+from ticketlab.cli.common import (
+    Output,
+    add_output_flags,
+    declare_output,
+    format_table,
+    is_scores_file,
+    print_json,
+)
 from ticketlab.errors import TicketlabError
 
 
@@ -66,6 +73,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "--cache-dir", help="tokenisation cache (default: $TICKETLAB_CACHE, else ~/.cache/ticketlab)"
     )
     p.add_argument("--out", required=True, metavar="SCORES.safetensors", help="file to write the scores to")
+    declare_output(
+        p, Output("out", "ticketlab importance scores file", ours=is_scores_file, inputs=("model",))
+    )
     add_output_flags(p)
     p.set_defaults(run=run_importance)
 
@@ -100,7 +110,7 @@ def run_importance(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     options.validate()
-    if args.out.endswith(os.sep) or os.path.isdir(args.out):
+    if args.out.endswith(os.sep):
         raise TicketlabError(f"--out {args.out!r} is a directory; give a file name (SCORES.safetensors)")
     located = locate_finetuned(args.model)
     task_name = args.task or located.run_spec.get("task")

@@ -7,10 +7,13 @@ import os
 from typing import Any
 
 from ticketlab.cli.common import (
+    Output,
     add_output_flags,
     add_protocol_flags,
+    declare_output,
     format_table,
     human_size,
+    is_mask_file,
     print_json,
     protocol_of,
 )
@@ -36,6 +39,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (random pruning; recorded for all)")
     p.add_argument("--reference", help="random pruning matched per matrix to the counts of this mask file")
     p.add_argument("--out", required=True, help="mask file to write (.safetensors)")
+    declare_output(p, Output("out", "ticketlab mask file", ours=is_mask_file, inputs=("reference",)))
     add_output_flags(p)
     p.set_defaults(run=run_prune)
 
@@ -60,13 +64,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("file", help="the original .pt mask file")
     p.add_argument("--model", required=True, help="hub id or local directory of the model the mask is for")
     p.add_argument("--out", required=True, help="mask file to write (.safetensors)")
+    declare_output(p, Output("out", "ticketlab mask file", ours=is_mask_file, inputs=("file",)))
     add_output_flags(p)
     p.set_defaults(run=run_import)
-
-
-def _check_out(path: str) -> None:
-    if os.path.isdir(path):
-        raise TicketlabError(f"--out {path!r} is a directory; give a file name such as mask.safetensors")
 
 
 def _summary(mask, path: str) -> dict[str, Any]:
@@ -96,7 +96,6 @@ def run_prune(args: argparse.Namespace) -> int:
     from ticketlab.pruning import prune, validate_sparsity
 
     validate_sparsity(args.sparsity)
-    _check_out(args.out)
     scope, scheme = protocol_of(args)
     params: dict[str, Any] = {}
     if args.reference:
@@ -242,7 +241,6 @@ def run_import(args: argparse.Namespace) -> int:
     from ticketlab.masks import fingerprint, import_original_mask, save_mask
     from ticketlab.models import load_encoder
 
-    _check_out(args.out)
     model = load_encoder(args.model)
     mask, report = import_original_mask(args.file, model)
     mask.provenance.source_model = args.model

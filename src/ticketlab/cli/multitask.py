@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from ticketlab.cli.common import (
+    Output,
     add_output_flags,
     add_spec_arguments,
     comma_separated,
+    declare_output,
     format_table,
     print_json,
 )
@@ -58,6 +60,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "--cache-dir", help="tokenisation cache (default: $TICKETLAB_CACHE, else ~/.cache/ticketlab)"
     )
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (a finished run is reused)")
+    declare_output(p, Output("out", "run directory", directory=True), force=False)
     add_output_flags(p)
     p.set_defaults(run=run_multitask_command)
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from ticketlab.cli.common import add_output_flags, format_table, print_json
+from ticketlab.cli.common import (
+    Output,
+    add_output_flags,
+    declare_output,
+    format_table,
+    is_mask_file,
+    print_json,
+)
 
 
 def _add_text_flags(p: argparse.ArgumentParser, split: str) -> None:
@@ -57,6 +64,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--allow-fingerprint-mismatch", action="store_true", help="apply the mask even if the weights differ"
     )
+    declare_output(p, Output("save_head", "folder for the MLM head", directory=True), force=False)
     add_output_flags(p)
     p.set_defaults(run=run_pretrain_loss_cli)
     register_tamt(verbs)
@@ -148,6 +156,16 @@ def register_tamt(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between resumable checkpoints")
     p.add_argument(
         "--out", required=True, help="NAME.safetensors (final mask; budgets beside it) or a directory"
+    )
+    declare_output(
+        p,
+        Output(
+            "out",
+            "ticketlab mask file",
+            directory=None,
+            ours=lambda path: path.is_dir() or is_mask_file(path),
+            inputs=("model", "text"),
+        ),
     )
     add_output_flags(p)
     p.set_defaults(run=run_tamt_cli)

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from ticketlab.cli.common import add_output_flags, add_redo_flag, apply_redo, format_table, print_json
+from ticketlab.cli.common import (
+    Output,
+    add_output_flags,
+    add_redo_flag,
+    apply_redo,
+    declare_output,
+    format_table,
+    holds,
+    print_json,
+)
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -37,6 +46,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cache-dir", help="tokenisation cache (default: $TICKETLAB_CACHE, else ~/.cache/ticketlab)"
     )
+    declare_output(p, Output("out", "grid run directory", directory=True), force=False)
     add_output_flags(p)
     p.set_defaults(run=run_grid_command)
 
@@ -51,6 +61,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
     p.add_argument("--out", default="report", help="folder for the tables and plots (default: report)")
+    declare_output(
+        p, Output("out", "report folder", directory=True, ours=holds("report.json"), inputs=("runs",))
+    )
     add_output_flags(p)
     p.set_defaults(run=run_report_command)
 

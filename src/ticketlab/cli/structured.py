@@ -7,7 +7,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ticketlab.cli.common import add_output_flags, format_table, print_json
+from ticketlab.cli.common import (
+    Output,
+    add_output_flags,
+    declare_output,
+    format_table,
+    holds,
+    is_mask_file,
+    is_png,
+    print_json,
+)
 from ticketlab.errors import TicketlabError
 
 
@@ -26,6 +35,16 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--mask", required=True, help="structured mask file (.safetensors)")
     p.add_argument("--out", required=True, help="directory to write the shrunk model to")
+    declare_output(
+        p,
+        Output(
+            "out",
+            "shrunk model folder",
+            directory=True,
+            ours=holds("ticketlab_shrunk.json"),
+            inputs=("model", "mask"),
+        ),
+    )
     add_output_flags(p)
     p.set_defaults(run=run_shrink)
 
@@ -59,6 +78,16 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random tickets")
     p.add_argument("--out", required=True, help="directory for the mask files (<kind>-<level>.safetensors)")
+    declare_output(
+        p,
+        Output(
+            "out",
+            "folder of mask files",
+            directory=True,
+            ours=lambda path: all(is_mask_file(f) for f in path.glob("*.safetensors")),
+            inputs=("scores",),
+        ),
+    )
     add_output_flags(p)
     p.set_defaults(run=run_structured_masks)
 
@@ -68,6 +97,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument("masks", nargs="+", help="structured mask files, one per seed (or task)")
     p.add_argument("--plot", help="write the survival heat-map to this PNG file")
+    declare_output(p, Output("plot", "PNG image", ours=is_png, inputs=("masks",)))
     add_output_flags(p)
     p.set_defaults(run=run_stability)
 
@@ -104,8 +134,6 @@ def run_shrink(args: argparse.Namespace) -> int:
     from ticketlab.models import load_tokenizer
     from ticketlab.models.shrink import encoder_flops, save_shrunk, shrink
 
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise TicketlabError(f"--out {args.out!r} exists and is not a directory")
     mask = _load_structured(args.mask)
     model = _load_any_model(args.model)
     small = shrink(model, mask)

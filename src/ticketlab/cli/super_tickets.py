@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ticketlab.cli.common import add_output_flags, add_spec_arguments, format_table, print_json
+from ticketlab.cli.common import (
+    Output,
+    add_output_flags,
+    add_spec_arguments,
+    declare_output,
+    format_table,
+    print_json,
+)
 from ticketlab.cli.imp import _NOT_RECIPE, recipe_from_args
 from ticketlab.errors import TicketlabError
 
@@ -91,6 +98,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "--cache-dir", help="tokenisation cache (default: $TICKETLAB_CACHE, else ~/.cache/ticketlab)"
     )
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (resumed if it exists)")
+    declare_output(p, Output("out", "run directory", directory=True), force=False)
     add_output_flags(p)
     p.set_defaults(run=run_super_tickets_command)
 

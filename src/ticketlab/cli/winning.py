@@ -6,9 +6,12 @@ from __future__ import annotations
 import argparse
 
 from ticketlab.cli.common import (
+    Output,
     add_output_flags,
     add_spec_arguments,
     comma_separated,
+    declare_output,
+    holds,
     print_json,
     spec_overrides,
 )
@@ -101,6 +104,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "--cache-dir", help="tokenisation cache (default: $TICKETLAB_CACHE, else ~/.cache/ticketlab)"
     )
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (resumed if it exists)")
+    declare_output(p, Output("out", "run directory", directory=True), force=False)
     add_output_flags(p)
     p.set_defaults(run=run_all_winning_command)
 
@@ -110,6 +114,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished all-winning run directories")
     p.add_argument("--out", required=True, metavar="DIR", help="report directory")
+    declare_output(
+        p, Output("out", "report folder", directory=True, ours=holds("report.json"), inputs=("runs",))
+    )
     add_output_flags(p)
     p.set_defaults(run=run_all_winning_report)
 

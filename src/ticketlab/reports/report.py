@@ -39,6 +39,8 @@ def records_from(run_dir: str | Path) -> tuple[list[ResultRecord], list[Path]]:
     from ticketlab.experiments.grid.records import record_of
 
     root = Path(run_dir)
+    if root.is_file():
+        raise TicketlabError(f"{root} is a file; give a run directory (one holding spec.json)")
     if not root.is_dir():
         raise TicketlabError(f"run directory {root} does not exist")
     spec_file = root / "spec.json"
