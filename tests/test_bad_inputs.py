@@ -253,3 +253,285 @@ def test_atomic_writes_under_a_file_are_ticketlab_errors(notes):
     with pytest.raises(TicketlabError, match="a file of that name is in the way"):
         write_directory(notes, lambda tmp: None)
     assert notes.read_text() == "my notes\n"
+
+
+# -- spec files ----------------------------------------------------------------------------------
+
+GRID_BASE = "model: m\ntasks: [sst2]\nmethods: [full, omp]\nsparsities: [0.5]\nseeds: [0]\n"
+
+
+@pytest.mark.parametrize(
+    "field_line, message",
+    [
+        ("seeds: 3", "seeds: expected a list of integers, got 3"),
+        ("sparsities: 0.5", "sparsities: expected a list of numbers"),
+        ("sparsities: [abc]", "sparsities[0]: expected a number, got 'abc'"),
+        ("recipe: 5", "recipe: expected a mapping"),
+        ("recipe: {epochs: one}", "recipe.epochs: expected an integer"),
+        ("recipe: {epochs: 0}", "epochs must be at least 1"),
+        ("seeds: ['0']", "seeds[0]: expected an integer, got '0'"),
+        ("tasks: sst2", "tasks: expected a list of strings, got 'sst2'"),
+        ("seeds: [0, 0]", "seeds: 0 is given twice"),
+        ("tasks: [sst2, SST-2]", "tasks: 'SST-2' is given twice"),
+        ("seeds: [-1]", "seeds[0]: a seed is an integer from 0"),
+        ("tamt: {steps: abc}", "tamt.steps: expected an integer"),
+        ("task_recipes: {sst2: {lr: fast}}", "task_recipes.sst2.lr: expected a number"),
+        ("super_ffn_ratio: .nan", "super_ffn_ratio: expected a finite number"),
+    ],
+)
+def test_grid_spec_fields_are_type_checked_by_name(capsys, tmp_path, field_line, message):
+    key = field_line.split(":")[0]
+    lines = [line for line in GRID_BASE.splitlines() if not line.startswith(key + ":")]
+    spec = tmp_path / "grid.yaml"
+    spec.write_text("\n".join([*lines, field_line]) + "\n")
+    assert_one_line_error(capsys, "grid", spec, "--out", tmp_path / "g", contains=(str(spec), message))
+    assert not (tmp_path / "g").exists()
+
+
+def test_json_spec_with_a_string_seed_is_refused(capsys, tmp_path):
+    spec = tmp_path / "grid.json"
+    spec.write_text(json.dumps({"model": "m", "tasks": ["sst2"], "seeds": "0"}))
+    assert_one_line_error(capsys, "grid", spec, "--out", tmp_path / "g", contains="seeds: expected a list")
+
+
+# -- data values ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("score", ["nan", "inf", "37.5", "-0.5"])
+def test_stsb_scores_out_of_range_name_file_and_line(capsys, tmp_path, score):
+    from tests.glue_fixtures import tiny_model_dir, write_glue_task
+
+    data = write_glue_task(tmp_path / "glue", "stsb")
+    train = data / "STS-B" / "train.tsv"
+    lines = train.read_text().splitlines()
+    fields = lines[3].split("\t")
+    lines[3] = "\t".join([*fields[:-1], score])
+    train.write_text("\n".join(lines) + "\n")
+    model = tiny_model_dir(tmp_path / "model")
+    assert_one_line_error(
+        capsys,
+        "finetune", "--model", model, "--task", "stsb", "--data-dir", data, "--out", tmp_path / "run",
+        contains=(f"{train}, line 4", "not a number from 0 to 5"),
+    )  # fmt: skip
+
+
+# -- model directories and wording -----------------------------------------------------------------
+
+
+def test_a_truncated_model_safetensors_is_one_line(capsys, bert_dir, tmp_path):
+    weights = bert_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    assert_one_line_error(
+        capsys,
+        "prune", "--model", bert_dir, "--method", "omp", "--sparsity", 0.5, "--out", tmp_path / "m.safetensors",
+        contains=(str(bert_dir), "truncated or corrupt"),
+    )  # fmt: skip
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+@pytest.mark.parametrize("content", ["pickle", "truncated"])
+def test_a_bin_the_safe_loader_refuses_is_one_line_without_unsafe_advice(capsys, bert, tmp_path, content):
+    model_dir = tmp_path / "bin-model"
+    bert.save_pretrained(model_dir)
+    (model_dir / "model.safetensors").unlink()
+    weights = model_dir / "pytorch_model.bin"
+    if content == "pickle":
+        torch.save({"x": _RunsCode()}, weights)
+    else:
+        torch.save(bert.state_dict(), weights)
+        weights.write_bytes(weights.read_bytes()[:3000])
+    line = assert_one_line_error(
+        capsys,
+        "prune", "--model", model_dir, "--method", "omp", "--sparsity", 0.5, "--out", tmp_path / "m.safetensors",
+        contains=str(model_dir),
+    )  # fmt: skip
+    assert "weights_only" not in line and "this must never run" not in capsys.readouterr().out
+    assert ("safe load refuses" if content == "pickle" else "truncated or corrupt") in line
+
+
+def test_import_mask_of_an_unsafe_pickle_gives_no_unsafe_advice(capsys, bert_dir, tmp_path):
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": _RunsCode()}, evil)
+    line = assert_one_line_error(
+        capsys,
+        "import-mask",
+        evil,
+        "--model",
+        bert_dir,
+        "--out",
+        tmp_path / "m.safetensors",
+        contains=str(evil),
+    )
+    assert "weights_only" not in line and "safe load refuses" in line
+
+
+def test_error_lines_never_carry_terminal_escapes(capsys, monkeypatch):
+    import ticketlab.cli.mask_commands as commands
+    from ticketlab.errors import TicketlabError, first_line
+
+    def bold_failure(args):
+        raise TicketlabError("x.pt: \x1b[1mdo not\x1b[0m\nsecond line")
+
+    monkeypatch.setattr(commands, "run_inspect", bold_failure)
+    assert first_line("\x1b[31mred\x1b[0m text\nmore") == "red text"
+    line = assert_one_line_error(capsys, "inspect", "x", contains="x.pt: do not second line")
+    assert "\x1b" not in line
+
+
+# -- values --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["prune", "--model", "m", "--method", "random", "--sparsity", "0.5", "--out", "x.safetensors"],
+        ["finetune", "--model", "m", "--task", "sst2", "--out", "run"],
+        ["imp", "--model", "m", "--task", "sst2", "--levels", "0.5", "--out", "run"],
+        ["tamt", "--model", "m", "--objective", "kd", "--sparsity", "0.5", "--out", "x.safetensors"],
+        ["structured-masks", "--scores", "s.safetensors", "--out", "masks"],
+    ],
+)
+def test_a_negative_seed_is_refused_by_every_verb(capsys, tmp_path, monkeypatch, argv):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--seed", "-1"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "a seed is an integer from 0" in err and list(tmp_path.iterdir()) == []
+
+
+def test_library_calls_refuse_a_negative_seed_too(bert):
+    from ticketlab.errors import TicketlabError
+    from ticketlab.experiments.finetune import FinetuneSpec
+    from ticketlab.pruning import prune
+
+    with pytest.raises(TicketlabError, match="a seed is an integer"):
+        prune(bert, "random", 0.5, seed=-1)
+    with pytest.raises(TicketlabError, match="a seed is an integer"):
+        FinetuneSpec(model="m", task="sst2", seed=-1).validate()
+
+
+def test_max_length_above_the_positions_is_refused_up_front(capsys, tmp_path):
+    from tests.glue_fixtures import tiny_model_dir, write_glue_task
+
+    model = tiny_model_dir(tmp_path / "model")  # 80 positions
+    data = write_glue_task(tmp_path / "glue", "sst2")
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat .\n" * 20)
+    assert_one_line_error(
+        capsys,
+        "finetune", "--model", model, "--task", "sst2", "--data-dir", data, "--max-length", 100000,
+        "--out", tmp_path / "run",
+        contains=("--max-length 100000", "80 position embeddings"),
+    )  # fmt: skip
+    assert_one_line_error(
+        capsys,
+        "pretrain-loss", "--model", model, "--text", text,  # default 128 > 80
+        contains="--max-length 128 is longer than the model's 80 position embeddings",
+    )  # fmt: skip
+    assert_one_line_error(
+        capsys,
+        "tamt", "--model", model, "--objective", "kd", "--sparsity", 0.5, "--text", text,
+        "--out", tmp_path / "t.safetensors",
+        contains="--max-length 128",
+    )  # fmt: skip
+    assert not (tmp_path / "run").exists() and not (tmp_path / "t.safetensors").exists()
+
+
+# -- references and comparisons --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"hidden_size": 48, "intermediate_size": 96}, "has shape (48, 48), this model's has (32, 32)"),
+        ({"num_hidden_layers": 3}, "has matrix 'encoder.layer.2."),
+    ],
+)
+def test_matched_random_with_a_reference_of_another_model_is_refused(
+    capsys, bert_dir, tmp_path, overrides, message
+):
+    from ticketlab.models.tiny import tiny_model
+
+    other_dir = tmp_path / "other"
+    tiny_model("bert", seed=0, **overrides).save_pretrained(other_dir)
+    reference = tmp_path / "ref.safetensors"
+    assert (
+        run_cli(
+            capsys, "prune", "--model", other_dir, "--method", "omp", "--sparsity", 0.5, "--out", reference
+        )[0]
+        == 0
+    )
+    out = tmp_path / "r.safetensors"
+    assert_one_line_error(
+        capsys,
+        "prune", "--model", bert_dir, "--method", "random", "--sparsity", 0.5, "--reference", reference,
+        "--out", out,
+        contains=(f"--reference {reference}", message),
+    )  # fmt: skip
+    assert not out.exists()
+
+
+def test_compare_warns_about_masks_of_different_models(capsys, bert_dir, tmp_path):
+    from ticketlab.models.tiny import tiny_model
+
+    other_dir = tmp_path / "other"
+    tiny_model("bert", seed=1).save_pretrained(other_dir)
+    a, b, c = (tmp_path / f"{n}.safetensors" for n in "abc")
+    for model, out, method in ((bert_dir, a, "omp"), (other_dir, b, "omp"), (bert_dir, c, "random")):
+        assert (
+            run_cli(capsys, "prune", "--model", model, "--method", method, "--sparsity", 0.5, "--out", out)[0]
+            == 0
+        )
+    code, out, err = run_cli(capsys, "compare", a, b, "--json")
+    assert code == 0 and "different models" in err and len(json.loads(out)["warnings"]) == 1
+    code, out, err = run_cli(capsys, "compare", a, c, "--json")
+    assert code == 0 and err == "" and json.loads(out)["warnings"] == []
+
+
+# -- shrunk models -------------------------------------------------------------------------------
+
+
+def test_finetune_takes_a_shrunk_model_and_importance_says_what_it_is(capsys, tmp_path):
+    from tests.glue_fixtures import tiny_model_dir, write_glue_task
+    from ticketlab.masks import StructuredMask, save_mask
+
+    model = tiny_model_dir(tmp_path / "model")
+    data = write_glue_task(tmp_path / "glue", "sst2", sizes={"train": 16, "dev": 8, "test": 4})
+    heads = torch.ones(2, 4, dtype=torch.bool)
+    heads[0, :2] = False
+    mask = save_mask(StructuredMask(heads, torch.ones(2, dtype=torch.bool)), tmp_path / "s.safetensors")
+    small = tmp_path / "small"
+    assert run_cli(capsys, "shrink", "--model", model, "--mask", mask, "--out", small)[0] == 0
+    code, out, err = run_cli(
+        capsys, "finetune", "--model", small, "--task", "sst2", "--data-dir", data, "--epochs", 1,
+        "--out", tmp_path / "run", "--json", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["training_steps"] >= 1
+    assert_one_line_error(
+        capsys,
+        "importance", "--model", small, "--task", "sst2", "--data-dir", data, "--out", tmp_path / "i.safetensors",
+        contains=("is a ticketlab shrink output", "score the full fine-tuned model"),
+    )  # fmt: skip
+
+
+def test_a_nearly_empty_matrix_is_flagged_at_prune_and_inspect(capsys, bert, tmp_path):
+    with torch.no_grad():
+        bert.pooler.dense.weight.mul_(1e-3)
+        bert.pooler.dense.weight[0, 0] = 1.0  # one large weight survives: 99.9% pruned, not 100%
+    model_dir = tmp_path / "small-pooler"
+    bert.save_pretrained(model_dir)
+    omp = tmp_path / "omp.safetensors"
+    code, out, err = run_cli(
+        capsys, "prune", "--model", model_dir, "--method", "omp", "--sparsity", 0.3, "--out", omp, "--json"
+    )
+    assert code == 0 and "pooler.dense.weight (99.90%) pruned almost entirely" in err
+    assert json.loads(out)["nearly_pruned"] == {"pooler.dense.weight": pytest.approx(1023 / 1024)}
+    code, out, _ = run_cli(capsys, "inspect", omp)
+    assert code == 0 and "warning: pooler.dense.weight (99.90%) pruned almost entirely" in out

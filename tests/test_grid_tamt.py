@@ -76,15 +76,15 @@ def test_tamt_spec_takes_the_grids_model_scope_and_scheme(tmp_path):
     ("extra", "message"),
     [
         ({"methods": ["omp", "tamt"]}, "method tamt needs a tamt section"),
-        ({"methods": ["tamt"], "tamt": {"text": "T", "stepz": 3}}, "tamt: unknown setting 'stepz'"),
+        ({"methods": ["tamt"], "tamt": {"text": "T", "stepz": 3}}, "tamt: unknown field 'stepz'"),
         (
             {"methods": ["tamt"], "tamt": {"text": "T", "steps": "ten"}},
-            "tamt.steps: 'ten' is not of type int",
+            "tamt.steps: expected an integer, got 'ten'",
         ),
         ({"methods": ["tamt"], "tamt": {"text": "T", "objective": "mse"}}, "unknown TAMT objective 'mse'"),
         ({"methods": ["tamt"], "tamt": {"text": "T", "steps": 0}}, "steps must be at least 1"),
         ({"methods": ["tamt"], "tamt": {"text": "missing.txt"}}, "tamt.text: missing.txt is not a file"),
-        ({"methods": ["tamt"], "tamt": ["T"]}, "tamt must be a mapping"),
+        ({"methods": ["tamt"], "tamt": ["T"]}, "tamt: expected a mapping"),
         ({"pretrain_loss": {"text": "T", "kd_loss": "l1"}}, "unknown distillation loss 'l1'"),
         ({"pretrain_loss": {"text": "nowhere.txt"}}, "pretrain_loss.text: nowhere.txt is not a file"),
         ({"task_recipes": {"cola": {"lr": 1e-4}}}, "task_recipes names 'cola', which is not one of"),

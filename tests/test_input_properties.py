@@ -95,8 +95,81 @@ def test_loading_a_mask_file_with_any_header_gives_a_mask_or_one_line(tmp_path_f
     except TicketlabError as error:
         assert "\n" not in str(error)
         return
-    assert mask.num_weights() == math.prod(data["tensors"]["w"]["shape"])
+    shapes = [entry["shape"] for entry in data["tensors"].values()]
+    assert mask.num_weights() == sum(math.prod(shape) for shape in shapes)
 
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__])
+
+
+VALID_GRID = {
+    "model": "m",
+    "tasks": ["sst2", "stsb"],
+    "methods": ["full", "omp", "random", "imp"],
+    "sparsities": [0.5],
+    "seeds": [0, 1],
+    "imp_levels": [0.5],
+    "recipe": {"epochs": 1, "lr": 1e-4},
+    "task_recipes": {"stsb": {"max_train_samples": 100}},
+    "transfer_from": ["sst2"],
+}
+
+
+@FAST
+@given(st.one_of(_mutations(VALID_GRID), json_values))
+def test_grid_spec_parser_accepts_or_refuses_in_one_line(tmp_path_factory, data):
+    from ticketlab.experiments.grid import GridSpec
+
+    path = tmp_path_factory.mktemp("g") / "grid.json"
+    path.write_text(json.dumps(data))
+    try:
+        spec = GridSpec.from_file(path)
+    except TicketlabError as error:
+        assert "\n" not in str(error) and str(path) in str(error)
+        return
+    assert all(isinstance(s, int) and s >= 0 for s in spec.seeds)
+    assert len(set(spec.seeds)) == len(spec.seeds) and len(set(spec.sparsities)) == len(spec.sparsities)
+    assert all(isinstance(t, str) for t in spec.tasks) and isinstance(spec.recipe, dict)
+
+
+@FAST
+@given(st.text(alphabet=st.sampled_from("abc: -[]{},'\"\n0.5#&*!|>?"), max_size=60))
+def test_any_yaml_text_gives_a_grid_spec_or_one_line(tmp_path_factory, text):
+    from ticketlab.experiments.grid import GridSpec
+
+    path = tmp_path_factory.mktemp("g") / "grid.yaml"
+    path.write_text("model: m\ntasks: [sst2]\n" + text)
+    try:
+        GridSpec.from_file(path)
+    except TicketlabError as error:
+        assert "\n" not in str(error).strip() or "cannot parse" in str(error)
+
+
+@FAST
+@given(
+    st.binary(max_size=200)
+    | st.lists(
+        st.tuples(
+            st.text(alphabet=st.sampled_from("ab \"'\t\r"), max_size=5),
+            st.text(alphabet=st.sampled_from("ab \"'"), max_size=5),
+            st.sampled_from(["0", "1", "4.5", "5", "nan", "inf", "-inf", "37.5", "-1", "abc", "", "1e1"]),
+        ).map("\t".join),
+        max_size=6,
+    ).map(lambda lines: "\n".join(["HEADER", *lines]).encode()),
+    st.sampled_from(["stsb", "sst2", "cola"]),
+)
+def test_tsv_reader_gives_examples_or_one_line(tmp_path_factory, content, task):
+    from ticketlab.data.glue import glue_task, read_glue_tsv
+
+    path = tmp_path_factory.mktemp("t") / "dev.tsv"
+    header = {"stsb": "sentence1\tsentence2\tscore", "sst2": "sentence\tother\tlabel", "cola": "a\tb\tc"}
+    path.write_bytes(content.replace(b"HEADER", header[task].encode(), 1))
+    try:
+        examples = read_glue_tsv(glue_task(task), "dev", path)
+    except TicketlabError as error:
+        assert "\n" not in str(error)
+        return
+    assert len(examples.text_a) == len(examples.labels) > 0
+    if task == "stsb":
+        assert all(math.isfinite(s) and 0 <= s <= 5 for s in examples.labels)

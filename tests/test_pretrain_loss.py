@@ -148,6 +148,14 @@ def test_cli_json_with_and_without_a_head(setup, tmp_path, capsys):
     data = json.loads(out)
     assert code == 0 and data["mlm_loss"] > 0 and data["mlm_head"]["built"] is True
     code, _, err = run_cli(
-        capsys, "pretrain-loss", "--model", bare, "--text", tmp_path / "nope.txt", "--quiet"
+        capsys,
+        "pretrain-loss",
+        "--model",
+        bare,
+        "--text",
+        tmp_path / "nope.txt",
+        "--max-length",
+        64,
+        "--quiet",
     )
     assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1

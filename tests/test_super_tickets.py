@@ -123,7 +123,7 @@ def test_importance_errors_are_one_line(tmp_path, world, capsys):
     assert main(["importance", "--model", str(model), "--out", out]) == 2
     assert "--task is needed" in capsys.readouterr().err
     assert main([*base, "--model", str(model), "--out", str(tmp_path)]) == 2
-    assert "is a directory" in capsys.readouterr().err
+    assert "is a folder" in capsys.readouterr().err
     assert not (tmp_path / "s.safetensors").exists()
 
 

@@ -85,12 +85,18 @@ def check_value(value: Any, hint: Any, where: str, ignore_unknown: bool = False)
         if value is None and type(None) in arms:
             return None
         # Prefer an arm of the value's own kind, so 3 stays an int under ``int | float``.
+        real = [arm for arm in arms if arm is not type(None)]
+        if len(real) == 1:  # an optional value: what the one type says is the message
+            return check_value(value, real[0], where, ignore_unknown)
+        deeper = None
         for arm in sorted(arms, key=lambda a: a is float):
             try:
                 return check_value(value, arm, where, ignore_unknown)
-            except TicketlabError:
-                continue
-        raise _fail(where, hint, value)
+            except TicketlabError as error:
+                # An arm whose shape fitted but a value inside did not: that value is the problem.
+                if not str(error).startswith(f"{where}: ") and deeper is None:
+                    deeper = error
+        raise deeper or _fail(where, hint, value)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return value
@@ -190,3 +196,14 @@ def refuse_duplicates(values: Sequence[Any], where: str, key: Any = None) -> Non
             same = "" if seen[marker] == value else f" (the same as {_short(seen[marker])})"
             raise TicketlabError(f"{where}: {_short(value)} is given twice{same}")
         seen[marker] = value
+
+
+# numpy's legacy seeding (``np.random.seed``, used by ``accelerate.utils.set_seed``) takes [0, 2**32).
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: Any, where: str = "seed") -> int:
+    """A seed is an integer in [0, 2**32): the same range everywhere (torch, numpy, Python)."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise TicketlabError(f"{where}: a seed is an integer from 0 to {MAX_SEED}, got {_short(seed)}")
+    return seed

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from ticketlab import __version__
-from ticketlab.errors import TicketlabError
+from ticketlab.errors import TicketlabError, strip_ansi
 
 
 def _verb_modules() -> list:
@@ -31,8 +31,16 @@ def _verb_modules() -> list:
     return sorted(modules, key=lambda m: (getattr(m, "HELP_ORDER", 50), m.__name__))
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one line too (``ticketlab VERB: error: ...``), status 2, like argparse's,
+    without the usage block a script would have to skip."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="ticketlab",
         description="Lottery tickets in pre-trained transformers: find, inspect, compare and use sparse subnetworks.",
     )
@@ -70,7 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.redirect_stdout(open(os.devnull, "w")) if quiet_rank else contextlib.nullcontext():
             return int(args.run(args) or 0)
     except TicketlabError as error:
-        print(f"ticketlab {args.verb}: error: {error}", file=sys.stderr)
+        # One line, plain text, whatever a library put into the message.
+        message = " ".join(strip_ansi(str(error)).split())
+        print(f"ticketlab {args.verb}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ticketlab {args.verb}: interrupted", file=sys.stderr)

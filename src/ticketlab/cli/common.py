@@ -69,6 +69,8 @@ def add_spec_arguments(
             continue
         flag = "--" + spec_field.name.replace("_", "-")
         kind = _flag_type(hints[spec_field.name])
+        if kind is int and spec_field.name.endswith("seed"):
+            kind = seed
         help_text = spec_field.metadata.get("help", "")
         required = spec_field.default is MISSING and not overrides_only
         if kind is bool:
@@ -98,6 +100,25 @@ def comma_separated(convert: Any = str, what: str = "values") -> Any:
             raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
 
     return parse
+
+
+def seed(text: str) -> int:
+    """An argparse ``type`` for every seed flag: an integer from 0 to 2**32 - 1 (numpy's range)."""
+    from ticketlab.errors import TicketlabError
+    from ticketlab.specs import check_seed
+
+    try:
+        return check_seed(int(text), "seed")
+    except (ValueError, TicketlabError):
+        raise argparse.ArgumentTypeError(f"a seed is an integer from 0 to 4294967295, got {text!r}") from None
+
+
+def seeds(text: str) -> list[int]:
+    """An argparse ``type``: comma-separated seeds, each checked as :func:`seed`, none twice."""
+    values = [seed(part.strip()) for part in text.split(",") if part.strip()]
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"a seed is given twice in {text!r}")
+    return values
 
 
 def spec_overrides(args: argparse.Namespace, spec_class: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:

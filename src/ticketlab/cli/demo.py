@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ticketlab.cli.common import Output, declare_output
+from ticketlab.cli.common import Output, declare_output, seed
 
 HELP_ORDER = 90  # last in --help
 
@@ -18,7 +18,7 @@ HELP_ORDER = 90  # last in --help
 def register(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("demo", help="run the whole story offline on a tiny model, in minutes, on the CPU")
     p.add_argument("--out", default="ticketlab-demo", help="folder for the demo's model, masks and outputs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--quiet", action="store_true")
     declare_output(p, Output("out", "demo folder", directory=True), force=False)
     p.set_defaults(run=run_demo)

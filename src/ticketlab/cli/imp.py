@@ -16,6 +16,7 @@ from ticketlab.cli.common import (
     format_table,
     print_json,
     protocol_of,
+    seed,
 )
 
 # Fields of FinetuneSpec that IMP sets itself rather than taking as recipe overrides.
@@ -75,7 +76,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         help="task head at rewinding: keep the trained one (the paper) or re-initialise",
     )
     add_protocol_flags(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     add_spec_arguments(p, FinetuneSpec, skip=_NOT_RECIPE, overrides_only=True)
     mlm = p.add_argument_group("IMP on MLM (--task mlm)")
     mlm.add_argument("--text", metavar="FILE", help="training text (default: the hub data set's train split)")

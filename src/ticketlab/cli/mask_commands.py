@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 from ticketlab.cli.common import (
@@ -16,8 +17,9 @@ from ticketlab.cli.common import (
     is_mask_file,
     print_json,
     protocol_of,
+    seed,
 )
-from ticketlab.errors import TicketlabError
+from ticketlab.errors import MaskMismatchError, TicketlabError
 
 HELP_ORDER = 10  # prune, inspect, compare, import-mask come first in --help
 
@@ -36,7 +38,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "--sparsity", required=True, type=float, help="fraction of the weights in scope to prune, in [0, 1)"
     )
     add_protocol_flags(p)
-    p.add_argument("--seed", type=int, default=0, help="random seed (random pruning; recorded for all)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (random pruning; recorded for all)")
     p.add_argument("--reference", help="random pruning matched per matrix to the counts of this mask file")
     p.add_argument("--out", required=True, help="mask file to write (.safetensors)")
     declare_output(p, Output("out", "ticketlab mask file", ours=is_mask_file, inputs=("reference",)))
@@ -78,6 +80,7 @@ def _summary(mask, path: str) -> dict[str, Any]:
         "sparsity": mask.sparsity,
         "num_weights": mask.num_weights(),
         "num_pruned": mask.num_pruned(),
+        "nearly_pruned": mask.nearly_pruned(),
         "file_bytes": os.path.getsize(path),
     }
 
@@ -103,20 +106,32 @@ def run_prune(args: argparse.Namespace) -> int:
             raise TicketlabError("--reference is for --method random (matched random pruning)")
         params["reference"] = load_mask(args.reference)
     model = load_encoder(args.model)
-    mask = prune(
-        model,
-        args.method,
-        args.sparsity,
-        scope=scope,
-        scheme=scheme,
-        seed=args.seed,
-        source_model=args.model,
-        **params,
-    )
+    try:
+        mask = prune(
+            model,
+            args.method,
+            args.sparsity,
+            scope=scope,
+            scheme=scheme,
+            seed=args.seed,
+            source_model=args.model,
+            **params,
+        )
+    except MaskMismatchError as error:
+        if not args.reference:
+            raise
+        raise MaskMismatchError(f"--reference {args.reference}: {error}") from None
     save_mask(mask, args.out)
     summary = _summary(mask, args.out)
     print_json(summary) if args.json else _print_summary(summary)
+    if nearly := mask.nearly_pruned():  # on stderr: stdout stays the summary (or the JSON)
+        print(f"ticketlab prune: warning: {_nearly_text(nearly)}", file=sys.stderr)
     return 0
+
+
+def _nearly_text(nearly: dict[str, float]) -> str:
+    listed = ", ".join(f"{name} ({100 * sparsity:.2f}%)" for name, sparsity in nearly.items())
+    return f"{listed} pruned almost entirely: a model may be unable to learn through such a matrix"
 
 
 def inspect_data(path: str) -> dict[str, Any]:
@@ -151,6 +166,7 @@ def inspect_data(path: str) -> dict[str, Any]:
         num_weights=mask.num_weights(),
         num_pruned=mask.num_pruned(),
         fully_pruned=mask.fully_pruned(),
+        nearly_pruned=mask.nearly_pruned(),
         per_layer=mask.layer_sparsity(),
         per_matrix={
             n: {
@@ -198,6 +214,9 @@ def run_inspect(args: argparse.Namespace) -> int:
     )
     if data["fully_pruned"]:
         print(f"  warning: every weight of {', '.join(data['fully_pruned'])} is pruned")
+    nearly = {n: s for n, s in data["nearly_pruned"].items() if n not in data["fully_pruned"]}
+    if nearly:
+        print(f"  warning: {_nearly_text(nearly)}")
     rows = [[k, f"{100 * v:.2f}%"] for k, v in data["per_layer"].items()]
     print(format_table(rows, ["layer", "sparsity"]))
     if args.matrices:
@@ -222,11 +241,15 @@ def run_compare(args: argparse.Namespace) -> int:
             raise TicketlabError(f"{path} is a structured mask; compare works on unstructured masks")
         masks[path] = mask
     pairs = pairwise_overlap(masks)
+    warnings = _other_models(masks)
+    for warning in warnings:
+        print(f"ticketlab compare: warning: {warning}", file=sys.stderr)
     if args.json:
         print_json(
             {
                 "masks": {p: {"sparsity": m.sparsity} for p, m in masks.items()},
                 "pairs": [pair.to_dict() for pair in pairs],
+                "warnings": warnings,
             }
         )
         return 0
@@ -235,6 +258,27 @@ def run_compare(args: argparse.Namespace) -> int:
     ]
     print(format_table(rows, ["mask A", "mask B", "jaccard (kept)", "random masks", "vs random"]))
     return 0
+
+
+def _other_models(masks: dict[str, Any]) -> list[str]:
+    """Masks of the same shapes found on different models: their overlap compares unrelated
+    weights. Told apart by the fingerprint of the source's dense weights, else the source name."""
+
+    def source(mask) -> tuple[str | None, str | None]:
+        return (mask.provenance.fingerprint or {}).get("model"), mask.provenance.source_model
+
+    (first_path, first), *rest = masks.items()
+    warnings = []
+    for path, mask in rest:
+        (digest_a, name_a), (digest_b, name_b) = source(first), source(mask)
+        if (digest_a and digest_b and digest_a != digest_b) or (
+            not (digest_a and digest_b) and name_a != name_b
+        ):
+            warnings.append(
+                f"{first_path} and {path} were found on different models ({name_a} and {name_b}, "
+                "whose weights differ): their overlap compares unrelated weights"
+            )
+    return warnings
 
 
 def run_import(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from ticketlab.cli.common import (
     format_table,
     is_mask_file,
     print_json,
+    seed,
 )
 
 
@@ -59,7 +60,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "--batch-size", type=int, default=16, help="blocks per forward pass (losses do not depend on it)"
     )
     p.add_argument(
-        "--mlm-seed", type=int, default=0, help="seed of the MLM corruption (keep fixed across tickets)"
+        "--mlm-seed", type=seed, default=0, help="seed of the MLM corruption (keep fixed across tickets)"
     )
     p.add_argument(
         "--allow-fingerprint-mismatch", action="store_true", help="apply the mask even if the weights differ"
@@ -141,7 +142,7 @@ def register_tamt(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--scheme", choices=SCHEMES, default="per-matrix", help="default: per-matrix (TAMT)")
     p.add_argument("--save-at", help="also save masks after these steps, e.g. 500,1000,2000")
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of data order, MLM corruption, dropout, random init"
+        "--seed", type=seed, default=0, help="seed of data order, MLM corruption, dropout, random init"
     )
     p.add_argument("--batch-size", type=int, default=16, help="blocks per step (paper: 16)")
     p.add_argument("--lr", type=float, help="learning rate (default: mlm 5e-5, kd and mlm+kd 2e-5)")

@@ -16,6 +16,7 @@ from ticketlab.cli.common import (
     is_mask_file,
     is_png,
     print_json,
+    seed,
 )
 from ticketlab.errors import TicketlabError
 
@@ -76,7 +77,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         default=10 / 12,
         help="FFN layers pruned per level = round(p x ratio x layers); 10/12 gives the paper's round(10p) of 12",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the random tickets")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the random tickets")
     p.add_argument("--out", required=True, help="directory for the mask files (<kind>-<level>.safetensors)")
     declare_output(
         p,

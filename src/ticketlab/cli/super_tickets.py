@@ -12,6 +12,7 @@ from ticketlab.cli.common import (
     declare_output,
     format_table,
     print_json,
+    seeds,
 )
 from ticketlab.cli.imp import _NOT_RECIPE, recipe_from_args
 from ticketlab.errors import TicketlabError
@@ -64,7 +65,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--kinds", type=_words, default=["winning", "random", "losing"], help="default: winning,random,losing"
     )
-    p.add_argument("--seeds", type=_numbers(int, "seeds"), default=[0, 1, 2], help="default: 0,1,2")
+    p.add_argument("--seeds", type=seeds, default=[0, 1, 2], help="default: 0,1,2")
     p.add_argument(
         "--variant",
         choices=tuple(IMPORTANCE_VARIANTS),

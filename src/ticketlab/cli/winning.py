@@ -13,6 +13,7 @@ from ticketlab.cli.common import (
     declare_output,
     holds,
     print_json,
+    seeds,
     spec_overrides,
 )
 from ticketlab.errors import TicketlabError
@@ -45,7 +46,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="local GLUE data in the original layout (default: the hub)")
     p.add_argument(
         "--seeds",
-        type=comma_separated(int, "integers"),
+        type=seeds,
         default=[0],
         help="comma-separated seeds (default: 0)",
     )

@@ -14,6 +14,7 @@ Label ids follow the hub's order on both sources, so a model trained on one eval
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,6 +41,7 @@ class GlueTaskInfo:
     metrics: tuple[str, ...]
     main_metric: str
     label_names: tuple[str, ...] | None = None  # readable names (the hub's), in id order
+    score_range: tuple[float, float] | None = None  # the regression task's scores, both ends included
     headerless_columns: tuple[str, ...] | None = None  # column names of headerless train/dev files
     tsv_index_column: str = "index"
     dev_splits: tuple[str, ...] = ("dev",)
@@ -113,6 +115,7 @@ GLUE_TASKS: dict[str, GlueTaskInfo] = {
             ("sentence1", "sentence2"),
             tsv_label_column="score",
             labels=None,
+            score_range=(0.0, 5.0),
             metrics=("pearson", "spearman"),
             main_metric="pearson",
         ),
@@ -302,14 +305,23 @@ def read_glue_tsv(task: GlueTaskInfo, split: str, path: str | os.PathLike) -> Gl
     )
 
 
+def check_score(task: GlueTaskInfo, score: float, where: str) -> None:
+    """A regression label must be a finite number in the task's range (STS-B: 0 to 5)."""
+    low, high = task.score_range or (-math.inf, math.inf)
+    if not (math.isfinite(score) and low <= score <= high):
+        raise TicketlabError(f"{where}: {task.name} score {score!r} is not a number from {low:g} to {high:g}")
+
+
 def _parse_labels(task: GlueTaskInfo, values: list[str], table, path) -> list[int] | list[float]:
     if task.labels is None:
         scores = []
         for value, line in zip(values, table.line_numbers):
             try:
-                scores.append(float(value))
+                score = float(value)
             except ValueError:
                 raise TicketlabError(f"{path}, line {line}: score {value!r} is not a number") from None
+            check_score(task, score, f"{path}, line {line}")
+            scores.append(score)
         return scores
     ids = {token: i for i, token in enumerate(task.labels)}
     labels = []
@@ -350,6 +362,8 @@ def load_glue_hub(task: GlueTaskInfo, split: str) -> GlueExamples:
         labels = [int(label) for label in labels]
     else:
         labels = [float(label) for label in labels]
+        for i, score in enumerate(labels):
+            check_score(task, score, f"the hub's GLUE {task.name} {hub_split} split, row {i}")
     return GlueExamples(
         task=task.name,
         split=split,

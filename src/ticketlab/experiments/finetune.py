@@ -34,6 +34,8 @@ from ticketlab.data.cache import file_sha256
 from ticketlab.data.subset import subset_indices
 from ticketlab.errors import TicketlabError
 from ticketlab.io import atomic_write, read_json
+from ticketlab.models.loading import check_max_length, max_positions
+from ticketlab.specs import check_seed
 from ticketlab.training.metrics import json_safe
 
 log = logging.getLogger(__name__)
@@ -187,6 +189,7 @@ class FinetuneSpec:
         for name, value in counts.items():
             if value is not None and value < 1:
                 raise TicketlabError(f"{name.replace('_', ' ')} must be at least 1, got {value}")
+        check_seed(self.seed, "seed")
         subset_indices(1, None, self.train_subset)  # an unknown subset is refused here
         self.train_config().validate()  # lr, epochs, warm-up, weight decay, eval interval
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
@@ -324,6 +327,12 @@ def _load_ticket(
             ", ".join(empty),
         )
         facts["fully_pruned_matrices"] = empty
+    if structured is None and (nearly := {n: s for n, s in mask.nearly_pruned().items() if s < 1.0}):
+        log.warning(
+            "the mask prunes %s almost entirely; the model may be unable to learn through it",
+            ", ".join(f"{n} ({100 * s:.2f}%)" for n, s in nearly.items()),
+        )
+        facts["nearly_pruned_matrices"] = nearly
     provenance = mask.provenance
     facts.update(
         sparsity=mask.sparsity,
@@ -457,6 +466,9 @@ def run_finetune(
     set_seed(spec.seed)  # before the model: the task head's initialisation depends on it
     if model is None:
         model = task.build_model(spec.model)
+    # A length the user set must fit the model; the task's default is fitted to it instead (below).
+    if spec.max_length != spec.recipe_defaults()["max_length"]:
+        check_max_length(model, spec.max_length, "--max-length")
     relative = mask_file is not None and not Path(mask_file).is_absolute()
     mask, structured, ticket = _load_ticket(spec, model, mask, out / mask_file if relative else mask_file)
     if relative:  # named relative to the run's folder, which moves when its step is published
@@ -553,8 +565,10 @@ def _train_and_record(
     from ticketlab.training.tasks import DataOptions, TaskEvaluator
 
     tokenizer = load_tokenizer(spec.model)
+    # The task's default length above the model's positions (a small model) becomes the positions.
+    positions = max_positions(model)
     options = DataOptions(
-        max_length=spec.max_length,
+        max_length=min(spec.max_length, positions) if positions else spec.max_length,
         doc_stride=spec.doc_stride,
         data_dir=spec.data_dir,
         cache_dir=cache_dir,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from ticketlab.io import read_json, write_json
 from ticketlab.masks import UnstructuredMask, load_mask, save_mask
 from ticketlab.models.adapters import EncoderAdapter
 from ticketlab.pruning import prune, validate_sparsity
+from ticketlab.specs import check_value
 from ticketlab.training.distributed import broadcast_from_first
 
 # train(model, mask, seed, out_dir) -> results dict. It trains ``model`` in place (mask held) and
@@ -248,10 +250,24 @@ RECIPE_FIELDS = (
 )
 
 
-def check_recipe(recipe: dict[str, Any]) -> None:
-    unknown = sorted(set(recipe) - set(RECIPE_FIELDS))
+def check_recipe(recipe: Any, where: str = "recipe") -> None:
+    """Refuse a recipe that is not a mapping of known fine-tuning fields of the right types."""
+    from ticketlab.experiments.finetune import FinetuneSpec
+
+    if not isinstance(recipe, dict):
+        raise TicketlabError(f"{where}: expected a mapping of recipe fields, got {recipe!r}")
+    unknown = sorted(set(recipe) - set(RECIPE_FIELDS), key=str)
     if unknown:
-        raise TicketlabError(f"unknown recipe field {unknown[0]!r} (known: {', '.join(RECIPE_FIELDS)})")
+        raise TicketlabError(
+            f"{where}: unknown recipe field {unknown[0]!r} (known: {', '.join(RECIPE_FIELDS)})"
+        )
+    hints = typing.get_type_hints(FinetuneSpec)
+    for name, value in recipe.items():
+        check_value(value, hints[name], f"{where}.{name}")
+    try:  # the values' ranges, as a fine-tuning run would check them before it starts
+        FinetuneSpec(model="-", task="sst2", **recipe).validate()
+    except TicketlabError as error:
+        raise TicketlabError(f"{where}: {error}") from None
 
 
 def finetune_functions(

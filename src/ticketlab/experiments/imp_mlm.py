@@ -51,6 +51,7 @@ from ticketlab.experiments.store import RunDirectory
 from ticketlab.experiments.tamt import BatchOrder
 from ticketlab.io import read_json
 from ticketlab.masks import UnstructuredMask
+from ticketlab.models.loading import check_max_length
 from ticketlab.models.mlm_head import EncoderWithMlmHead
 from ticketlab.training import loop
 from ticketlab.training.loop import Callback, TrainState
@@ -465,13 +466,7 @@ def run_imp_on_mlm(
     tokenizer = load_tokenizer(spec.model)
     text, heldout = load_mlm_text(spec, recipe, tokenizer, cache_dir=cache_dir, progress=not quiet)
     encoder = load_encoder(spec.model)
-    positions = getattr(encoder.config, "max_position_embeddings", None)
-    if positions is not None and encoder.config.model_type in ("roberta", "xlm-roberta", "camembert"):
-        positions -= encoder.config.pad_token_id + 1  # RoBERTa's positions start after the padding index
-    if positions is not None and recipe.max_length > positions:
-        raise TicketlabError(
-            f"max length {recipe.max_length} is longer than the model's {positions} positions"
-        )
+    check_max_length(encoder, recipe.max_length)
     masking = MlmMasking.for_tokenizer(
         tokenizer, vocab_size=word_embeddings(encoder).weight.shape[0], probability=recipe.mlm_probability
     )

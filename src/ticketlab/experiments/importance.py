@@ -18,6 +18,7 @@ from torch import nn
 from ticketlab.data.subset import subset_indices
 from ticketlab.errors import TicketlabError
 from ticketlab.masks.structured import StructuredMask
+from ticketlab.models.loading import check_max_length, max_positions
 from ticketlab.pruning.importance import (
     IMPORTANCE_VARIANTS,
     NORMALIZATIONS,
@@ -124,6 +125,11 @@ def load_task_model(name_or_path: str, task: Any) -> nn.Module:
             f"model {name_or_path!r} does not fit task {task.name}: some of its weights (the task head, "
             "if it was fine-tuned on another task) have other shapes"
         ) from error
+    if getattr(model, "ticketlab_shrink_plan", None) is not None:
+        raise TicketlabError(
+            f"model {name_or_path!r} is a ticketlab shrink output (its pruned heads are cut out, so they "
+            "cannot be scored): score the full fine-tuned model it was shrunk from"
+        )
     prefix = f"{model.base_model_prefix}."
     fresh = sorted(k for k in getattr(model, "ticketlab_untrained", ()) if not k.startswith(prefix))
     if fresh:
@@ -198,7 +204,10 @@ def score_task_importance(
     options.validate()
     task = get_task(task_name)
     split = options.resolved_split()
-    max_length = max_length or {**BASE_RECIPE, **task.recipe}["max_length"]
+    default_length = {**BASE_RECIPE, **task.recipe}["max_length"]
+    if max_length not in (None, default_length):  # a length asked for must fit; the default is fitted
+        check_max_length(model, max_length, "--max-length")
+    max_length = min(max_length or default_length, max_positions(model) or default_length)
     batches = importance_batches(
         task,
         tokenizer,

@@ -14,6 +14,7 @@ A model without an MLM head gets ``mlm_loss = None`` and the reason, unless a he
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -23,8 +24,11 @@ from torch import nn
 
 from ticketlab.data.text import DEFAULT_DATASET, DEFAULT_DATASET_CONFIG, TextBlocks, load_text_blocks
 from ticketlab.errors import TicketlabError
+from ticketlab.models.loading import check_max_length
 from ticketlab.models.mlm_head import MlmHead, head_from_checkpoint, load_mlm_head, word_embeddings
 from ticketlab.training.objectives import KD_LOSSES, MlmMasking, kd_loss_sum, mlm_loss_sum
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -85,8 +89,9 @@ class PretrainLossSpec(PretrainLossSettings):
 
 def load_spec_text(spec, tokenizer, progress: bool = True) -> TextBlocks:
     """The blocks a spec with the text fields (text, dataset, dataset_config, split, max_length,
-    max_sequences) asks for."""
-    return load_text_blocks(
+    max_sequences) asks for; a block length above the model's positions is refused first."""
+    check_max_length(spec.model, spec.max_length, "--max-length")
+    blocks = load_text_blocks(
         tokenizer,
         spec.text,
         dataset=spec.dataset,
@@ -96,6 +101,20 @@ def load_spec_text(spec, tokenizer, progress: bool = True) -> TextBlocks:
         max_sequences=spec.max_sequences,
         progress=progress,
     )
+    batch_size = getattr(spec, "batch_size", 1)
+    if len(blocks) < batch_size:
+        # Not an error (a quick try on a small file is fine), but said: a batch repeats these blocks
+        # and a loss measured on them says little.
+        log.warning(
+            "%s gives only %d block(s) of %d tokens (%d real tokens), fewer than a batch of %d: "
+            "too little text for a meaningful loss or mask",
+            blocks.source,
+            len(blocks),
+            blocks.max_length,
+            blocks.num_tokens(),
+            batch_size,
+        )
+    return blocks
 
 
 def _device() -> torch.device:
@@ -278,4 +297,7 @@ def run_pretrain_loss(spec: PretrainLossSpec, progress: bool = True) -> dict[str
     }
     if head is None:
         results["mlm_loss_reason"] = head_record["reason"]
+    elif not losses["num_mlm_targets"]:
+        results["mlm_loss_reason"] = "the text is too short: the MLM corruption chose no token to predict"
+        log.warning("no MLM loss on %s: %s", text.source, results["mlm_loss_reason"])
     return results

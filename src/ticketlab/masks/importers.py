@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ticketlab.errors import MaskFormatError, MaskMismatchError
+from ticketlab.errors import MaskFormatError, MaskMismatchError, first_line
 from ticketlab.masks.provenance import Provenance, TensorInfo
 from ticketlab.masks.unstructured import UnstructuredMask
 from ticketlab.models.adapters import ARCHITECTURES, EncoderAdapter
@@ -50,8 +50,7 @@ def _read_tensor_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         # weights_only: the file is data, never code; a pickle that wants to run code is refused.
         data = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise MaskFormatError(f"{path}: not a loadable torch tensor file ({first})") from error
+        raise MaskFormatError(f"{path}: not a loadable torch tensor file ({first_line(error)})") from error
     if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):

@@ -12,6 +12,8 @@ from ticketlab.errors import TicketlabError
 from ticketlab.masks.provenance import Provenance, TensorInfo
 
 _LAYER_PATTERN = re.compile(r"\.layer\.(\d+)\.")
+# A matrix at least this sparse is flagged when a mask is made, inspected or fine-tuned.
+NEARLY_EMPTY = 0.99
 
 
 def guess_layer(name: str) -> int | None:
@@ -71,6 +73,18 @@ class UnstructuredMask:
         """The matrices this mask prunes entirely (a global ranking can empty a matrix of small
         weights, such as an untrained pooler, and cut the model's path to its task head)."""
         return [name for name, bits in self.tensors.items() if bits.numel() and not bool(bits.any())]
+
+    def nearly_pruned(self, threshold: float = NEARLY_EMPTY) -> dict[str, float]:
+        """The matrices of which at least ``threshold`` of the weights are pruned, with their
+        sparsity: a matrix with a handful of weights left (MiniLM-L6's pooler at 99.99% under a
+        global 0.5) cuts the path to the task head almost as surely as an empty one."""
+        found = {}
+        for name, bits in self.tensors.items():
+            if bits.numel():
+                sparsity = 1.0 - int(bits.sum()) / bits.numel()
+                if sparsity >= threshold:
+                    found[name] = sparsity
+        return found
 
     def layer_sparsity(self) -> dict[str, float]:
         """Sparsity per encoder layer (``"0"``, ``"1"``, ...) plus ``"other"`` (pooler, embeddings)."""

@@ -35,6 +35,7 @@ from torch import nn
 
 from ticketlab.errors import TicketlabError
 from ticketlab.models.adapters import EncoderAdapter
+from ticketlab.specs import check_value, from_mapping
 
 SHRUNK_CONFIG_NAME = "ticketlab_shrunk.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -266,13 +267,17 @@ def read_shrunk_header(directory: str | os.PathLike) -> dict[str, Any]:
         header = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise TicketlabError(f"{path} is not valid JSON ({error})") from error
-    if header.get("format") != FORMAT_NAME:
-        raise TicketlabError(f"{path}: unknown format {header.get('format')!r}")
-    if int(header.get("format_version", 0)) > FORMAT_VERSION:
-        raise TicketlabError(
-            f"{path}: format version {header['format_version']} is newer than this ticketlab"
-        )
+    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+        raise TicketlabError(f"{path}: not a ticketlab shrink record (format {_format_of(header)!r})")
+    version = check_value(header.get("format_version", 0), int, f"{path}: format_version")
+    if version > FORMAT_VERSION:
+        raise TicketlabError(f"{path}: format version {version} is newer than this ticketlab")
+    from_mapping(ShrinkPlan, header.get("plan"), f"{path}: plan")
     return header
+
+
+def _format_of(header: Any) -> Any:
+    return header.get("format") if isinstance(header, dict) else type(header).__name__
 
 
 def load_shrunk(directory: str | os.PathLike, **config_overrides: Any) -> nn.Module:
@@ -288,7 +293,7 @@ def load_shrunk(directory: str | os.PathLike, **config_overrides: Any) -> nn.Mod
         raise TicketlabError(f"{directory}: unknown model class {header.get('model_class')!r}")
     config = transformers.AutoConfig.from_pretrained(str(directory), **config_overrides)
     model = model_class(config)
-    plan = ShrinkPlan(**header["plan"])
+    plan = from_mapping(ShrinkPlan, header["plan"], "plan")
     _resize(model, plan)
     try:
         load_model(model, str(Path(directory) / WEIGHTS_NAME), strict=True)
@@ -316,3 +321,50 @@ def encoder_flops(
         per_token += 2 * hidden * ffn  # FFN in and out
         total += 2 * per_token * seq_len
     return total
+
+
+def is_shrunk_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / SHRUNK_CONFIG_NAME).is_file()
+
+
+def load_shrunk_as(directory: str | os.PathLike, model_class: Any, **config_kwargs: Any) -> nn.Module:
+    """A shrunk model rebuilt as ``model_class`` (an Auto class or a concrete one), so that every
+    verb taking ``--model`` can use it: a shrunk encoder as a task model, or the reverse.
+
+    The encoder's weights come from the file; weights it lacks or holds in another shape (a task
+    head for another task) are freshly initialised and listed in ``model.ticketlab_untrained``,
+    as ``load_encoder`` does for a checkpoint. ``config_kwargs`` go to the config (``num_labels``).
+    """
+    import transformers
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    header = read_shrunk_header(directory)
+    plan = from_mapping(ShrinkPlan, header["plan"], "plan")
+    config = transformers.AutoConfig.from_pretrained(str(directory), **config_kwargs)
+    auto = model_class.__name__.startswith("Auto")
+    model = model_class.from_config(config) if auto else model_class(config)
+    _resize(model, plan)
+    try:
+        stored = load_file(str(Path(directory) / WEIGHTS_NAME))
+    except (SafetensorError, OSError) as error:
+        raise TicketlabError(
+            f"cannot load the weights of {directory}: {str(error).splitlines()[0]}"
+        ) from error
+    own = model.state_dict()
+    prefix = f"{model.base_model_prefix}."
+
+    def target(key: str) -> str | None:  # the saved name in this class's layout
+        for name in (key, prefix + key, key.removeprefix(prefix)):
+            if name in own and own[name].shape == stored[key].shape:
+                return name
+        return None
+
+    loaded = {name: stored[key] for key in stored if (name := target(key)) is not None}
+    if not any(name.removeprefix(prefix).startswith(("encoder.", "transformer.")) for name in loaded):
+        raise TicketlabError(f"{directory}: its shrunk weights do not fit a {type(model).__name__}")
+    model.load_state_dict(loaded, strict=False)
+    model.ticketlab_untrained = frozenset(name for name in own if name not in loaded)
+    model.ticketlab_shrink_plan = plan
+    model.eval()
+    return model

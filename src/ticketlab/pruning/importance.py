@@ -36,6 +36,7 @@ from ticketlab.errors import TicketlabError
 from ticketlab.io import atomic_write
 from ticketlab.masks.gates import StructuredGates
 from ticketlab.masks.structured import StructuredMask
+from ticketlab.specs import from_mapping
 
 
 @dataclass(frozen=True)
@@ -120,19 +121,15 @@ class ImportanceScores:
         try:
             with safe_open(str(path), framework="pt") as handle:
                 header = json.loads((handle.metadata() or {}).get("ticketlab", "{}"))
-                if header.get("format") != FORMAT_NAME:
+                if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
                     raise TicketlabError(f"{path} is not a ticketlab importance file")
                 heads, ffn = handle.get_tensor("heads"), handle.get_tensor("ffn")
         except (SafetensorError, OSError, json.JSONDecodeError) as error:
             raise TicketlabError(f"cannot read importance scores from {path}: {error}") from error
-        return cls(
-            heads,
-            ffn,
-            variant=header.get("variant", "unknown"),
-            normalization=header.get("normalization", "none"),
-            num_batches=int(header.get("num_batches", 0)),
-            num_examples=int(header.get("num_examples", 0)),
-            info=header.get("info", {}),
+        fields = {k: v for k, v in header.items() if k not in ("format", "format_version")}
+        # The header's fields against their types (heads and ffn are the file's tensors).
+        return from_mapping(
+            cls, {**fields, "heads": heads, "ffn": ffn}, f"{path}: header", ignore_unknown=True
         )
 
 

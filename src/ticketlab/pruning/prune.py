@@ -13,6 +13,7 @@ from ticketlab.masks.unstructured import UnstructuredMask
 from ticketlab.models.adapters import EncoderAdapter
 from ticketlab.pruning.registry import get_method
 from ticketlab.pruning.selection import validate_sparsity
+from ticketlab.specs import check_seed
 
 # Each paper's choice of scope and scheme (SPECS.md section 0).
 PROTOCOLS: dict[str, dict[str, str]] = {
@@ -39,6 +40,7 @@ def prune(
     differs from the model whose weights were ranked (IMP ranks trained weights, then rewinds).
     """
     validate_sparsity(sparsity)
+    check_seed(seed, "seed")
     adapter = EncoderAdapter(model)
     strategy = get_method(method, **method_params)
     matrices = adapter.prunable_matrices(scope)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ticketlab.errors import TicketlabError
+from ticketlab.errors import MaskMismatchError, TicketlabError
 from ticketlab.masks.unstructured import UnstructuredMask
 from ticketlab.pruning.registry import PruningMethod, register
 from ticketlab.pruning.selection import SCHEMES, num_to_prune
@@ -45,9 +45,7 @@ class RandomPruning(PruningMethod):
         names = list(weights)
         sizes = [weights[n].numel() for n in names]
         if self.reference is not None:
-            missing = [n for n in names if n not in self.reference.tensors]
-            if missing:
-                raise TicketlabError(f"the reference mask has no matrix {missing[0]!r}")
+            self._check_reference(weights)
             counts = [int((~self.reference.tensors[n]).sum()) for n in names]
             flats = [_prune_uniform(size, k, generator) for size, k in zip(sizes, counts)]
         elif scheme == "per-matrix":
@@ -56,6 +54,28 @@ class RandomPruning(PruningMethod):
             whole = _prune_uniform(sum(sizes), num_to_prune(sum(sizes), sparsity), generator)
             flats = list(torch.split(whole, sizes))
         return {n: flat.reshape(weights[n].shape) for n, flat in zip(names, flats)}
+
+    def _check_reference(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """The reference must cover exactly these matrices with these shapes: counts taken from
+        another model's matrices could exceed this one's (a mask of another width or depth)."""
+        reference = self.reference.tensors
+        source = self.reference.provenance.source_model or "another model"
+        for name, weight in weights.items():
+            if name not in reference:
+                raise MaskMismatchError(
+                    f"the reference mask has no matrix {name!r} (it was made for {source})"
+                )
+            if tuple(reference[name].shape) != tuple(weight.shape):
+                raise MaskMismatchError(
+                    f"the reference mask's {name!r} has shape {tuple(reference[name].shape)}, this model's "
+                    f"has {tuple(weight.shape)} (the reference was made for {source})"
+                )
+        extra = [name for name in reference if name not in weights]
+        if extra:
+            raise MaskMismatchError(
+                f"the reference mask has matrix {extra[0]!r}, which is not among the weights pruned here "
+                f"(another model, or another --scope than the reference's {self.reference.provenance.scope!r})"
+            )
 
     def params(self) -> dict[str, Any]:
         return {"variant": "matched" if self.reference is not None else "uniform"}

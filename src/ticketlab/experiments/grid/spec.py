@@ -15,6 +15,7 @@ from ticketlab.experiments.store import settings_from_dict
 from ticketlab.experiments.tamt import TamtSettings
 from ticketlab.pruning import validate_sparsity
 from ticketlab.pruning.structured import DEFAULT_FFN_RATIO
+from ticketlab.specs import check_seed, from_mapping, refuse_duplicates
 
 GRID_METHODS = ("full", "omp", "random", "imp", "tamt", "permuted", "random-init")
 
@@ -140,21 +141,26 @@ class GridSpec:
 
     def validate(self) -> None:
         from ticketlab.experiments.imp import check_recipe
+        from ticketlab.training.tasks import get_task
 
+        if not self.tasks or not self.seeds:
+            raise TicketlabError("a grid needs at least one task and one seed")
+        for i, seed in enumerate(self.seeds):
+            check_seed(seed, f"seeds[{i}]")
+        refuse_duplicates(self.seeds, "seeds")
+        refuse_duplicates(self.tasks, "tasks", key=lambda t: t if t == MLM_TASK else get_task(t).name)
+        for name in ("methods", "sparsities", "imp_levels", "transfer_from"):  # levels: check_head_fractions
+            refuse_duplicates(getattr(self, name) or [], name)
         check_recipe(self.recipe)
         for task, overrides in self.task_recipes.items():
             if task not in self.tasks:
                 raise TicketlabError(f"task_recipes names {task!r}, which is not one of the grid's tasks")
-            if not isinstance(overrides, dict):
-                raise TicketlabError(f"task_recipes.{task} must be a mapping of recipe fields")
-            check_recipe(overrides)
+            check_recipe(overrides, f"task_recipes.{task}")
         unknown = [m for m in self.methods if m not in GRID_METHODS]
         if unknown:
             raise TicketlabError(
                 f"unknown grid method {unknown[0]!r} (choose from {', '.join(GRID_METHODS)})"
             )
-        if not self.tasks or not self.seeds:
-            raise TicketlabError("a grid needs at least one task and one seed")
         if MLM_TASK in self.tasks:
             raise TicketlabError("mlm is not a fine-tuning task: name it in transfer_from to use its tickets")
         for sparsity in self.sparsities:
@@ -263,15 +269,11 @@ class GridSpec:
             raise TicketlabError(f"{path}: cannot parse the grid spec ({error})") from error
         if not isinstance(data, dict):
             raise TicketlabError(f"{path}: a grid spec is a mapping of fields")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise TicketlabError(f"{path}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
         try:
-            spec = cls(**data)
-        except TypeError as error:
-            raise TicketlabError(f"{path}: {error}") from error
-        spec.validate()
+            spec = from_mapping(cls, data, "")
+            spec.validate()
+        except TicketlabError as error:
+            raise TicketlabError(f"{path}: {error}") from None
         return spec
 
 
