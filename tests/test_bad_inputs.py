@@ -535,3 +535,57 @@ def test_a_nearly_empty_matrix_is_flagged_at_prune_and_inspect(capsys, bert, tmp
     assert json.loads(out)["nearly_pruned"] == {"pooler.dense.weight": pytest.approx(1023 / 1024)}
     code, out, _ = run_cli(capsys, "inspect", omp)
     assert code == 0 and "warning: pooler.dense.weight (99.90%) pruned almost entirely" in out
+
+
+def test_a_folder_where_a_file_is_wanted_and_the_reverse_are_named(capsys, bert_dir, notes, tmp_path):
+    from ticketlab.errors import TicketlabError
+    from ticketlab.experiments.finetune import FinetuneSpec
+
+    with pytest.raises(TicketlabError, match="data directory .* is a file; a folder is wanted"):
+        FinetuneSpec(model="m", task="sst2", data_dir=str(notes)).validate()
+    with pytest.raises(TicketlabError, match="mask file .* is a folder; a file is wanted"):
+        FinetuneSpec(model="m", task="sst2", mask=str(tmp_path)).validate()
+    from ticketlab.data.text import read_text_lines
+
+    with pytest.raises(TicketlabError, match="text file .* is a folder; a file is wanted"):
+        read_text_lines(tmp_path)
+
+
+def test_import_mask_of_a_text_file_says_a_safe_load_cannot_read_it(capsys, bert_dir, notes, tmp_path):
+    line = assert_one_line_error(
+        capsys,
+        "import-mask",
+        notes,
+        "--model",
+        bert_dir,
+        "--out",
+        tmp_path / "m.safetensors",
+        contains=str(notes),
+    )
+    assert "a safe load cannot read it" in line and "pickled" not in line and "weights_only" not in line
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "Infinity"])
+def test_number_flags_refuse_nan_and_infinity(capsys, value):
+    with pytest.raises(SystemExit) as stop:
+        main(
+            [
+                "tamt",
+                "--model",
+                "m",
+                "--objective",
+                "kd",
+                "--sparsity",
+                "0.5",
+                "--lr",
+                value,
+                "--out",
+                "x.safetensors",
+            ]
+        )
+    err = capsys.readouterr().err
+    assert (
+        stop.value.code == 2
+        and "argument --lr: expected a finite number" in err
+        and len(err.splitlines()) == 1
+    )

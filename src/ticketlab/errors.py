@@ -33,7 +33,12 @@ def first_line(error: BaseException | str) -> str:
     text = strip_ansi(str(error)).strip()
     if "Weights only load failed" in text:
         found = _UNSAFE_GLOBAL.search(text)
-        what = f" ({found.group(1)})" if found else ""
-        return f"it holds pickled Python objects{what}, which a safe load refuses: only tensors are read"
+        if found:
+            return (
+                f"it holds pickled Python objects ({found.group(1)}), which a safe load refuses: "
+                "only tensors are read"
+            )
+        detail = text.partition("WeightsUnpickler error:")[2].strip().splitlines()
+        return "a safe load cannot read it: " + (detail[0].strip() if detail else "not a torch file")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__

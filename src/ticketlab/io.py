@@ -153,3 +153,16 @@ def check_output(
     if not os.access(writable_in, os.W_OK | os.X_OK):
         raise TicketlabError(f"{shown}: cannot write in {str(writable_in)!r} (permission denied)")
     return path
+
+
+def require_path(path: str | os.PathLike, what: str, *, directory: bool = False) -> Path:
+    """``path`` if it is an existing file (or folder, with ``directory``); else one line that says
+    what is there instead: nothing, or a folder where a file is wanted, or the reverse."""
+    path = Path(path)
+    if directory and path.is_dir() or not directory and path.is_file():
+        return path
+    if path.is_dir():
+        raise TicketlabError(f"{what} {str(path)!r} is a folder; a file is wanted here")
+    if path.exists():
+        raise TicketlabError(f"{what} {str(path)!r} is a file; a folder is wanted here")
+    raise TicketlabError(f"{what} {str(path)!r} does not exist")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import types
 import typing
@@ -71,6 +72,8 @@ def add_spec_arguments(
         kind = _flag_type(hints[spec_field.name])
         if kind is int and spec_field.name.endswith("seed"):
             kind = seed
+        elif kind is float:
+            kind = finite
         help_text = spec_field.metadata.get("help", "")
         required = spec_field.default is MISSING and not overrides_only
         if kind is bool:
@@ -100,6 +103,17 @@ def comma_separated(convert: Any = str, what: str = "values") -> Any:
             raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
 
     return parse
+
+
+def finite(text: str) -> float:
+    """An argparse ``type`` for every number flag: a float that is neither NaN nor infinite."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def seed(text: str) -> int:

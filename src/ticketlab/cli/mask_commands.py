@@ -12,6 +12,7 @@ from ticketlab.cli.common import (
     add_output_flags,
     add_protocol_flags,
     declare_output,
+    finite,
     format_table,
     human_size,
     is_mask_file,
@@ -35,7 +36,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="hub id or local model directory")
     p.add_argument("--method", required=True, choices=sorted(PRUNING_METHODS), help="how weights are chosen")
     p.add_argument(
-        "--sparsity", required=True, type=float, help="fraction of the weights in scope to prune, in [0, 1)"
+        "--sparsity", required=True, type=finite, help="fraction of the weights in scope to prune, in [0, 1)"
     )
     add_protocol_flags(p)
     p.add_argument("--seed", type=seed, default=0, help="random seed (random pruning; recorded for all)")

@@ -8,6 +8,7 @@ from ticketlab.cli.common import (
     Output,
     add_output_flags,
     declare_output,
+    finite,
     format_table,
     is_mask_file,
     print_json,
@@ -132,7 +133,7 @@ def register_tamt(verbs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--objective", required=True, choices=OBJECTIVES, help="mlm, kd (distillation) or their sum"
     )
-    p.add_argument("--sparsity", required=True, type=float, help="fraction of the weights in scope to prune")
+    p.add_argument("--sparsity", required=True, type=finite, help="fraction of the weights in scope to prune")
     _add_text_flags(p, split="train")
     p.add_argument("--steps", type=int, default=1000, help="training steps (default: 1000)")
     p.add_argument("--init", choices=INITS, default="omp", help="initial mask (default: omp, as the paper)")
@@ -145,8 +146,8 @@ def register_tamt(verbs: argparse._SubParsersAction) -> None:
         "--seed", type=seed, default=0, help="seed of data order, MLM corruption, dropout, random init"
     )
     p.add_argument("--batch-size", type=int, default=16, help="blocks per step (paper: 16)")
-    p.add_argument("--lr", type=float, help="learning rate (default: mlm 5e-5, kd and mlm+kd 2e-5)")
-    p.add_argument("--weight-decay", type=float, help="on the scores (default: mlm 0, kd and mlm+kd 0.01)")
+    p.add_argument("--lr", type=finite, help="learning rate (default: mlm 5e-5, kd and mlm+kd 2e-5)")
+    p.add_argument("--weight-decay", type=finite, help="on the scores (default: mlm 0, kd and mlm+kd 0.01)")
     p.add_argument(
         "--kd-loss", choices=KD_LOSSES, default="cosine", help="distillation loss (default: cosine)"
     )

@@ -11,6 +11,7 @@ from ticketlab.cli.common import (
     Output,
     add_output_flags,
     declare_output,
+    finite,
     format_table,
     holds,
     is_mask_file,
@@ -73,7 +74,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--ffn-ratio",
-        type=float,
+        type=finite,
         default=10 / 12,
         help="FFN layers pruned per level = round(p x ratio x layers); 10/12 gives the paper's round(10p) of 12",
     )

@@ -10,6 +10,7 @@ from ticketlab.cli.common import (
     add_output_flags,
     add_spec_arguments,
     declare_output,
+    finite,
     format_table,
     print_json,
     seeds,
@@ -58,7 +59,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="local task data in the original layout (default: the hub)")
     p.add_argument(
         "--levels",
-        type=_numbers(float, "levels"),
+        type=_numbers(finite, "levels"),
         default=list(DEFAULT_LEVELS),
         help="fractions of the heads to prune (default: 0.1,0.2,...,0.8)",
     )
@@ -85,7 +86,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--ffn-ratio",
-        type=float,
+        type=finite,
         default=DEFAULT_FFN_RATIO,
         help="FFN layers pruned per level = round(p x ratio x layers) (default: 10/12, the paper's round(10 p))",
     )

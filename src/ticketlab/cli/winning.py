@@ -11,6 +11,7 @@ from ticketlab.cli.common import (
     add_spec_arguments,
     comma_separated,
     declare_output,
+    finite,
     holds,
     print_json,
     seeds,
@@ -60,7 +61,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--normalization", choices=NORMALIZATIONS, default="l2", help="head scores per layer")
     p.add_argument(
         "--head-fraction",
-        type=float,
+        type=finite,
         default=0.1,
         help="heads pruned per step: max(1, floor(fraction x all heads)) (default: 0.1, 14 of 144)",
     )
@@ -76,7 +77,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--magnitude-rate",
-        type=float,
+        type=finite,
         default=0.1,
         help="magnitude: fraction of the remaining weights pruned per step (default: 0.1)",
     )
@@ -88,7 +89,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--threshold",
-        type=float,
+        type=finite,
         default=0.9,
         help="stop at the first step below this fraction of the full model's dev metric (default: 0.9)",
     )

@@ -22,6 +22,7 @@ from pathlib import Path
 from ticketlab.data.cache import file_sha256
 from ticketlab.data.tsv import read_tsv
 from ticketlab.errors import TicketlabError
+from ticketlab.io import require_path
 
 HUB_DATASET = "nyu-mll/glue"
 
@@ -253,9 +254,7 @@ def _check_split(task: GlueTaskInfo, split: str) -> None:
 
 def task_folder(task: GlueTaskInfo, data_dir: str | os.PathLike) -> Path:
     """The folder of ``task`` under ``data_dir`` (the GLUE root or the task folder itself)."""
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise TicketlabError(f"data directory {str(root)!r} does not exist")
+    root = require_path(data_dir, "data directory", directory=True)
     wanted = _normalise(task.folder)
     for child in sorted(root.iterdir()):
         if child.is_dir() and _normalise(child.name) == wanted:

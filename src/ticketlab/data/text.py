@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ticketlab.errors import TicketlabError
+from ticketlab.io import require_path
 
 DEFAULT_DATASET = "Salesforce/wikitext"
 DEFAULT_DATASET_CONFIG = "wikitext-103-raw-v1"
@@ -77,9 +78,7 @@ def clean_wikitext_line(line: str, unk_token: str | None) -> str:
 
 def read_text_lines(path: str | os.PathLike) -> list[str]:
     """The non-blank lines of a text file (any line endings), stripped."""
-    path = Path(path)
-    if not path.is_file():
-        raise TicketlabError(f"text file {str(path)!r} does not exist")
+    path = require_path(path, "text file")
     try:
         with open(path, encoding="utf-8") as handle:  # universal newlines: CRLF reads as LF
             lines = [line.strip() for line in handle]

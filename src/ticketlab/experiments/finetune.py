@@ -33,7 +33,7 @@ from typing import Any
 from ticketlab.data.cache import file_sha256
 from ticketlab.data.subset import subset_indices
 from ticketlab.errors import TicketlabError
-from ticketlab.io import atomic_write, read_json
+from ticketlab.io import atomic_write, read_json, require_path
 from ticketlab.models.loading import check_max_length, max_positions
 from ticketlab.specs import check_seed
 from ticketlab.training.metrics import json_safe
@@ -192,10 +192,10 @@ class FinetuneSpec:
         check_seed(self.seed, "seed")
         subset_indices(1, None, self.train_subset)  # an unknown subset is refused here
         self.train_config().validate()  # lr, epochs, warm-up, weight decay, eval interval
-        if self.data_dir is not None and not Path(self.data_dir).is_dir():
-            raise TicketlabError(f"data directory {self.data_dir!r} does not exist")
-        if self.mask is not None and not Path(self.mask).is_file():
-            raise TicketlabError(f"mask file {self.mask!r} does not exist")
+        if self.data_dir is not None:
+            require_path(self.data_dir, "data directory", directory=True)
+        if self.mask is not None:
+            require_path(self.mask, "mask file")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
