@@ -13,9 +13,7 @@ import hashlib
 import json
 import os
 import platform
-import types
-import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,67 +57,6 @@ def non_default_fields(spec: Any) -> dict[str, Any]:
         if values[f.name] != default:
             changed[f.name] = values[f.name]
     return changed
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether a value read from JSON/YAML fits a field's type hint (scalars, optionals, lists)."""
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, arg) for arg in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (list, tuple):
-        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        return isinstance(value, list | tuple) and all(_fits(v, args[0]) for v in value) if args else True
-    if origin is dict:
-        return isinstance(value, dict)
-    return True
-
-
-def settings_from_dict(cls: type[T], data: Any, where: str) -> T:
-    """A settings dataclass from a mapping read from a spec file, with one-line errors.
-
-    Unknown keys and values of the wrong type are refused (naming the section ``where``); lists
-    become tuples where the field is a tuple and integers become floats where it is a float, so
-    the same settings always serialise (and hash) the same way. An instance passes through.
-    """
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, Mapping):
-        raise TicketlabError(f"{where} must be a mapping of settings, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls) if f.init]
-    values = {}
-    for key, value in data.items():
-        if key not in known:
-            raise TicketlabError(f"{where}: unknown setting {key!r} (known: {', '.join(known)})")
-        hint = hints[key]
-        if not _fits(value, hint):
-            name = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
-            raise TicketlabError(f"{where}.{key}: {value!r} is not of type {name}")
-        arms = (
-            typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-        )
-        kinds = {typing.get_origin(arm) or arm for arm in arms}
-        if isinstance(value, list) and tuple in kinds:
-            value = tuple(value)
-        elif isinstance(value, int) and not isinstance(value, bool) and float in kinds and int not in kinds:
-            value = float(value)
-        values[key] = value
-    try:
-        return cls(**values)
-    except TypeError as error:  # a required setting is missing
-        raise TicketlabError(f"{where}: {error}") from error
 
 
 def spec_hash(spec: Any) -> str:

@@ -11,7 +11,6 @@ from ticketlab.analysis.aggregate import FULL_MODEL
 from ticketlab.errors import TicketlabError
 from ticketlab.experiments.imp import MLM_TASK
 from ticketlab.experiments.pretrain_loss import PretrainLossSettings
-from ticketlab.experiments.store import settings_from_dict
 from ticketlab.experiments.tamt import TamtSettings
 from ticketlab.pruning import validate_sparsity
 from ticketlab.pruning.structured import DEFAULT_FFN_RATIO
@@ -135,9 +134,9 @@ class GridSpec:
     def __post_init__(self) -> None:
         # Sections read from a spec file (or spec.json) arrive as mappings.
         if self.tamt is not None:
-            self.tamt = settings_from_dict(TamtSettings, self.tamt, "tamt")
+            self.tamt = from_mapping(TamtSettings, self.tamt, "tamt")
         if self.pretrain_loss is not None:
-            self.pretrain_loss = settings_from_dict(PretrainLossSettings, self.pretrain_loss, "pretrain_loss")
+            self.pretrain_loss = from_mapping(PretrainLossSettings, self.pretrain_loss, "pretrain_loss")
 
     def validate(self) -> None:
         from ticketlab.experiments.imp import check_recipe
