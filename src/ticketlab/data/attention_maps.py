@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ticketlab.errors import TicketlabError
-from ticketlab.masks.io import atomic_write
+from ticketlab.io import atomic_write
 
 FORMAT_NAME = "ticketlab-attention-maps"
 FORMAT_VERSION = 1
@@ -131,7 +131,9 @@ class AttentionMaps:
         try:
             tensors = load_file(folder / MAPS_FILE)
         except (OSError, SafetensorError) as error:
-            raise TicketlabError(f"{folder / MAPS_FILE}: not a readable safetensors file ({error})") from error
+            raise TicketlabError(
+                f"{folder / MAPS_FILE}: not a readable safetensors file ({error})"
+            ) from error
         examples = index.pop("examples", [])
         maps = []
         for i in range(len(examples)):
@@ -150,7 +152,9 @@ def _read_index(folder: Path) -> dict[str, Any]:
     try:
         index = json.loads((folder / INDEX_JSON).read_text())
     except FileNotFoundError:
-        raise TicketlabError(f"{folder} holds no {INDEX_JSON}: not a ticketlab attention-maps folder") from None
+        raise TicketlabError(
+            f"{folder} holds no {INDEX_JSON}: not a ticketlab attention-maps folder"
+        ) from None
     except json.JSONDecodeError as error:
         raise TicketlabError(f"{folder / INDEX_JSON} is not valid JSON ({error})") from error
     if index.get("format") != FORMAT_NAME:
@@ -264,7 +268,9 @@ def format_labels(assignments: Mapping[str, str | None], classes: Sequence[str] 
     return "".join(f"{label} = {', '.join(names)}\n" for label, names in by_class.items())
 
 
-def labelled_maps(collection: MapCollection, labels: Mapping[str, str], where: str) -> tuple[MapCollection, list[str]]:
+def labelled_maps(
+    collection: MapCollection, labels: Mapping[str, str], where: str
+) -> tuple[MapCollection, list[str]]:
     """The maps that have a label, and their labels (names labelled but missing fail)."""
     present = set(collection.names)
     missing = [name for name in labels if name not in present]

@@ -34,7 +34,7 @@ from torch import nn
 
 from ticketlab.data.attention_maps import PATTERN_CLASSES, MapCollection
 from ticketlab.errors import TicketlabError
-from ticketlab.masks.io import atomic_write
+from ticketlab.io import atomic_write
 
 MIN_SIZE = 32  # the smallest input the unpadded convolutions and two poolings reduce to >= 1 pixel
 WEIGHTS_FILE = "model.safetensors"
@@ -174,7 +174,9 @@ class PatternClassifier:
         try:
             info = json.loads((folder / INFO_FILE).read_text())
         except FileNotFoundError:
-            raise TicketlabError(f"{folder} holds no {INFO_FILE}: not an attention-pattern classifier") from None
+            raise TicketlabError(
+                f"{folder} holds no {INFO_FILE}: not an attention-pattern classifier"
+            ) from None
         except json.JSONDecodeError as error:
             raise TicketlabError(f"{folder / INFO_FILE} is not valid JSON ({error})") from error
         if info.get("format") != FORMAT_NAME:
@@ -183,13 +185,21 @@ class PatternClassifier:
         try:
             model.load_state_dict(load_file(folder / WEIGHTS_FILE))
         except (OSError, SafetensorError, RuntimeError) as error:
-            raise TicketlabError(f"{folder / WEIGHTS_FILE}: cannot load the classifier's weights ({error})") from error
+            raise TicketlabError(
+                f"{folder / WEIGHTS_FILE}: cannot load the classifier's weights ({error})"
+            ) from error
         model.eval()
-        rest = {k: v for k, v in info.items() if k not in ("format", "format_version", "classes", "size", "normalised")}
+        rest = {
+            k: v
+            for k, v in info.items()
+            if k not in ("format", "format_version", "classes", "size", "normalised")
+        }
         return cls(model, list(info["classes"]), int(info["size"]), bool(info["normalised"]), rest)
 
 
-def classification_summary(true: Sequence[str], predicted: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
+def classification_summary(
+    true: Sequence[str], predicted: Sequence[str], classes: Sequence[str]
+) -> dict[str, Any]:
     """scikit-learn's per-class report (as a dict and as text) and confusion matrix (rows: true)."""
     from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
 
@@ -222,7 +232,9 @@ def train_pattern_classifier(
     settings = settings or ClassifierSettings()
     settings.validate()
     if len(collection) != len(labels) or not len(labels):
-        raise TicketlabError(f"{len(collection)} maps and {len(labels)} labels: need one label per map, and some maps")
+        raise TicketlabError(
+            f"{len(collection)} maps and {len(labels)} labels: need one label per map, and some maps"
+        )
     present = sorted(set(labels), key=lambda c: (list(PATTERN_CLASSES) + [c]).index(c))
     classes = list(classes) if classes is not None else present
     unknown = sorted(set(labels) - set(classes))
