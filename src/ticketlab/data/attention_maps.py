@@ -148,17 +148,21 @@ class AttentionMaps:
         return cls(maps, examples, index)
 
 
-def _read_index(folder: Path) -> dict[str, Any]:
+def read_format_file(path: Path, format_name: str, what: str) -> dict[str, Any]:
+    """A JSON file that names its format (an index or an info file), with one-line errors."""
     try:
-        index = json.loads((folder / INDEX_JSON).read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise TicketlabError(
-            f"{folder} holds no {INDEX_JSON}: not a ticketlab attention-maps folder"
-        ) from None
+        raise TicketlabError(f"{path.parent} holds no {path.name}: not {what}") from None
     except json.JSONDecodeError as error:
-        raise TicketlabError(f"{folder / INDEX_JSON} is not valid JSON ({error})") from error
-    if index.get("format") != FORMAT_NAME:
-        raise TicketlabError(f"{folder / INDEX_JSON} is not a {FORMAT_NAME} index")
+        raise TicketlabError(f"{path} is not valid JSON ({error})") from error
+    if not isinstance(data, dict) or data.get("format") != format_name:
+        raise TicketlabError(f"{path} is not a {format_name} file")
+    return data
+
+
+def _read_index(folder: Path) -> dict[str, Any]:
+    index = read_format_file(folder / INDEX_JSON, FORMAT_NAME, "a ticketlab attention-maps folder")
     if index.get("format_version", 0) > FORMAT_VERSION:
         raise TicketlabError(
             f"{folder / INDEX_JSON} has format version {index['format_version']}; "

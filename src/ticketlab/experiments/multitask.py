@@ -681,20 +681,6 @@ def _task_of(run_dir: str | Path) -> str:
     return get_task(read_json(path)["spec"]["task"]).name
 
 
-SWEEP_RECIPE_FIELDS = (
-    "lr",
-    "batch_size",
-    "eval_batch_size",
-    "epochs",
-    "max_length",
-    "warmup_ratio",
-    "weight_decay",
-    "max_grad_norm",
-    "max_train_samples",
-    "max_eval_samples",
-)
-
-
 def run_super_ticket_sweeps(
     model: str,
     tasks: list[str],
@@ -711,10 +697,11 @@ def run_super_ticket_sweeps(
 ) -> list[Path]:
     """Each task's super-ticket sweep into ``out/<task>`` (resumable), fine-tuned with the same
     optimisation settings as the multi-task run (the paper's advice); returns the run folders."""
+    from ticketlab.experiments.imp import RECIPE_FIELDS
     from ticketlab.experiments.super_tickets import SuperTicketSpec, run_super_tickets
     from ticketlab.training.tasks import get_task
 
-    sweep_recipe = {k: v for k, v in recipe.items() if k in SWEEP_RECIPE_FIELDS and v is not None}
+    sweep_recipe = {k: v for k, v in recipe.items() if k in RECIPE_FIELDS and v is not None}
     folders = []
     for name in tasks:
         task = get_task(name).name

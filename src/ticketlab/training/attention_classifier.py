@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ticketlab.data.attention_maps import PATTERN_CLASSES, MapCollection
+from ticketlab.data.attention_maps import PATTERN_CLASSES, MapCollection, read_format_file
 from ticketlab.errors import TicketlabError
 from ticketlab.io import atomic_write
 
@@ -171,16 +171,7 @@ class PatternClassifier:
         from safetensors.torch import load_file
 
         folder = Path(folder)
-        try:
-            info = json.loads((folder / INFO_FILE).read_text())
-        except FileNotFoundError:
-            raise TicketlabError(
-                f"{folder} holds no {INFO_FILE}: not an attention-pattern classifier"
-            ) from None
-        except json.JSONDecodeError as error:
-            raise TicketlabError(f"{folder / INFO_FILE} is not valid JSON ({error})") from error
-        if info.get("format") != FORMAT_NAME:
-            raise TicketlabError(f"{folder / INFO_FILE} is not a {FORMAT_NAME} file")
+        info = read_format_file(folder / INFO_FILE, FORMAT_NAME, "an attention-pattern classifier")
         model = PatternCNN(len(info["classes"]))
         try:
             model.load_state_dict(load_file(folder / WEIGHTS_FILE))
