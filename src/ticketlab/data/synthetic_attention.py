@@ -10,7 +10,8 @@ logits that carry the class's structure plus Gaussian noise:
 - ``vertical+diagonal``: both, each a little weaker;
 - ``block``: the input falls into two or three contiguous segments (sentence pairs), and tokens
   attend within their own segment, nearly uniformly;
-- ``heterogeneous``: no structure: independent random logits per row.
+- ``heterogeneous``: no structure: either independent random logits per row (speckled), or broad,
+  nearly uniform attention with a weak preference that varies from row to row (diffuse).
 
 Lengths vary (special tokens are part of a real map's length too). The real labelled maps of the
 original are not redistributable here; these stand in for them so that the classifier can be
@@ -56,7 +57,7 @@ def _block(logits: np.ndarray, rng: np.random.Generator, strength: float) -> Non
     cuts = np.sort(rng.choice(np.arange(3, n - 2), size=segments - 1, replace=False))
     edges = [0, *cuts.tolist(), n]
     for start, stop in zip(edges[:-1], edges[1:]):
-        logits[start:stop, start:stop] += strength * 0.6
+        logits[start:stop, start:stop] += strength * 0.8
 
 
 def generate_map(
@@ -77,8 +78,11 @@ def generate_map(
         _diagonal(logits, rng, 0.8 * strength)
     elif kind == "block":
         _block(logits, rng, strength)
-    else:  # heterogeneous: unstructured, peakier rows than the noise alone
+    elif rng.random() < 0.5:  # heterogeneous, speckled: unstructured, peakier rows than the noise alone
         logits += rng.normal(0.0, 1.5, size=(length, length))
+    else:  # heterogeneous, diffuse: broad attention with a weak, row-by-row varying preference
+        logits *= 0.5
+        logits += np.outer(rng.normal(0.0, 0.5, size=length), rng.normal(0.0, 1.0, size=length))
     return _softmax_rows(logits).astype(np.float32)
 
 
