@@ -539,14 +539,19 @@ def choose_super_ticket(
     )
 
 
-def sweep_model(run_dirs: list[str | Path]) -> tuple[str, str | None]:
+def sweep_model(run_dirs: list[str | Path], check_data: bool = True) -> tuple[str, str | None]:
     """The pre-trained model and data folder the sweeps share (they must agree)."""
     specs = [read_json(Path(r) / "spec.json")["spec"] for r in run_dirs]
     models = {s["model"] for s in specs}
     if len(models) != 1:
         raise TicketlabError(f"the super-ticket runs use different models ({', '.join(sorted(models))})")
     data_dirs = {s.get("data_dir") for s in specs}
-    return models.pop(), (data_dirs.pop() if len(data_dirs) == 1 else None)
+    if len(data_dirs) > 1 and check_data:
+        raise TicketlabError(
+            f"the super-ticket runs read different data ({', '.join(sorted(map(str, data_dirs)))}); "
+            "give --data-dir for the multi-task run"
+        )
+    return models.pop(), data_dirs.pop()
 
 
 def ticket_comparison(
@@ -632,7 +637,10 @@ def run_multitask_from_super_tickets(
     unknown = sorted(set(levels) - set(choices))
     if unknown:
         raise TicketlabError(f"a level is given for {unknown[0]!r}, which has no super-ticket run")
-    model, sweep_data = sweep_model(run_dirs)
+    if data_dir is None:
+        model, data_dir = sweep_model(run_dirs)
+    else:
+        model = sweep_model(run_dirs, check_data=False)[0]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     record = {"model": model, "tickets": {task: c.to_dict() for task, c in choices.items()}}
@@ -642,7 +650,7 @@ def run_multitask_from_super_tickets(
     write_json(previous, json_safe(record))
     masks = {task: c.mask for task, c in choices.items() if c.mask is not None}
     base = dict(recipe or {})
-    spec_args = dict(model=model, tasks=list(choices), data_dir=data_dir or sweep_data, **base)
+    spec_args = dict(model=model, tasks=list(choices), data_dir=data_dir, **base)
     plain = run_multitask(
         MultitaskSpec(**spec_args), out / "plain", cache_dir=cache_dir, quiet=quiet, echo=echo
     )
