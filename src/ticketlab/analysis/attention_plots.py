@@ -51,7 +51,7 @@ def plot_pattern_shares(
     """One stacked bar per ticket and group (kept / pruned), segments the mean class shares."""
     plt = _pyplot()
     classes = [c for c in PATTERN_CLASSES if any(not math.isnan(r.mean.get(c, math.nan)) for r in rows)]
-    figure, axis = plt.subplots(figsize=(max(4.5, 0.9 * len(rows) + 2.5), 4.0))
+    figure, axis = plt.subplots(figsize=(max(4.5, 1.1 * len(rows) + 2.5), 4.4))
     labels = [r.ticket if r.group == "all" else f"{r.ticket}\n{r.group}" for r in rows]
     bottom = np.zeros(len(rows))
     for pattern in classes:
@@ -64,6 +64,7 @@ def plot_pattern_shares(
     axis.set_ylim(0, 100)
     axis.set_title(title)
     axis.tick_params(axis="x", labelsize=8)
+    plt.setp(axis.get_xticklabels(), rotation=30, ha="right")  # ticket names are long
     axis.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
     return _save(figure, path)
 
