@@ -29,6 +29,18 @@ def _task_mask(text: str) -> tuple[str, str]:
     return task.strip(), path.strip()
 
 
+def _task_level(text: str) -> tuple[str, float | None]:
+    task, sep, level = text.partition("=")
+    if not sep or not task.strip() or not level.strip():
+        raise argparse.ArgumentTypeError(f"expected TASK=LEVEL (a winning level, or full), got {text!r}")
+    if level.strip().lower() == "full":
+        return task.strip(), None
+    try:
+        return task.strip(), float(level)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TASK=LEVEL (a number, or full), got {text!r}") from None
+
+
 def register(verbs: argparse._SubParsersAction) -> None:
     from ticketlab.experiments.multitask import MultitaskSpec
 
@@ -40,11 +52,49 @@ def register(verbs: argparse._SubParsersAction) -> None:
             "in a seeded random order (tasks in proportion to their data). With --mask TASK=FILE, the "
             "task's structured ticket gates the encoder for its batches and its evaluation (ticket "
             "sharing); without masks it is plain multi-task training; --compare runs both (RUN_DIR/plain, "
-            "RUN_DIR/tickets) and prints the difference. Writes RUN_DIR/results.json."
+            "RUN_DIR/tickets) and prints the difference. Writes RUN_DIR/results.json. With "
+            "--from-super-tickets RUN... the tickets come from each task's super-ticket sweep (the best "
+            "winning level if it beats the full model, else the full model; --level TASK=P fixes one), "
+            "written to RUN_DIR/tickets.json, and both runs are compared (RUN_DIR/comparison.md); with "
+            "--super-tickets the sweeps of --tasks run first, into RUN_DIR/sweeps/<task> (resumable)."
         ),
     )
-    p.add_argument("--model", required=True, help="hub id or local directory of the pre-trained encoder")
-    p.add_argument("--tasks", required=True, type=comma_separated(), help="GLUE tasks, comma-separated")
+    p.add_argument(
+        "--model", help="hub id or local directory of the pre-trained encoder (default: the sweeps')"
+    )
+    p.add_argument("--tasks", type=comma_separated(), help="GLUE tasks, comma-separated")
+    p.add_argument(
+        "--from-super-tickets",
+        nargs="+",
+        metavar="SWEEP_DIR",
+        help="'ticketlab super-tickets' run directories, one per task: the tickets come from them",
+    )
+    p.add_argument(
+        "--super-tickets",
+        action="store_true",
+        help="run each task's super-ticket sweep first (RUN_DIR/sweeps/<task>), then as --from-super-tickets",
+    )
+    p.add_argument(
+        "--level",
+        action="append",
+        type=_task_level,
+        default=[],
+        metavar="TASK=LEVEL",
+        help="use this winning level (or 'full': no mask) for a task instead of the best-mean rule",
+    )
+    p.add_argument(
+        "--mask-seed", type=int, help="the sweep seed whose masks are used (default: --seed if swept)"
+    )
+    p.add_argument(
+        "--super-levels", type=comma_separated(float, "levels"), help="sweep levels (default: 0.1,...,0.8)"
+    )
+    p.add_argument("--super-seeds", type=comma_separated(int, "seeds"), help="sweep seeds (default: 0,1,2)")
+    p.add_argument(
+        "--super-kinds",
+        type=comma_separated(),
+        default=["winning"],
+        help="sweep ticket kinds (default: winning, all the choice needs)",
+    )
     p.add_argument("--data-dir", help="local GLUE data in the original layout (default: the hub)")
     p.add_argument(
         "--mask",
@@ -70,6 +120,10 @@ def run_multitask_command(args: argparse.Namespace) -> int:
 
     from ticketlab.experiments.multitask import MultitaskSpec, compare_multitask, run_multitask
 
+    if args.from_super_tickets or args.super_tickets:
+        return _from_super_tickets(args)
+    if not args.model or not args.tasks:
+        raise TicketlabError("give --model and --tasks (or --from-super-tickets SWEEP_DIR...)")
     masks = dict(args.mask)
     if len(masks) != len(args.mask):
         raise TicketlabError("a task is given two masks")
@@ -113,4 +167,69 @@ def run_multitask_command(args: argparse.Namespace) -> int:
         for r in rows
     ]
     print(format_table(table, ["task", "metric", "plain", "tickets", "tickets - plain"]))
+    return 0
+
+
+def _from_super_tickets(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from ticketlab.experiments.multitask import (
+        COMPARISON_TABLE,
+        MultitaskSpec,
+        run_multitask_from_super_tickets,
+        run_super_ticket_sweeps,
+    )
+
+    if args.mask:
+        raise TicketlabError("--mask and super-ticket sweeps exclude each other: the sweeps give the tickets")
+    levels = dict(args.level)
+    if len(levels) != len(args.level):
+        raise TicketlabError("a task is given two levels")
+    recipe: dict[str, Any] = {
+        f.name: getattr(args, f.name) for f in fields(MultitaskSpec) if f.name not in _SET_BY_VERB
+    }
+    echo = (lambda _: None) if args.quiet or args.json else print
+    out = Path(args.out)
+    if args.super_tickets:
+        if args.from_super_tickets:
+            raise TicketlabError(
+                "give --super-tickets (run the sweeps) or --from-super-tickets (finished ones)"
+            )
+        if not args.model or not args.tasks:
+            raise TicketlabError("--super-tickets needs --model and --tasks")
+        sweeps = run_super_ticket_sweeps(
+            args.model,
+            args.tasks,
+            out / "sweeps",
+            recipe=recipe,
+            levels=args.super_levels,
+            seeds=args.super_seeds,
+            kinds=args.super_kinds,
+            data_dir=args.data_dir,
+            cache_dir=args.cache_dir,
+            quiet=args.quiet,
+            echo=echo,
+        )
+    else:
+        if args.model or args.tasks:
+            raise TicketlabError(
+                "with --from-super-tickets the model and tasks are the sweeps': drop --model/--tasks"
+            )
+        sweeps = list(args.from_super_tickets)
+    comparison = run_multitask_from_super_tickets(
+        sweeps,
+        out,
+        recipe=recipe,
+        levels=levels,
+        mask_seed=args.mask_seed,
+        data_dir=args.data_dir,
+        cache_dir=args.cache_dir,
+        quiet=args.quiet,
+        echo=echo,
+    )
+    if args.json:
+        print_json(comparison)
+        return 0
+    print((out / COMPARISON_TABLE).read_text(), end="")
+    print(f"tickets chosen: {out / 'tickets.json'}; comparison: {out / 'comparison.json'}")
     return 0

@@ -385,3 +385,341 @@ def compare_multitask(plain: Mapping[str, Any], tickets: Mapping[str, Any]) -> l
     return [
         {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in rows
     ]
+
+
+# -- tickets from super-ticket sweeps --------------------------------------------------------------
+TICKETS_FILE = "tickets.json"
+COMPARISON_FILE = "comparison.json"
+COMPARISON_TABLE = "comparison.md"
+
+
+@dataclass
+class TicketChoice:
+    """One task's ticket for multi-task training, chosen from its super-ticket sweep, with the
+    scores that decided it. ``level`` None: the full model (no mask)."""
+
+    task: str
+    run_dir: str
+    rule: str  # "best" (best mean winning level, if it beats the full model) or "fixed"
+    level: float | None
+    seed: int | None  # the sweep seed whose mask is used
+    mask: str | None
+    heads_pruned: int
+    ffn_pruned: int
+    weights_remaining: float
+    metric: str
+    full: dict[str, Any]  # mean, std, n of the full model over the sweep's seeds
+    winning: list[dict[str, Any]]  # per level: mean, std, seeds, weights remaining
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _finite(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def choose_super_ticket(
+    run_dir: str | Path,
+    *,
+    level: float | None | str = "best",
+    mask_seed: int | None = None,
+    preferred_seed: int | None = None,
+) -> TicketChoice:
+    """The ticket of one task from a finished ``ticketlab super-tickets`` run.
+
+    ``level="best"`` (the default rule, the original's ``construct_mtl_mask`` choice): the winning
+    level with the best mean dev score over the sweep's seeds, if that mean is above the full
+    model's; else the full model. A number: that winning level; None: the full model. The mask is
+    the winning mask of seed ``mask_seed``; by default of ``preferred_seed`` (the multi-task run's
+    seed) when the sweep has it, else of the sweep's first seed.
+    """
+    from ticketlab.analysis.phase_transition import PhasePoint, super_ticket
+    from ticketlab.experiments.super_tickets import (
+        MASKS_DIR,
+        MASKS_SUMMARY,
+        importance_step,
+        mask_file_name,
+        ticket_facts,
+    )
+    from ticketlab.training.tasks import get_task
+
+    root = Path(run_dir)
+    spec_path, results_path = root / "spec.json", root / "results.json"
+    if not spec_path.exists() or read_json(spec_path).get("kind") != "SuperTicketSpec":
+        raise TicketlabError(f"{root} is not a 'ticketlab super-tickets' run directory")
+    if not results_path.exists():
+        raise TicketlabError(f"{root} has no results.json: finish the super-ticket sweep first")
+    spec = read_json(spec_path)["spec"]
+    summary = read_json(results_path)
+    task = get_task(spec["task"]).name
+    full = summary["full"]
+    winning = [
+        p
+        | {
+            "mean": _finite(p["mean"]),
+        }
+        for p in summary["points"]
+        if p["kind"] == "winning"
+    ]
+    scores = [
+        {
+            k: p[k]
+            for k in ("level", "mean", "std", "seeds", "weights_remaining", "heads_pruned", "ffn_pruned")
+        }
+        for p in winning
+    ]
+    full_mean = _finite(full["mean"])
+    if level == "best":
+        rule = "best"
+        if not winning:
+            raise TicketlabError(f"{root} has no winning tickets to choose from")
+        points = [
+            PhasePoint(
+                "winning", p["level"], p["weights_remaining"], p["mean"], _finite(p["std"]), p["seeds"]
+            )
+            for p in winning
+            if not math.isnan(p["mean"])
+        ]
+        best = super_ticket(points) if points else None
+        if best is not None and (math.isnan(full_mean) or best.mean > full_mean):
+            chosen: float | None = best.level
+            reason = (
+                f"winning p={best.level:g} has the best mean {summary['metric']} ({best.mean:.4f}) over "
+                f"{best.seeds} seed(s), above the full model's {full_mean:.4f}"
+            )
+        else:
+            chosen = None
+            top = (
+                "no winning level has a score"
+                if best is None
+                else f"the best, p={best.level:g}, has {best.mean:.4f}"
+            )
+            reason = f"no winning level beats the full model ({full_mean:.4f}): {top}"
+    else:
+        rule = "fixed"
+        chosen = None if level is None else float(level)
+        if chosen is not None and not any(abs(p["level"] - chosen) < 1e-9 for p in winning):
+            levels = ", ".join(f"{p['level']:g}" for p in winning) or "none"
+            raise TicketlabError(f"{root}: no winning ticket at level {chosen:g} (levels: {levels})")
+        reason = "the full model, as asked" if chosen is None else f"level {chosen:g}, as asked"
+    seeds = list(spec["seeds"])
+    if chosen is None:
+        return TicketChoice(
+            task, str(root), rule, None, None, None, 0, 0, 1.0, summary["metric"], full, scores, reason
+        )
+    if mask_seed is not None:
+        seed = mask_seed
+    else:
+        seed = preferred_seed if preferred_seed in seeds else seeds[0]
+    if seed not in seeds:
+        raise TicketlabError(f"{root}: the sweep has no seed {seed} (seeds: {seeds})")
+    step = root / importance_step(seed)
+    facts = ticket_facts(read_json(step / MASKS_SUMMARY), "winning", chosen)
+    mask = (step / MASKS_DIR / mask_file_name("winning", chosen)).resolve()
+    if not mask.exists():
+        raise TicketlabError(f"{mask} is missing from the sweep")
+    return TicketChoice(
+        task,
+        str(root),
+        rule,
+        chosen,
+        seed,
+        str(mask),
+        int(facts["heads_pruned"]),
+        int(facts["ffn_pruned"]),
+        float(facts["weights_remaining"]),
+        summary["metric"],
+        full,
+        scores,
+        reason,
+    )
+
+
+def sweep_model(run_dirs: list[str | Path], check_data: bool = True) -> tuple[str, str | None]:
+    """The pre-trained model and data folder the sweeps share (they must agree)."""
+    specs = [read_json(Path(r) / "spec.json")["spec"] for r in run_dirs]
+    models = {s["model"] for s in specs}
+    if len(models) != 1:
+        raise TicketlabError(f"the super-ticket runs use different models ({', '.join(sorted(models))})")
+    data_dirs = {s.get("data_dir") for s in specs}
+    if len(data_dirs) > 1 and check_data:
+        raise TicketlabError(
+            f"the super-ticket runs read different data ({', '.join(sorted(map(str, data_dirs)))}); "
+            "give --data-dir for the multi-task run"
+        )
+    return models.pop(), data_dirs.pop()
+
+
+def ticket_comparison(
+    plain: Mapping[str, Any], tickets: Mapping[str, Any], choices: Mapping[str, TicketChoice]
+) -> dict[str, Any]:
+    """The paper's table: per task the dev score of plain multi-task training and of ticket
+    sharing, their averages, and the share of encoder weights each task's ticket keeps (averaged)."""
+    rows = compare_multitask(plain, tickets)
+    for row in rows:
+        choice = choices.get(row["task"])
+        if choice is not None:
+            row.update(
+                level=choice.level,
+                heads_pruned=choice.heads_pruned,
+                ffn_pruned=choice.ffn_pruned,
+                weights_kept=choice.weights_remaining,
+            )
+    kept = [c.weights_remaining for c in choices.values()]
+    rows[-1]["weights_kept"] = float(sum(kept) / len(kept))
+    return {"rows": rows, "average_weights_kept": rows[-1]["weights_kept"]}
+
+
+def comparison_markdown(comparison: Mapping[str, Any]) -> str:
+    def fmt(value: Any, signed: bool = False) -> str:
+        if value is None:
+            return "n/a"
+        return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
+
+    lines = [
+        "| task | metric | ticket | weights kept | plain MTL | ticket sharing | difference |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in comparison["rows"]:
+        if row["task"] == AVERAGE:
+            ticket = ""
+        elif row.get("level") is None:
+            ticket = "full model"
+        else:
+            ticket = f"p={row['level']:g} ({row['heads_pruned']} heads, {row['ffn_pruned']} FFN)"
+        lines.append(
+            f"| {row['task']} | {row['metric']} | {ticket} | {fmt(row.get('weights_kept'))}% | "
+            f"{fmt(row['plain'])} | {fmt(row['tickets'])} | {fmt(row['difference'], signed=True)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run_multitask_from_super_tickets(
+    run_dirs: list[str | Path],
+    out: str | Path,
+    *,
+    recipe: Mapping[str, Any] | None = None,
+    levels: Mapping[str, float | None] | None = None,
+    mask_seed: int | None = None,
+    data_dir: str | None = None,
+    cache_dir: str | None = None,
+    quiet: bool = False,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Choose each task's ticket from its sweep (``levels``: a fixed level, or None for the full
+    model, per task; other tasks by the default rule), write the choice to ``out/tickets.json``,
+    then train plain multi-task (``out/plain``) and with the shared tickets (``out/tickets``) and
+    write the comparison (``out/comparison.json``, ``out/comparison.md``). Resumable: finished
+    runs are reused; a changed choice is refused by the run directory rather than mixed in."""
+    from ticketlab.training.tasks import get_task
+
+    if not run_dirs:
+        raise TicketlabError("give at least one super-ticket run directory")
+    levels = {get_task(t).name: v for t, v in (levels or {}).items()}
+    choices: dict[str, TicketChoice] = {}
+    for run_dir in run_dirs:
+        choice = choose_super_ticket(
+            run_dir,
+            mask_seed=mask_seed,
+            preferred_seed=(recipe or {}).get("seed", 0),
+            level=levels.get(_task_of(run_dir), "best"),
+        )
+        if choice.task in choices:
+            raise TicketlabError(
+                f"two super-ticket runs are for {choice.task}: {choices[choice.task].run_dir}, {run_dir}"
+            )
+        choices[choice.task] = choice
+        echo(f"{choice.task}: {choice.reason}")
+    unknown = sorted(set(levels) - set(choices))
+    if unknown:
+        raise TicketlabError(f"a level is given for {unknown[0]!r}, which has no super-ticket run")
+    if data_dir is None:
+        model, data_dir = sweep_model(run_dirs)
+    else:
+        model = sweep_model(run_dirs, check_data=False)[0]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"model": model, "tickets": {task: c.to_dict() for task, c in choices.items()}}
+    previous = out / TICKETS_FILE
+    if previous.exists() and read_json(previous)["tickets"] != json_safe(record)["tickets"]:
+        echo(f"{previous}: the choice changed; the finished runs it does not fit will be refused")
+    write_json(previous, json_safe(record))
+    masks = {task: c.mask for task, c in choices.items() if c.mask is not None}
+    base = dict(recipe or {})
+    spec_args = dict(model=model, tasks=list(choices), data_dir=data_dir, **base)
+    plain = run_multitask(
+        MultitaskSpec(**spec_args), out / "plain", cache_dir=cache_dir, quiet=quiet, echo=echo
+    )
+    if masks:
+        tickets = run_multitask(
+            MultitaskSpec(**spec_args, masks=masks),
+            out / "tickets",
+            cache_dir=cache_dir,
+            quiet=quiet,
+            echo=echo,
+        )
+    else:
+        echo("no task has a ticket that beats its full model: ticket sharing is plain multi-task training")
+        tickets = plain
+    comparison = ticket_comparison(plain, tickets, choices) | {
+        "tickets": record["tickets"],
+        "model": model,
+        "wall_seconds": {
+            "plain": plain["wall_seconds"],
+            "tickets": tickets["wall_seconds"] if masks else 0.0,
+        },
+    }
+    comparison = json_safe(comparison)
+    write_json(out / COMPARISON_FILE, comparison)
+    text = comparison_markdown(comparison)
+    (out / COMPARISON_TABLE).write_text(text)
+    return comparison
+
+
+def _task_of(run_dir: str | Path) -> str:
+    from ticketlab.training.tasks import get_task
+
+    path = Path(run_dir) / "spec.json"
+    if not path.exists():
+        raise TicketlabError(f"{run_dir} is not a 'ticketlab super-tickets' run directory")
+    return get_task(read_json(path)["spec"]["task"]).name
+
+
+def run_super_ticket_sweeps(
+    model: str,
+    tasks: list[str],
+    out: str | Path,
+    *,
+    recipe: Mapping[str, Any],
+    levels: list[float] | None = None,
+    seeds: list[int] | None = None,
+    kinds: list[str] | None = None,
+    data_dir: str | None = None,
+    cache_dir: str | None = None,
+    quiet: bool = False,
+    echo: Callable[[str], None] = print,
+) -> list[Path]:
+    """Each task's super-ticket sweep into ``out/<task>`` (resumable), fine-tuned with the same
+    optimisation settings as the multi-task run (the paper's advice); returns the run folders."""
+    from ticketlab.experiments.imp import RECIPE_FIELDS
+    from ticketlab.experiments.super_tickets import SuperTicketSpec, run_super_tickets
+    from ticketlab.training.tasks import get_task
+
+    sweep_recipe = {k: v for k, v in recipe.items() if k in RECIPE_FIELDS and v is not None}
+    folders = []
+    for name in tasks:
+        task = get_task(name).name
+        options: dict[str, Any] = {"kinds": list(kinds or ["winning"])}
+        if levels is not None:
+            options["levels"] = list(levels)
+        if seeds is not None:
+            options["seeds"] = list(seeds)
+        spec = SuperTicketSpec(model=model, task=task, data_dir=data_dir, recipe=sweep_recipe, **options)
+        folder = Path(out) / task
+        run_super_tickets(spec, folder, cache_dir=cache_dir, quiet=quiet, echo=echo)
+        folders.append(folder)
+    return folders

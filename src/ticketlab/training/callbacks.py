@@ -127,3 +127,35 @@ class JsonlLogger(Callback):
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+
+class KeepBestWeights(Callback):
+    """Keep a copy of the weights at the best evaluation and put them back at the end of training,
+    so the model leaves :func:`train` as it was at its best evaluation (the best validation epoch)."""
+
+    def __init__(self) -> None:
+        self.best_state: dict[str, Any] | None = None
+
+    def on_evaluate(self, state: TrainState, record: EvalRecord, is_best: bool) -> None:
+        if is_best:
+            model = state.unwrapped_model
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def on_train_end(self, state: TrainState, result: TrainResult) -> None:
+        if self.best_state is not None:
+            state.unwrapped_model.load_state_dict(self.best_state)
+
+
+class EarlyStopping(Callback):
+    """Stop after ``patience`` evaluations in a row without a new best main metric."""
+
+    def __init__(self, patience: int) -> None:
+        if patience < 1:
+            raise ValueError("patience must be at least 1")
+        self.patience = patience
+        self.since_best = 0
+
+    def on_evaluate(self, state: TrainState, record: EvalRecord, is_best: bool) -> None:
+        self.since_best = 0 if is_best else self.since_best + 1
+        if self.since_best >= self.patience:
+            state.should_stop = True
