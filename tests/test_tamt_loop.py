@@ -1,4 +1,4 @@
-"""The shared training loop as TAMT uses it: a given optimizer, a constant rate, no stale gradients,
+"""The shared training loop as TAMT uses it: a given optimizer, a constant or resumed rate, no stale gradients,
 batches from any re-iterable; and the TAMT driver's refusal of a checkpoint past --steps."""
 
 import pytest
@@ -88,7 +88,8 @@ def test_a_resume_with_fewer_steps_stops_at_the_checkpoint_or_refuses(tmp_path, 
     base = dict(
         model=str(model_dir), objective="kd", sparsity=0.5, text=str(text), batch_size=4, max_length=16
     )
-    settings = dict(base, lr=5e-3, checkpoint_every=2)
+    # At a constant rate (adamw) --steps may change between a crash and the resume.
+    settings = dict(base, lr=5e-3, checkpoint_every=2, optimizer="adamw")
 
     def crash(step, _):
         if step == 5:
@@ -103,3 +104,11 @@ def test_a_resume_with_fewer_steps_stops_at_the_checkpoint_or_refuses(tmp_path, 
     whole = run_tamt(TamtSpec(**settings, steps=4), tmp_path / "whole.safetensors", progress=False)
     assert load_mask(resumed["mask"]) == load_mask(whole["mask"])
     assert resumed["search_cost"]["steps"] == 4
+
+    # bertadam's rate decays to zero over --steps: a resume with other steps is another run.
+    decaying = dict(settings, optimizer="bertadam")
+    out = tmp_path / "decaying.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        run_tamt(TamtSpec(**decaying, steps=6), out, progress=False, on_step=crash)
+    with pytest.raises(TicketlabError, match="belongs to a different TAMT run"):
+        run_tamt(TamtSpec(**decaying, steps=8), out, progress=False)

@@ -105,11 +105,11 @@ def run_pretrain_loss_cli(args: argparse.Namespace) -> int:
 
 
 def register_tamt(verbs: argparse._SubParsersAction) -> None:
-    from ticketlab.experiments.tamt import INITS
+    from ticketlab.experiments.tamt import INITS, OPTIMIZER_HELP
     from ticketlab.models.adapters import SCOPES
     from ticketlab.pruning import SCHEMES
     from ticketlab.training.objectives import KD_LOSSES
-    from ticketlab.training.tamt import OBJECTIVES
+    from ticketlab.training.tamt import OBJECTIVES, OPTIMIZERS
 
     p = verbs.add_parser(
         "tamt",
@@ -136,12 +136,23 @@ def register_tamt(verbs: argparse._SubParsersAction) -> None:
         "--seed", type=int, default=0, help="seed of data order, MLM corruption, dropout, random init"
     )
     p.add_argument("--batch-size", type=int, default=16, help="blocks per step (paper: 16)")
-    p.add_argument("--lr", type=float, help="learning rate (default: mlm 5e-5, kd and mlm+kd 2e-5)")
+    p.add_argument(
+        "--optimizer", choices=OPTIMIZERS, default="bertadam", help=OPTIMIZER_HELP + " (default: bertadam)"
+    )
+    p.add_argument(
+        "--warmup-ratio", type=float, default=0.0, help="bertadam: fraction of the steps of linear warm-up"
+    )
+    p.add_argument("--lr", type=float, help="peak learning rate (default: mlm 5e-5, kd and mlm+kd 2e-5)")
     p.add_argument("--weight-decay", type=float, help="on the scores (default: mlm 0, kd and mlm+kd 0.01)")
     p.add_argument(
         "--kd-loss", choices=KD_LOSSES, default="cosine", help="distillation loss (default: cosine)"
     )
     p.add_argument("--no-dropout", action="store_true", help="run the student without dropout")
+    p.add_argument(
+        "--teacher-dropout",
+        action="store_true",
+        help="kd: run the dense teacher with dropout on, as the original (default: eval mode, deterministic)",
+    )
     p.add_argument(
         "--head-steps", type=int, default=100, help="head training steps for a model without MLM head"
     )
@@ -188,8 +199,11 @@ def run_tamt_cli(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         kd_loss=args.kd_loss,
         dropout=not args.no_dropout,
+        teacher_dropout=args.teacher_dropout,
         head_steps=args.head_steps,
         checkpoint_every=args.checkpoint_every,
+        optimizer=args.optimizer,
+        warmup_ratio=args.warmup_ratio,
     )
     results = run_tamt(spec, args.out, progress=not args.quiet)
     if args.json:
