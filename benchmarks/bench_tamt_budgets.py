@@ -81,6 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning lr")
     p.add_argument("--batch-size", type=int, default=16, help="fine-tuning batch size")
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-train-samples", type=int, help="smoke runs: N training examples of every task")
+    p.add_argument("--max-eval-samples", type=int, help="smoke runs: the first N dev examples")
     p.add_argument("--eval-max-sequences", type=int, default=64, help="valid.txt blocks for the KD loss")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default=str(Path.home() / ".cache" / "ticketlab" / "bench_tamt_budgets"))
@@ -165,12 +167,8 @@ class Bench:
         from ticketlab.models import load_encoder
         from ticketlab.pruning import prune
 
-        path = (
-            self.work
-            / "masks"
-            / (f"{method}-{sparsity:.2f}" + (f"-seed{seed}" if method == "random" else ""))
-        )
-        path = path.with_suffix(".safetensors")
+        name = f"{method}-{sparsity:.2f}" + (f"-seed{seed}" if method == "random" else "")
+        path = self.work / "masks" / f"{name}.safetensors"  # (not with_suffix: the name has dots)
         if not path.exists():
             mask = prune(
                 load_encoder(self.model),
@@ -254,8 +252,9 @@ class Bench:
             epochs=a.epochs,
             max_length=128,
             seed=seed,
-            max_train_samples=recipe["max_train_samples"],
-            train_subset="random" if recipe["max_train_samples"] else "first",
+            max_train_samples=a.max_train_samples or recipe["max_train_samples"],
+            max_eval_samples=a.max_eval_samples,
+            train_subset="random" if (a.max_train_samples or recipe["max_train_samples"]) else "first",
             log_every=50,
         )
         results = run_finetune(
