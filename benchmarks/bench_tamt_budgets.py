@@ -89,6 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results-name", default="tamt_budgets")
     p.add_argument("--probe", action="store_true", help="time one TAMT step and a small fine-tune; estimate")
     p.add_argument("--report-only", action="store_true", help="aggregate the finished items and exit")
+    p.add_argument(
+        "--plot", help="also draw the dev score against TAMT's steps, OMP's and random's bands (PNG)"
+    )
     args = p.parse_args(argv)
     args.sparsities = [float(s) for s in args.sparsities.split(",") if s.strip()]
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -372,7 +375,7 @@ class Bench:
             "settings": {
                 k: v
                 for k, v in vars(a).items()
-                if k not in ("probe", "report_only", "work", "model", "results_name")
+                if k not in ("probe", "report_only", "work", "model", "results_name", "plot")
             },
             "model": a.model or MODEL,
             "scope": SCOPE,
@@ -401,6 +404,58 @@ class Bench:
         }
         write_results(a.results_name, data)
         return data
+
+
+def plot_budgets(data: dict[str, Any], path: str) -> Path:
+    """Per task x sparsity: TAMT's dev score (mean ± std over seeds) against its mask-training steps,
+    with OMP's, random's and the full model's mean ± std as bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = data["cells"]
+    panels = sorted(
+        {(c["task"], c["sparsity"]) for c in cells if c["ticket"] != "full"}, key=lambda k: (k[0], -k[1])
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+    for ax, (task, sparsity) in zip(axes[0], panels):
+        mine = [c for c in cells if c["task"] == task and c["sparsity"] == sparsity]
+        tamt = sorted((int(c["ticket"][4:]), c) for c in mine if c["ticket"].startswith("tamt"))
+        bands = [
+            (c, colour)
+            for name, colour in (("omp", "tab:blue"), ("random", "tab:grey"))
+            for c in mine
+            if c["ticket"] == name
+        ]
+        bands += [(c, "tab:green") for c in cells if c["task"] == task and c["ticket"] == "full"]
+        right = max([b for b, _ in tamt] + [data["tamt"]["steps"]])
+        for c, colour in bands:
+            m, sd = 100 * c["mean"], 100 * c["std"]
+            ax.axhspan(m - sd, m + sd, color=colour, alpha=0.15)
+            ax.axhline(m, color=colour, lw=1, label=f"{c['ticket']} ({len(c['values'])} seeds)")
+        if tamt:
+            ax.errorbar(
+                [b for b, _ in tamt],
+                [100 * c["mean"] for _, c in tamt],
+                yerr=[100 * c["std"] for _, c in tamt],
+                marker="o",
+                color="tab:red",
+                capsize=3,
+                label="TAMT-KD (" + ", ".join(str(len(c["values"])) for _, c in tamt) + " seeds)",
+            )
+        ax.set_xscale("log")
+        ax.set_xlim(min([b for b, _ in tamt] + [right]) / 1.5, right * 1.5)
+        ax.set_xticks(data["tamt"]["budgets"], [str(b) for b in data["tamt"]["budgets"]])
+        ax.minorticks_off()
+        ax.set_xlabel(f"TAMT steps ({data['tamt']['optimizer']}, lr {data['tamt']['lr']:g})")
+        ax.set_ylabel(f"dev {mine[0]['metric']} (best, x100)")
+        ax.set_title(f"{task} at {sparsity:.0%} (encoder+embeddings, per matrix)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
 
 
 def _brief(data: dict[str, Any]) -> str:
@@ -483,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.report_only:
         data = bench.aggregate()
         print(markdown_table(data["table"]["rows"], data["table"]["header"]))
+        if args.plot:
+            print(f"wrote {plot_budgets(data, args.plot)}")
     else:
         bench.run()
         data = bench.aggregate()

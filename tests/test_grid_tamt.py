@@ -187,6 +187,32 @@ def test_points_average_losses_over_the_seeds_masks_and_report_missing_mlm():
     }
 
 
+def test_the_table_says_where_a_lower_loss_did_not_give_a_better_ticket():
+    from ticketlab.analysis.pretrain_correlation import correlation_markdown, lower_loss_worse_score
+
+    # issue 18's figures at 50%: TAMT's KD loss below OMP's, its tickets fine-tuned like random ones
+    cells = [
+        Cell("stsb", "omp", 0.5, "pearson", [0.40, 0.466]),
+        Cell("stsb", "tamt", 0.5, "pearson", [0.12, 0.132]),
+        Cell("stsb", "random", 0.5, "pearson", [0.11, 0.122]),
+        Cell("stsb", "omp", 0.7, "pearson", [0.30, 0.30]),
+    ]
+    losses = [
+        TicketLoss("stsb", "omp", 0.5, 0, 0.076, "mse"),
+        TicketLoss("stsb", "tamt", 0.5, 0, 0.067, "mse"),
+        TicketLoss("stsb", "random", 0.5, 0, 0.34, "mse"),
+        TicketLoss("stsb", "omp", 0.7, 0, 0.01, "mse"),  # another sparsity: never compared
+    ]
+    points = loss_score_points(cells, losses)
+    found = lower_loss_worse_score(points)
+    assert [(f["lower_loss"], f["better_score"], f["beyond_spread"]) for f in found] == [
+        ("tamt", "omp", True)
+    ]
+    text = correlation_markdown(points, correlations(points))
+    assert "A lower loss did not give a better ticket:** stsb at 50%, tamt has the lower KD loss" in text
+    assert "than omp (12.60 vs 43.30, beyond the seeds' spread)" in text
+
+
 # -- search cost ------------------------------------------------------------------------------------
 def test_imp_masks_record_the_cumulative_cost_of_the_levels_before_them(tmp_path):
     from ticketlab.models.tiny import tiny_model
