@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_common import markdown_table, shared_dir, write_results
+from bench_common import markdown_table, require_shared, shared_dir, write_results
 
 MODEL = "models/all-MiniLM-L6-v2"
 GLUE = "data/glue"
@@ -522,10 +522,8 @@ def probe(bench: Bench) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    require_shared("bench_tamt_budgets.py", MODEL, GLUE, TAMT_TEXT, EVAL_TEXT)
     shared = shared_dir()
-    if shared is None or not (shared / MODEL).is_dir():
-        print("set TICKETLAB_SHARED to the folder with models/all-MiniLM-L6-v2 and data/", file=sys.stderr)
-        return 2
     import torch
     import transformers
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_common import markdown_table, shared_dir, write_results
+from bench_common import markdown_table, require_shared, shared_dir, write_results
 
 MODEL = "models/all-MiniLM-L6-v2"
 TEXT = "data/wikitext-2/test.txt"
@@ -100,10 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
+    require_shared("bench_tamt_sign_descent.py", MODEL, TEXT)
     shared = shared_dir()
-    if shared is None or not (shared / MODEL).is_dir():
-        print("set TICKETLAB_SHARED to the folder with models/all-MiniLM-L6-v2 and data/", file=sys.stderr)
-        return 2
     import torch
     import transformers
 

@@ -113,21 +113,14 @@ def test_a_resumed_linear_schedule_continues_the_uninterrupted_one():
 
 def test_bertadam_swaps_far_fewer_kept_weights_than_adamw_at_the_same_lr(tmp_path, monkeypatch):
     """The bug: AdamW's epsilon 1e-8 makes TAMT sign descent, so the 2c / 0 scores cross en masse."""
-    from transformers import BertForPreTraining
-
-    from tests.pretrain_fixtures import tiny_tokenizer, wikitext_like
+    from tests.pretrain_fixtures import tiny_pretraining_setup
     from ticketlab.experiments.tamt import TamtSpec, run_tamt
     from ticketlab.masks import load_mask, read_header
     from ticketlab.models import load_encoder
-    from ticketlab.models.tiny import tiny_model
     from ticketlab.pruning import prune
 
     monkeypatch.setenv("TICKETLAB_CACHE", str(tmp_path / "cache"))
-    model_dir = tmp_path / "model"
-    tiny_model("bert", seed=0, model_class=BertForPreTraining).save_pretrained(model_dir)
-    tiny_tokenizer().save_pretrained(model_dir)
-    text = tmp_path / "t.txt"
-    wikitext_like(text, paragraphs=20)
+    model_dir, text = tiny_pretraining_setup(tmp_path, paragraphs=20)
     omp = prune(load_encoder(str(model_dir)), "omp", 0.5, scope="encoder+embeddings", scheme="per-matrix")
     kept = sum(int(bits.sum()) for bits in omp.tensors.values())
     swapped = {}

@@ -72,19 +72,12 @@ def test_unknown_schedule_is_refused():
 
 
 def test_a_resume_with_fewer_steps_stops_at_the_checkpoint_or_refuses(tmp_path, monkeypatch):
-    from transformers import BertForPreTraining
-
-    from tests.pretrain_fixtures import tiny_tokenizer, wikitext_like
+    from tests.pretrain_fixtures import tiny_pretraining_setup
     from ticketlab.experiments.tamt import TamtSpec, run_tamt
     from ticketlab.masks import load_mask
-    from ticketlab.models.tiny import tiny_model
 
     monkeypatch.setenv("TICKETLAB_CACHE", str(tmp_path / "cache"))
-    model_dir = tmp_path / "model"
-    tiny_model("bert", seed=0, model_class=BertForPreTraining).save_pretrained(model_dir)
-    tiny_tokenizer().save_pretrained(model_dir)
-    text = tmp_path / "t.txt"
-    wikitext_like(text, paragraphs=10)
+    model_dir, text = tiny_pretraining_setup(tmp_path, paragraphs=10)
     base = dict(
         model=str(model_dir), objective="kd", sparsity=0.5, text=str(text), batch_size=4, max_length=16
     )

@@ -101,16 +101,3 @@ class BertAdam(torch.optim.Optimizer):
                 p.add_(update, alpha=-group["lr"])
                 state["step"] += 1
         return loss
-
-    def settings(self) -> dict[str, Any]:
-        """The optimizer's settings of its first group, for provenance records."""
-        group = self.param_groups[0]
-        return {
-            "name": "bertadam",
-            "betas": list(group["betas"]),
-            "eps": group["eps"],
-            "weight_decay": group["weight_decay"],
-            "max_grad_norm": group["max_grad_norm"],
-            "bias_correction": False,
-            "decoupled_weight_decay": "added to the update before the lr multiply",
-        }

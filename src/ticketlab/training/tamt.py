@@ -150,17 +150,18 @@ def tamt_optimizer(
 
 def optimizer_record(optimizer: torch.optim.Optimizer) -> dict[str, object]:
     """What the provenance of a mask says about its optimizer (first group: the scores)."""
-    if isinstance(optimizer, BertAdam):
-        return optimizer.settings()
     group = optimizer.param_groups[0]
+    bertadam = isinstance(optimizer, BertAdam)
     return {
-        "name": "adamw",
+        "name": "bertadam" if bertadam else "adamw",
         "betas": list(group["betas"]),
         "eps": group["eps"],
         "weight_decay": group["weight_decay"],
-        "max_grad_norm": None,
-        "bias_correction": True,
-        "decoupled_weight_decay": "torch.optim.AdamW (p -= lr * weight_decay * p)",
+        "max_grad_norm": group["max_grad_norm"] if bertadam else None,  # BertAdam's, per tensor
+        "bias_correction": not bertadam,
+        "decoupled_weight_decay": "added to the update before the lr multiply"
+        if bertadam
+        else "torch.optim.AdamW (p -= lr * weight_decay * p)",
     }
 
 
