@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ticketlab.cli.common import add_output_flags, format_table, print_json
+from ticketlab.cli.common import add_output_flags, add_protocol_flags, format_table, print_json, protocol_of
 
 
 def _add_text_flags(p: argparse.ArgumentParser, split: str) -> None:
@@ -119,8 +119,6 @@ measured (MiniLM-L6, encoder+embeddings, per matrix; docs/tamt.md):
 
 def register_tamt(verbs: argparse._SubParsersAction) -> None:
     from ticketlab.experiments.tamt import INITS, OPTIMIZER_HELP
-    from ticketlab.models.adapters import SCOPES
-    from ticketlab.pruning import SCHEMES
     from ticketlab.training.objectives import KD_LOSSES
     from ticketlab.training.tamt import OBJECTIVES, OPTIMIZERS
 
@@ -142,10 +140,7 @@ def register_tamt(verbs: argparse._SubParsersAction) -> None:
     _add_text_flags(p, split="train")
     p.add_argument("--steps", type=int, default=1000, help="training steps (default: 1000)")
     p.add_argument("--init", choices=INITS, default="omp", help="initial mask (default: omp, as the paper)")
-    p.add_argument(
-        "--scope", choices=SCOPES, default="encoder+embeddings", help="default: encoder+embeddings (TAMT)"
-    )
-    p.add_argument("--scheme", choices=SCHEMES, default="per-matrix", help="default: per-matrix (TAMT)")
+    add_protocol_flags(p, default="liu2022")  # TAMT's: encoder+embeddings, per matrix
     p.add_argument("--save-at", help="also save masks after these steps, e.g. 500,1000,2000")
     p.add_argument(
         "--seed", type=int, default=0, help="seed of data order, MLM corruption, dropout, random init"
@@ -193,6 +188,7 @@ def _parse_steps(text: str | None) -> tuple[int, ...]:
 def run_tamt_cli(args: argparse.Namespace) -> int:
     from ticketlab.experiments.tamt import TamtSpec, run_tamt
 
+    scope, scheme = protocol_of(args)
     spec = TamtSpec(
         model=args.model,
         objective=args.objective,
@@ -204,8 +200,8 @@ def run_tamt_cli(args: argparse.Namespace) -> int:
         max_sequences=args.max_sequences,
         steps=args.steps,
         init=args.init,
-        scope=args.scope,
-        scheme=args.scheme,
+        scope=scope,
+        scheme=scheme,
         save_at=_parse_steps(args.save_at),
         seed=args.seed,
         batch_size=args.batch_size,
