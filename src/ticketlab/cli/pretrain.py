@@ -111,9 +111,10 @@ measured (MiniLM-L6, encoder+embeddings, per matrix; docs/tamt.md):
     every score moves by about lr x sign(g); kept and pruned scores cross together and a large
     share of the kept weights swaps at once, blind to magnitude
     (a tiny BERT at the same lr and 20 steps: adamw 15.5% of the kept weights, bertadam 4.1%).
-  - TAMT-KD lowers the held-out KD loss below OMP's; whether its tickets then fine-tune better
-    than OMP's is what benchmarks/bench_tamt_budgets.py measures (partial so far: see the docs).
-    With adamw at 25x the paper's lr they fine-tuned like random tickets.
+  - at the paper's lr 2e-5, 100 bertadam steps leave the OMP mask unchanged (the scores need
+    thousands of steps to cross: the paper runs 11k-22k); whether TAMT's tickets then fine-tune
+    better than OMP's is what benchmarks/bench_tamt_budgets.py measures (partial so far, no win
+    shown yet). With adamw at 25x the paper's lr they fine-tuned like random tickets.
 """
 
 
