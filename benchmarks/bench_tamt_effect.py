@@ -153,6 +153,9 @@ def grid_spec(args: argparse.Namespace, shared: Path) -> dict[str, Any]:
             "batch_size": args.tamt_batch_size,
             "max_length": args.tamt_max_length,
             "lr": args.tamt_lr,
+            # What this benchmark ran (its run directory's hash is unchanged by saying so); the
+            # paper's optimizer and its effect are bench_tamt_budgets.py's.
+            "optimizer": "adamw",
         },
         "pretrain_loss": {
             "text": str(shared / EVAL_TEXT),

@@ -66,3 +66,18 @@ def wikitext_like(path, paragraphs: int = 30, seed: int = 0) -> str:
     text = "\n".join(lines) + "\n"
     path.write_text(text, encoding="utf-8")
     return text
+
+
+def tiny_pretraining_setup(tmp_path, paragraphs: int = 10):
+    """A tiny BERT with its pre-training heads and tokenizer saved in ``tmp_path/model``, and a
+    WikiText-style text file: what a TAMT run needs. Returns ``(model_dir, text_path)``."""
+    from transformers import BertForPreTraining
+
+    from ticketlab.models.tiny import tiny_model
+
+    model_dir = tmp_path / "model"
+    tiny_model("bert", seed=0, model_class=BertForPreTraining).save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    text = tmp_path / "t.txt"
+    wikitext_like(text, paragraphs=paragraphs)
+    return model_dir, text

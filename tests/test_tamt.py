@@ -226,3 +226,21 @@ def test_cli_tamt_mlm_on_a_headless_model_builds_a_head(tmp_path, monkeypatch, c
     assert code == 2
     with pytest.raises(TicketlabError, match="outside"):
         TamtSpec(model="m", objective="kd", sparsity=0.5, steps=10, save_at=(20,)).validate()
+
+
+def test_teacher_dropout_is_off_by_default_and_on_when_asked():
+    model = tiny_model("bert", seed=0)
+    model.config.hidden_dropout_prob = 0.5
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5
+    init = prune(model, "omp", 0.5, scope="encoder+embeddings", scheme="per-matrix")
+    learned = LearnedMask(model, init, 0.5, "per-matrix")
+    ids = torch.randint(5, 100, (2, 8), generator=torch.Generator().manual_seed(0))
+    attention = torch.ones_like(ids)
+    with learned.attached():
+        for teacher_dropout, differs in ((False, False), (True, True)):
+            objective = TamtObjective(model, learned, "kd", teacher_dropout=teacher_dropout)
+            first = objective._teacher_hidden(ids, attention)[-1]
+            second = objective._teacher_hidden(ids, attention)[-1]
+            assert (not torch.equal(first, second)) is differs, teacher_dropout

@@ -1,4 +1,4 @@
-"""The shared training loop as TAMT uses it: a given optimizer, a constant rate, no stale gradients,
+"""The shared training loop as TAMT uses it: a given optimizer, a constant or resumed rate, no stale gradients,
 batches from any re-iterable; and the TAMT driver's refusal of a checkpoint past --steps."""
 
 import pytest
@@ -72,23 +72,17 @@ def test_unknown_schedule_is_refused():
 
 
 def test_a_resume_with_fewer_steps_stops_at_the_checkpoint_or_refuses(tmp_path, monkeypatch):
-    from transformers import BertForPreTraining
-
-    from tests.pretrain_fixtures import tiny_tokenizer, wikitext_like
+    from tests.pretrain_fixtures import tiny_pretraining_setup
     from ticketlab.experiments.tamt import TamtSpec, run_tamt
     from ticketlab.masks import load_mask
-    from ticketlab.models.tiny import tiny_model
 
     monkeypatch.setenv("TICKETLAB_CACHE", str(tmp_path / "cache"))
-    model_dir = tmp_path / "model"
-    tiny_model("bert", seed=0, model_class=BertForPreTraining).save_pretrained(model_dir)
-    tiny_tokenizer().save_pretrained(model_dir)
-    text = tmp_path / "t.txt"
-    wikitext_like(text, paragraphs=10)
+    model_dir, text = tiny_pretraining_setup(tmp_path, paragraphs=10)
     base = dict(
         model=str(model_dir), objective="kd", sparsity=0.5, text=str(text), batch_size=4, max_length=16
     )
-    settings = dict(base, lr=5e-3, checkpoint_every=2)
+    # At a constant rate (adamw) --steps may change between a crash and the resume.
+    settings = dict(base, lr=5e-3, checkpoint_every=2, optimizer="adamw")
 
     def crash(step, _):
         if step == 5:
@@ -103,3 +97,11 @@ def test_a_resume_with_fewer_steps_stops_at_the_checkpoint_or_refuses(tmp_path, 
     whole = run_tamt(TamtSpec(**settings, steps=4), tmp_path / "whole.safetensors", progress=False)
     assert load_mask(resumed["mask"]) == load_mask(whole["mask"])
     assert resumed["search_cost"]["steps"] == 4
+
+    # bertadam's rate decays to zero over --steps: a resume with other steps is another run.
+    decaying = dict(settings, optimizer="bertadam")
+    out = tmp_path / "decaying.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        run_tamt(TamtSpec(**decaying, steps=6), out, progress=False, on_step=crash)
+    with pytest.raises(TicketlabError, match="belongs to a different TAMT run"):
+        run_tamt(TamtSpec(**decaying, steps=8), out, progress=False)

@@ -143,6 +143,37 @@ def correlation_title(entry: dict[str, Any]) -> str:
     return f"Pearson r = {_fmt(entry['pearson'])}, Spearman \u03c1 = {_fmt(entry['spearman'])} (n = {entry['n']})"
 
 
+def lower_loss_worse_score(points: Sequence[LossScorePoint], loss: str = "kd_loss") -> list[dict[str, Any]]:
+    """Pairs of tickets of one task and sparsity where the lower pre-training loss went with the
+    worse downstream score (scores: higher is better), the worst gaps first.
+
+    ``beyond_spread`` says whether the score gap exceeds the larger of the two tickets' standard
+    deviations over seeds (otherwise the seeds cannot tell the two apart).
+    """
+    found = []
+    for a in points:
+        for b in points:
+            la, lb = getattr(a, loss), getattr(b, loss)
+            if (a.task, a.sparsity) != (b.task, b.sparsity) or la is None or lb is None:
+                continue
+            if la < lb and a.score < b.score:
+                gap = b.score - a.score
+                found.append(
+                    {
+                        "task": a.task,
+                        "sparsity": a.sparsity,
+                        "loss": loss,
+                        "lower_loss": a.method,
+                        "better_score": b.method,
+                        "losses": [la, lb],
+                        "scores": [a.score, b.score],
+                        "score_gap": gap,
+                        "beyond_spread": gap > max(a.score_std, b.score_std),
+                    }
+                )
+    return sorted(found, key=lambda f: (f["task"], f["sparsity"], -f["score_gap"]))
+
+
 def correlation_markdown(
     points: Sequence[LossScorePoint], entries: Sequence[dict[str, Any]], scale: float = 100.0
 ) -> str:
@@ -170,4 +201,14 @@ def correlation_markdown(
             f"| {p.task} | {p.method} | {p.sparsity:.0%} | {p.kd_loss:.4f} | {_fmt(p.mlm_loss, 4)} | "
             f"{p.score * scale:.2f} ± {p.score_std * scale:.2f} | {p.seeds} |"
         )
+    # TAMT's premise is that a lower loss means a better ticket: say where these results disagree.
+    for loss, name in (("kd_loss", "KD"), ("mlm_loss", "MLM")):
+        for f in lower_loss_worse_score(points, loss):
+            spread = "beyond" if f["beyond_spread"] else "within"
+            lines.append(
+                f"\n**A lower loss did not give a better ticket:** {f['task']} at {f['sparsity']:.0%}, "
+                f"{f['lower_loss']} has the lower {name} loss ({f['losses'][0]:.4f} vs {f['losses'][1]:.4f}) "
+                f"but the worse dev score than {f['better_score']} ({f['scores'][0] * scale:.2f} vs "
+                f"{f['scores'][1] * scale:.2f}, {spread} the seeds' spread)."
+            )
     return "\n".join(lines) + "\n"

@@ -6,9 +6,10 @@ mask until the next level's total sparsity is reached. A level's folder appears 
 finished, so a killed run resumes at the first unfinished level and, with the same seed, ends with
 masks bit-identical to an uninterrupted run.
 
-Differences from the original code, on purpose: the optimizer and learning-rate schedule are fresh
-at every level (the original stretched one schedule over all levels), and pruning never goes to
-100%: it stops at the last level asked for.
+Differences from the original code, on purpose: the learning rate decays to zero within each level
+(the original re-created AdamW and its schedule at every level too, but with the whole run's length
+as the horizon, so each level's rate barely decays), and pruning never goes to 100%: it stops at
+the last level asked for.
 """
 
 from __future__ import annotations

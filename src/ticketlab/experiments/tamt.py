@@ -1,8 +1,10 @@
 """``run_tamt``: a minimal driver for task-agnostic mask training, resumable, with step budgets.
 
 It runs the shared training loop (:func:`ticketlab.training.loop.train`) with the TAMT loss
-(:func:`ticketlab.training.tamt.tamt_loss`), TAMT's own AdamW over the scores (and head), a
-constant learning rate and no clipping; a callback keeps the losses, saves the budget masks and
+(:func:`ticketlab.training.tamt.tamt_loss`) and TAMT's optimizer over the scores (and head):
+``bertadam`` (the paper's BERT Adam with per-tensor clipping, the learning rate decaying linearly
+to zero over ``steps``: the default of new runs) or ``adamw`` (torch's, at a constant rate, no
+clipping: what runs before the option did); a callback keeps the losses, saves the budget masks and
 writes checkpoints. Everything random in a step is a function of ``(seed, step)``: the batch (a
 seeded permutation per epoch), the MLM corruption (per example draw) and dropout. A checkpoint
 (scores, head, optimizer state, step; safetensors, written atomically) therefore suffices to
@@ -20,7 +22,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,15 +42,37 @@ from ticketlab.pruning.tamt import DEFAULT_SCORE_SCALE, LearnedMask
 from ticketlab.training.loop import Callback, TrainConfig, TrainState, train
 from ticketlab.training.objectives import KD_LOSSES, MlmMasking
 from ticketlab.training.tamt import (
+    LR_SCHEDULE,
     TamtObjective,
     check_objective,
+    check_optimizer,
+    optimizer_record,
     tamt_loss,
     tamt_optimizer,
 )
 
 INITS: tuple[str, ...] = ("omp", "random")
-# Fields that may change between a crash and the resume without changing what is computed.
+# Fields that may change between a crash and the resume without changing what is computed (steps
+# only at a constant rate: a decaying rate's horizon is the run's steps).
 _RESUMABLE_CHANGES = ("steps", "save_at", "checkpoint_every")
+# Settings added after runs were already named by their digest, at the value that means what those
+# runs did: left out of the digest (and of a grid's hash) at that value, so old names keep their meaning.
+LEGACY_VALUES: dict[str, Any] = {"optimizer": "adamw", "warmup_ratio": 0.0, "teacher_dropout": False}
+# What a new run gets when its settings do not say (``ticketlab tamt``, a grid file's tamt section,
+# ``TamtSpec``): the paper's optimizer. ``TamtSettings()`` itself keeps the legacy value, because a
+# grid's hash counts only the section's fields that differ from the dataclass defaults.
+NEW_RUN_DEFAULTS: dict[str, Any] = {"optimizer": "bertadam"}
+OPTIMIZER_HELP = (
+    "bertadam (BERT's Adam, the paper's: no bias correction, epsilon 1e-6, each tensor's gradient "
+    "clipped to norm 1, lr decaying linearly to 0 over the steps; the default of new runs) or adamw "
+    "(torch's at a constant lr, what ticketlab ran before: on TAMT's tiny score gradients it is sign "
+    "descent, which swaps 7-19%% of a matrix's kept weights at once, blind to magnitude)"
+)
+
+
+def with_new_run_defaults(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A tamt section read from a user's file, with :data:`NEW_RUN_DEFAULTS` where it is silent."""
+    return {**NEW_RUN_DEFAULTS, **settings}
 
 
 @dataclass(kw_only=True)
@@ -87,9 +111,25 @@ class TamtSettings:
         default=100, metadata={"help": "head pre-training steps for a model without MLM head"}
     )
     checkpoint_every: int = field(default=100, metadata={"help": "steps between resumable checkpoints"})
+    optimizer: str = field(
+        default=LEGACY_VALUES["optimizer"],
+        metadata={"help": OPTIMIZER_HELP.replace("%%", "%") + "; grid files default to bertadam"},
+    )
+    warmup_ratio: float = field(
+        default=0.0, metadata={"help": "bertadam: fraction of the steps with a linear warm-up (original: 0)"}
+    )
+    teacher_dropout: bool = field(
+        default=False,
+        metadata={"help": "kd: run the dense teacher with dropout, as the original did (default: eval mode)"},
+    )
 
     def validate(self) -> None:
         check_objective(self.objective)
+        check_optimizer(self.optimizer)
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise TicketlabError(f"warm-up ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.warmup_ratio and self.optimizer != "bertadam":
+            raise TicketlabError("a warm-up needs --optimizer bertadam (adamw runs at a constant rate)")
         if self.init not in INITS:
             raise TicketlabError(f"unknown init {self.init!r} (choose from {', '.join(INITS)})")
         if self.kd_loss not in KD_LOSSES:
@@ -115,6 +155,7 @@ class TamtSpec(TamtSettings):
     )
     scheme: str = field(default="per-matrix", metadata={"help": "per-matrix (TAMT) or global top-k"})
     save_at: tuple[int, ...] = field(default=(), metadata={"help": "also save the mask after these steps"})
+    optimizer: str = field(default=NEW_RUN_DEFAULTS["optimizer"], metadata={"help": OPTIMIZER_HELP})
 
     def validate(self) -> None:
         super().validate()
@@ -123,9 +164,24 @@ class TamtSpec(TamtSettings):
         if bad:
             raise TicketlabError(f"--save-at step {bad[0]} is outside 1..{self.steps} (--steps)")
 
+    @property
+    def lr_schedule(self) -> str:
+        return LR_SCHEDULE[self.optimizer]
+
+    def resumable_changes(self) -> tuple[str, ...]:
+        """Fields a rerun may change without changing what the run computes."""
+        if self.lr_schedule == "constant":
+            return _RESUMABLE_CHANGES
+        return tuple(k for k in _RESUMABLE_CHANGES if k != "steps")  # steps set the decay's horizon
+
     def digest(self) -> str:
-        """Identifies what the run computes (fields a resume may change are left out)."""
-        data = {k: v for k, v in asdict(self).items() if k not in _RESUMABLE_CHANGES}
+        """Identifies what the run computes (fields a resume may change are left out, and so are the
+        later settings at their :data:`LEGACY_VALUES`: digests of earlier runs are unchanged)."""
+        data = {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in self.resumable_changes() and not (k in LEGACY_VALUES and v == LEGACY_VALUES[k])
+        }
         return hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=12).hexdigest()
 
 
@@ -257,6 +313,14 @@ def load_checkpoint(path: Path, learned: LearnedMask, head: MlmHead | None, opti
 
 
 # -- the driver -------------------------------------------------------------------------------
+def _differences(found: Mapping[str, Any], spec: TamtSpec) -> str:
+    """The settings in which a recorded spec (``results.json``'s) differs from ``spec``."""
+    wanted = asdict(spec)
+    found = {**LEGACY_VALUES, **found}  # a run from before a setting existed had its legacy value
+    keys = [k for k in wanted if k not in spec.resumable_changes() and found.get(k) != wanted[k]]
+    return ", ".join(f"{k} {found.get(k)!r}, not {wanted[k]!r}" for k in keys) or "another version"
+
+
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -298,6 +362,13 @@ def run_tamt(
         done = json.loads(outputs.results.read_text())
         if done.get("spec_digest") == spec.digest() and done.get("steps") == spec.steps:
             return done
+        if done.get("spec_digest") != spec.digest():
+            # Not overwritten: e.g. a mask trained with adamw before --optimizer existed, rerun
+            # with a command line that now means bertadam.
+            raise TicketlabError(
+                f"{outputs.results} holds a finished TAMT run of other settings "
+                f"({_differences(done.get('spec', {}), spec)}); remove it or choose another --out"
+            )
     resume = outputs.checkpoint.exists()
     started = time.perf_counter()
 
@@ -319,9 +390,17 @@ def run_tamt(
         source_model=spec.model,
     )
     learned = LearnedMask(encoder, init_mask, spec.sparsity, spec.scheme, spec.score_scale)
-    optimizer = tamt_optimizer(learned, head, spec.objective, spec.lr, spec.weight_decay)
+    optimizer = tamt_optimizer(learned, head, spec.objective, spec.lr, spec.weight_decay, spec.optimizer)
     lr = optimizer.param_groups[0]["lr"]
     weight_decay = optimizer.param_groups[0]["weight_decay"]
+    optimizer_settings = {
+        **optimizer_record(optimizer),
+        "lr": lr,
+        "lr_schedule": spec.lr_schedule,
+        "warmup_ratio": spec.warmup_ratio,
+        # The decay's horizon: a budget mask saved at step N < steps had a rate not yet at zero.
+        "schedule_steps": spec.steps if spec.lr_schedule != "constant" else None,
+    }
 
     start_step, elapsed_before, losses = 0, 0.0, []
     if resume:
@@ -347,6 +426,8 @@ def run_tamt(
                 "steps": step,
                 "lr": lr,
                 "weight_decay": weight_decay,
+                "optimizer": optimizer_settings,
+                "teacher_dropout": spec.teacher_dropout if "kd" in spec.objective else None,
                 "kd_loss": spec.kd_loss if "kd" in spec.objective else None,
                 "batch_size": spec.batch_size,
                 "max_length": spec.max_length,
@@ -372,6 +453,7 @@ def run_tamt(
         spec.kd_loss,
         masking_seed=spec.seed,
         dropout=spec.dropout,
+        teacher_dropout=spec.teacher_dropout,
     )
     device = _device()
     saved: dict[int, str] = {}
@@ -412,8 +494,12 @@ def run_tamt(
     config = TrainConfig(
         lr=lr,
         max_steps=max(spec.steps - start_step, 1),
-        max_grad_norm=None,  # TAMT clips nothing
-        lr_schedule="constant",  # so a mask saved at step N is the mask an N-step run gives
+        max_grad_norm=None,  # no global clipping (BertAdam clips each tensor itself)
+        # bertadam: linear decay to zero over the run (the paper's); adamw: constant, so a mask
+        # saved at step N is the mask an N-step run gives.
+        lr_schedule=spec.lr_schedule,
+        warmup_ratio=spec.warmup_ratio,
+        schedule_start=start_step,
         eval_at_epoch_end=False,
         seed=spec.seed,
         quiet=not progress,
@@ -445,6 +531,7 @@ def run_tamt(
         "search_cost": {"steps": spec.steps, "examples": spec.steps * spec.batch_size, "wall_time_s": wall},
         "lr": lr,
         "weight_decay": weight_decay,
+        "optimizer": optimizer_settings,
         "losses": losses,
         "mlm_head": head_record,
         "text": text.source,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,13 @@ class TrainConfig:
         default="linear",
         metadata={"help": "linear (warm-up, then decay to 0) or constant (mask training: budgets nest)"},
     )
+    schedule_start: int = field(
+        default=0,
+        metadata={
+            "help": "optimizer steps already taken (a resumed run): the schedule continues from there, "
+            "over a horizon of schedule_start + the steps of this call"
+        },
+    )
     max_grad_norm: float | None = field(
         default=1.0, metadata={"help": "clip the gradient norm to this (None: no clipping)"}
     )
@@ -82,6 +90,8 @@ class TrainConfig:
             )
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise TicketlabError(f"warm-up ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.schedule_start < 0:
+            raise TicketlabError(f"schedule start must be >= 0, got {self.schedule_start}")
         if self.weight_decay < 0:
             raise TicketlabError(f"weight decay must be >= 0, got {self.weight_decay}")
         if self.eval_every is not None and self.eval_every < 1:
@@ -269,9 +279,17 @@ def train(
     if config.lr_schedule == "constant":
         scheduler = get_constant_schedule(optimizer)
     else:
+        horizon = config.schedule_start + total_steps
         scheduler = get_linear_schedule_with_warmup(
-            optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps
+            optimizer, math.ceil(config.warmup_ratio * horizon), horizon
         )
+    if config.schedule_start:
+        # A resumed run: the schedule's own steps up to where the run stopped (the optimizer's
+        # loaded groups hold the base rate as "initial_lr", so the rate is the uninterrupted one).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "lr_scheduler.step() before optimizer.step()"
+            for _ in range(config.schedule_start):
+                scheduler.step()
     state = TrainState(
         config=config,
         accelerator=accelerator,

@@ -1,9 +1,17 @@
 """The TAMT training step as components: objective, optimizer, and one step.
 
 Kept independent of any particular loop: :class:`TamtObjective` turns a batch into a loss,
-:func:`tamt_loss` seeds it by step, :func:`tamt_optimizer` builds the paper's AdamW, and
-:func:`tamt_step` does forward, backward and update for a loop of your own. The driver in
-``ticketlab.experiments.tamt`` runs the shared training loop with ``tamt_loss`` as its loss.
+:func:`tamt_loss` seeds it by step, :func:`tamt_optimizer` builds the optimizer over the scores
+(the paper's BERT Adam, :class:`ticketlab.training.bertadam.BertAdam`, or torch's AdamW for
+comparison), and :func:`tamt_step` does forward, backward and update for a loop of your own. The
+driver in ``ticketlab.experiments.tamt`` runs the shared training loop with ``tamt_loss`` as its loss.
+
+Why the optimizer matters: TAMT's score gradients are tiny (``dL/dscore = dL/dW_eff * W``; the
+median |g| per matrix is 1e-7 to 1e-6 on MiniLM-L6). AdamW's ``m / (sqrt(v) + 1e-8)`` is then
+about ``sign(g)``: every score with a steady sign moves by about ``lr`` per step whatever its
+gradient, and with the ``2c`` / ``0`` initialisation many kept and pruned scores cross at the same
+step (about ``c / lr``), swapping 7-19% of a matrix's kept weights at once, blind to magnitude.
+BertAdam's epsilon 1e-6 keeps the step proportional to the gradient for such scores.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from torch.nn.utils import parametrize
 from ticketlab.errors import TicketlabError
 from ticketlab.models.mlm_head import MlmHead, word_embeddings
 from ticketlab.pruning.tamt import LearnedMask
+from ticketlab.training.bertadam import DEFAULT_MAX_GRAD_NORM, BertAdam
 from ticketlab.training.objectives import MlmMasking, kd_loss, mlm_loss
 
 OBJECTIVES: tuple[str, ...] = ("mlm", "kd", "mlm+kd")
@@ -30,6 +39,16 @@ DEFAULT_OPTIMIZER: dict[str, dict[str, float]] = {
     "kd": {"lr": 2e-5, "weight_decay": 0.01},
     "mlm+kd": {"lr": 2e-5, "weight_decay": 0.01},
 }
+# bertadam: BERT's Adam, as the original (no bias correction, epsilon 1e-6, per-tensor clipping),
+# with a linear decay to zero over the run. adamw: torch's AdamW at a constant rate, what ticketlab
+# ran before (sign descent on TAMT's tiny gradients: see the module docstring).
+OPTIMIZERS: tuple[str, ...] = ("bertadam", "adamw")
+LR_SCHEDULE: dict[str, str] = {"bertadam": "linear", "adamw": "constant"}
+
+
+def check_optimizer(optimizer: str) -> None:
+    if optimizer not in OPTIMIZERS:
+        raise TicketlabError(f"unknown TAMT optimizer {optimizer!r} (choose from {', '.join(OPTIMIZERS)})")
 
 
 def check_objective(objective: str) -> None:
@@ -50,7 +69,8 @@ class TamtObjective:
     masked word embeddings). ``kd``: token-mean cosine distance (or ``kd_kind``) of the student's
     layer outputs to the dense teacher's, on the clean text. ``mlm+kd``: the sum, both on the
     corrupted text (one student pass). The teacher is the same model with the mask switched off,
-    in eval mode; the student runs in train mode (dropout) when ``dropout`` is set.
+    in eval mode (train mode, as the original's teacher, with ``teacher_dropout``); the student
+    runs in train mode (dropout) when ``dropout`` is set.
     """
 
     encoder: nn.Module
@@ -61,6 +81,7 @@ class TamtObjective:
     kd_kind: str = "cosine"
     masking_seed: int = 0
     dropout: bool = True
+    teacher_dropout: bool = False
 
     def __post_init__(self) -> None:
         check_objective(self.objective)
@@ -68,7 +89,8 @@ class TamtObjective:
             raise TicketlabError(f"objective {self.objective!r} needs an MLM head and a masking scheme")
 
     def _teacher_hidden(self, ids: torch.Tensor, attention: torch.Tensor) -> Sequence[torch.Tensor]:
-        self.encoder.eval()
+        # The original's teacher ran with dropout on; ticketlab's is deterministic unless asked.
+        self.encoder.train(self.teacher_dropout)
         with torch.no_grad(), self.learned.dense():
             return self.encoder(
                 input_ids=ids, attention_mask=attention, output_hidden_states=True
@@ -107,17 +129,40 @@ def tamt_optimizer(
     objective: str,
     lr: float | None = None,
     weight_decay: float | None = None,
-) -> torch.optim.AdamW:
-    """AdamW over the scores (with the objective's weight decay) and, for MLM, the head's transform
-    and bias (no weight decay)."""
+    kind: str = "bertadam",
+    max_grad_norm: float | None = DEFAULT_MAX_GRAD_NORM,
+) -> torch.optim.Optimizer:
+    """The optimizer over the scores (with the objective's weight decay) and, for MLM, the head's
+    transform and bias (no weight decay): ``bertadam`` (the paper's) or ``adamw`` (torch's, with
+    its epsilon 1e-8 and bias correction; ``max_grad_norm`` is BertAdam's per-tensor clipping)."""
+    check_optimizer(kind)
     defaults = DEFAULT_OPTIMIZER[objective]
     lr = defaults["lr"] if lr is None else lr
     weight_decay = defaults["weight_decay"] if weight_decay is None else weight_decay
     groups = [{"params": list(learned.parameters()), "weight_decay": weight_decay}]
     if head is not None and "mlm" in objective:
         groups.append({"params": list(head.parameters()), "weight_decay": 0.0})
+    if kind == "bertadam":
+        return BertAdam(groups, lr=lr, max_grad_norm=max_grad_norm)
     # foreach=False: the same arithmetic on every device count and resume (no grouping by device).
     return torch.optim.AdamW(groups, lr=lr, foreach=False)
+
+
+def optimizer_record(optimizer: torch.optim.Optimizer) -> dict[str, object]:
+    """What the provenance of a mask says about its optimizer (first group: the scores)."""
+    group = optimizer.param_groups[0]
+    bertadam = isinstance(optimizer, BertAdam)
+    return {
+        "name": "bertadam" if bertadam else "adamw",
+        "betas": list(group["betas"]),
+        "eps": group["eps"],
+        "weight_decay": group["weight_decay"],
+        "max_grad_norm": group["max_grad_norm"] if bertadam else None,  # BertAdam's, per tensor
+        "bias_correction": not bertadam,
+        "decoupled_weight_decay": "added to the update before the lr multiply"
+        if bertadam
+        else "torch.optim.AdamW (p -= lr * weight_decay * p)",
+    }
 
 
 def tamt_loss(

@@ -11,7 +11,7 @@ from ticketlab.analysis.aggregate import FULL_MODEL
 from ticketlab.errors import TicketlabError
 from ticketlab.experiments.imp import MLM_TASK
 from ticketlab.experiments.pretrain_loss import PretrainLossSettings
-from ticketlab.experiments.tamt import TamtSettings
+from ticketlab.experiments.tamt import TamtSettings, with_new_run_defaults
 from ticketlab.pruning import validate_sparsity
 from ticketlab.pruning.structured import DEFAULT_FFN_RATIO
 from ticketlab.specs import check_seed, from_mapping, refuse_duplicates
@@ -105,7 +105,8 @@ class GridSpec:
         metadata={
             "help": "settings of method tamt (objective, text, steps, lr, batch_size, max_sequences, "
             "init, ...: the fields of `ticketlab tamt` but model, sparsity, scope and scheme, which the "
-            "grid sets); objective kd by default"
+            "grid sets); objective kd by default; optimizer bertadam in a grid file, adamw when "
+            "unset in code (what grids made before the setting ran)"
         },
     )
     pretrain_loss: PretrainLossSettings | None = field(
@@ -268,6 +269,10 @@ class GridSpec:
             raise TicketlabError(f"{path}: cannot parse the grid spec ({error})") from error
         if not isinstance(data, dict):
             raise TicketlabError(f"{path}: a grid spec is a mapping of fields")
+        if isinstance(data.get("tamt"), dict):
+            # A file the user wrote: its tamt section gets the defaults of new runs (bertadam),
+            # which therefore count in the hash (spec.json, read back as GridSpec(**...), keeps its own).
+            data["tamt"] = with_new_run_defaults(data["tamt"])
         try:
             spec = from_mapping(cls, data, "")
             spec.validate()
