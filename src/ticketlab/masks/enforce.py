@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ticketlab.errors import MaskMismatchError, TicketlabError
-from ticketlab.masks.fingerprint import tensor_digest
+from ticketlab.masks.fingerprint import BLAKE2B, tensor_digest
 from ticketlab.masks.structured import StructuredMask
 from ticketlab.masks.unstructured import UnstructuredMask
 from ticketlab.models.adapters import EncoderAdapter
@@ -49,7 +49,10 @@ def check_mask_fits(
         )
     adapter = EncoderAdapter(model)
     report = FitReport()
-    digests = mask.provenance.fingerprint.get("kept", {}) if mask.provenance.fingerprint else {}
+    recorded = mask.provenance.fingerprint or {}
+    digests = recorded.get("kept", {})
+    # Check with the algorithm the mask was written with (BLAKE2b for masks from before XXH3).
+    algorithm = recorded.get("algorithm", BLAKE2B)
     for name, bits in mask.tensors.items():
         try:
             weight = adapter.parameter(name)
@@ -74,7 +77,7 @@ def check_mask_fits(
                 f"mask matrix {name!r} has shape {tuple(bits.shape)}, the model's has {tuple(weight.shape)}"
             )
         if name in digests and not allow_fingerprint_mismatch:
-            found = tensor_digest(weight, bits.to(weight.device))
+            found = tensor_digest(weight, bits, algorithm)
             if found != digests[name]:
                 raise MaskMismatchError(
                     f"the kept weights of {name!r} differ from those of the mask's source model "
