@@ -5,18 +5,26 @@ weights, no download), takes the ``encoder`` scope (Q, K, V, attention output, F
 layer plus the pooler: 85.5M weights) and times, side by side and interleaved:
 
 - ticketlab's selection: ``MagnitudePruning().select`` (|W|, then the exact global lowest-k),
-- ticketlab's fingerprint of the result (the other part of ``prune()``), and ``prune()`` whole,
+- ticketlab's fingerprint of the result (XXH3-128 of the kept and the dense weights, the other
+  part of ``prune()``), and ``prune()`` whole, with the global and the per-matrix scheme,
 - ``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured`` and the same count k, on
   fresh holder modules sharing the same weight tensors (so every repeat starts un-pruned).
 
-The masks of the two are compared bit for bit.
+The masks of the two are compared bit for bit. With ``--cli``, the model is also saved to a
+temporary folder and ``ticketlab prune`` (a fresh process) is timed beside a process that only
+imports ticketlab and loads the model, to give the command's cost beyond loading.
 
-    PYTHONPATH=$PWD/src python benchmarks/bench_global_magnitude.py [--repeats 5] [--sparsity 0.7]
+    PYTHONPATH=$PWD/src python benchmarks/bench_global_magnitude.py [--repeats 5] [--sparsity 0.7] [--cli]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
 
 import torch
 import torch.nn.utils.prune as torch_prune
@@ -62,6 +70,42 @@ def compare_masks(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]
     return {"identical": differing == 0, "differing_bits": differing, "differing_magnitudes": sorted(values)}
 
 
+def time_cli(model: nn.Module, sparsity: float, repeats: int, threads: int) -> dict:
+    """Wall time of `ticketlab prune` (a fresh process) against a process that loads the model only."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        out = os.path.join(folder, "mask.safetensors")
+        prune_command = [sys.executable, "-m", "ticketlab", "prune", "--model", folder, "--method", "omp"]
+        prune_command += ["--sparsity", str(sparsity), "--out", out, "--quiet"]
+        commands = {
+            "load only (python: import ticketlab, load_encoder)": [
+                sys.executable,
+                "-c",
+                "import sys; from ticketlab.models import load_encoder; load_encoder(sys.argv[1])",
+                folder,
+            ],
+            "ticketlab prune --method omp (global)": prune_command,
+            "ticketlab prune --method omp --scheme per-matrix": [*prune_command, "--scheme", "per-matrix"],
+        }
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for repeat in range(repeats):
+            for name, command in commands.items():
+                seconds, _ = timed(
+                    lambda command=command: subprocess.run(command, check=True, env=env, capture_output=True)
+                )
+                times[name].append(seconds)
+            print(
+                f"cli repeat {repeat + 1}: " + ", ".join(f"{n[:24]} {t[-1]:.2f}s" for n, t in times.items()),
+                flush=True,
+            )
+    load = statistics.median(times["load only (python: import ticketlab, load_encoder)"])
+    return {
+        "timings": {name: summary(t) for name, t in times.items()},
+        "beyond_loading_s": {name: statistics.median(t) - load for name, t in times.items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -76,6 +120,10 @@ def main() -> None:
         help="repeats that also run torch's global_unstructured (slow)",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the machine has two cores)")
+    parser.add_argument(
+        "--cli", action="store_true", help="also time `ticketlab prune` against loading alone"
+    )
+    parser.add_argument("--cli-repeats", type=int, default=3)
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -91,9 +139,13 @@ def main() -> None:
         "ticketlab select (abs W, exact global lowest-k)": lambda: method.select(
             weights, args.sparsity, "global", 0
         ),
-        "ticketlab fingerprint (BLAKE2b of kept weights)": lambda: fingerprint(ours_mask, model),
+        "ticketlab select, per-matrix": lambda: method.select(weights, args.sparsity, "per-matrix", 0),
+        "ticketlab fingerprint (XXH3-128 of kept and dense weights)": lambda: fingerprint(ours_mask, model),
         "ticketlab prune() (select + fingerprint + mask object)": lambda: prune(
             model, "omp", args.sparsity, scope="encoder", scheme="global"
+        ),
+        "ticketlab prune(), per-matrix": lambda: prune(
+            model, "omp", args.sparsity, scope="encoder", scheme="per-matrix"
         ),
     }
     torch_name = "torch global_unstructured(L1Unstructured)"
@@ -134,6 +186,15 @@ def main() -> None:
         results["torch_over_ticketlab_select"] = (
             results["timings"][torch_name]["median_s"] / results["timings"][select_name]["median_s"]
         )
+        for scheme_name in (
+            "ticketlab prune() (select + fingerprint + mask object)",
+            "ticketlab prune(), per-matrix",
+        ):
+            results.setdefault("torch_over_ticketlab_prune", {})[scheme_name] = (
+                results["timings"][torch_name]["median_s"] / results["timings"][scheme_name]["median_s"]
+            )
+    if args.cli:
+        results["cli"] = time_cli(model, args.sparsity, args.cli_repeats, args.threads)
     path = write_results("global_magnitude", results)
 
     rows = [
@@ -147,7 +208,14 @@ def main() -> None:
             f"\ntorch / ticketlab select: {results['torch_over_ticketlab_select']:.1f}x; "
             f"masks identical: {check['identical']} (differing bits: {check['differing_bits']})"
         )
+        for name, ratio in results["torch_over_ticketlab_prune"].items():
+            print(f"torch / {name}: {ratio:.1f}x")
         assert check["identical"] or len(check["differing_magnitudes"]) == 1, check
+    if args.cli:
+        for name, extra in results["cli"]["beyond_loading_s"].items():
+            print(
+                f"{name}: median {results['cli']['timings'][name]['median_s']:.2f} s, beyond loading {extra:+.2f} s"
+            )
     print(f"\nwrote {path}")
 
 

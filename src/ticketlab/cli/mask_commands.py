@@ -35,6 +35,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
     add_protocol_flags(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (random pruning; recorded for all)")
     p.add_argument("--reference", help="random pruning matched per matrix to the counts of this mask file")
+    p.add_argument(
+        "--group-size",
+        type=int,
+        help="--method nm: M, the group of consecutive inputs that keeps N = M x (1 - sparsity) (default 4: "
+        "--sparsity 0.5 is 2:4)",
+    )
     p.add_argument("--out", required=True, help="mask file to write (.safetensors)")
     add_output_flags(p)
     p.set_defaults(run=run_prune)
@@ -103,6 +109,10 @@ def run_prune(args: argparse.Namespace) -> int:
         if args.method != "random":
             raise TicketlabError("--reference is for --method random (matched random pruning)")
         params["reference"] = load_mask(args.reference)
+    if args.group_size is not None:
+        if args.method != "nm":
+            raise TicketlabError("--group-size is for --method nm (N:M pruning)")
+        params["m"] = args.group_size
     model = load_encoder(args.model)
     mask = prune(
         model,
