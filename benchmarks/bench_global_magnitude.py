@@ -20,6 +20,7 @@ imports ticketlab and loads the model, to give the command's cost beyond loading
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -70,6 +71,29 @@ def compare_masks(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]
     return {"identical": differing == 0, "differing_bits": differing, "differing_magnitudes": sorted(values)}
 
 
+# Run in a fresh process: where `ticketlab prune`'s time goes beyond importing torch and transformers.
+STAGES = """
+import json, sys, time
+import torch, transformers  # imported by loading alone too: not counted below
+t = [time.perf_counter()]
+from ticketlab.cli import build_parser
+build_parser()  # imports every verb's module, as the command does
+t.append(time.perf_counter())
+from ticketlab.masks import save_mask
+from ticketlab.models import load_encoder
+from ticketlab.pruning import prune
+t.append(time.perf_counter())
+model = load_encoder(sys.argv[1])
+t.append(time.perf_counter())
+mask = prune(model, "omp", float(sys.argv[3]), scheme=sys.argv[4])
+t.append(time.perf_counter())
+save_mask(mask, sys.argv[2])
+t.append(time.perf_counter())
+names = ["cli parser (imports of every verb)", "masks, models, pruning imports", "load_encoder", "prune()", "save_mask"]
+print(json.dumps({n: b - a for n, a, b in zip(names, t, t[1:])}))
+"""
+
+
 def time_cli(model: nn.Module, sparsity: float, repeats: int, threads: int) -> dict:
     """Wall time of `ticketlab prune` (a fresh process) against a process that loads the model only."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -99,8 +123,19 @@ def time_cli(model: nn.Module, sparsity: float, repeats: int, threads: int) -> d
                 f"cli repeat {repeat + 1}: " + ", ".join(f"{n[:24]} {t[-1]:.2f}s" for n, t in times.items()),
                 flush=True,
             )
+        stages: dict[str, dict[str, list[float]]] = {"global": {}, "per-matrix": {}}
+        for _ in range(repeats):
+            for scheme, found in stages.items():
+                command = [sys.executable, "-c", STAGES, folder, out, str(sparsity), scheme]
+                done = subprocess.run(command, check=True, env=env, capture_output=True, text=True)
+                for stage, seconds in json.loads(done.stdout.strip().splitlines()[-1]).items():
+                    found.setdefault(stage, []).append(seconds)
     load = statistics.median(times["load only (python: import ticketlab, load_encoder)"])
     return {
+        "stages_in_one_process_median_s": {
+            scheme: {stage: statistics.median(t) for stage, t in found.items()}
+            for scheme, found in stages.items()
+        },
         "timings": {name: summary(t) for name, t in times.items()},
         "beyond_loading_s": {name: statistics.median(t) - load for name, t in times.items()},
     }
@@ -215,6 +250,11 @@ def main() -> None:
         for name, extra in results["cli"]["beyond_loading_s"].items():
             print(
                 f"{name}: median {results['cli']['timings'][name]['median_s']:.2f} s, beyond loading {extra:+.2f} s"
+            )
+        for scheme, found in results["cli"]["stages_in_one_process_median_s"].items():
+            print(
+                f"stages ({scheme}): "
+                + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in found.items())
             )
     print(f"\nwrote {path}")
 
