@@ -50,25 +50,13 @@ def test_impossible_settings_are_refused_in_one_line(bert):
 
 def test_cli_prunes_n_m(tmp_path, bert_dir, capsys):
     out = tmp_path / "nm.safetensors"
-    assert (
-        main(["prune", "--model", str(bert_dir), "--method", "nm", "--sparsity", "0.75", "--out", str(out)])
-        == 0
-    )
+
+    def prune_cli(method: str, sparsity: str, *extra: str) -> int:
+        flags = ["--model", str(bert_dir), "--method", method, "--sparsity", sparsity]
+        return main(["prune", *flags, *extra, "--out", str(out)])
+
+    assert prune_cli("nm", "0.75") == 0
     assert main(["inspect", str(out), "--json"]) == 0
     assert '"m": 4' in capsys.readouterr().out
-    code = main(
-        [
-            "prune",
-            "--model",
-            str(bert_dir),
-            "--method",
-            "omp",
-            "--sparsity",
-            "0.5",
-            "--group-size",
-            "4",
-            "--out",
-            str(out),
-        ]
-    )
-    assert code == 2 and "--group-size is for --method nm" in capsys.readouterr().err
+    assert prune_cli("omp", "0.5", "--group-size", "4") == 2
+    assert "--group-size is for --method nm" in capsys.readouterr().err
