@@ -13,7 +13,9 @@ widened inside the vectorised multiply. Slower forms measured alike: a ``bool`` 
 bool operands take a slower casting path), ``masked_fill_`` (34.5 ms: it branches per element,
 so its cost grows with the sparsity; this made short-sequence fine-tuning steps, CoLA at batch 16,
 25-30% slower than dense), ``torch.where(..., out=param)`` (35.5 ms), and converting a bool mask
-chunk by chunk (18.5 ms). See docs/BENCHMARKS.md.
+chunk by chunk (18.5 ms). Timed in whole training steps, one run measured the uint8 form slower
+than the float one (paired ratio to dense 1.10 against 1.04), not yet explained; see
+docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
