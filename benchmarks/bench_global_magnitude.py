@@ -5,18 +5,27 @@ weights, no download), takes the ``encoder`` scope (Q, K, V, attention output, F
 layer plus the pooler: 85.5M weights) and times, side by side and interleaved:
 
 - ticketlab's selection: ``MagnitudePruning().select`` (|W|, then the exact global lowest-k),
-- ticketlab's fingerprint of the result (the other part of ``prune()``), and ``prune()`` whole,
+- ticketlab's fingerprint of the result (XXH3-128 of the kept and the dense weights, the other
+  part of ``prune()``), and ``prune()`` whole, with the global and the per-matrix scheme,
 - ``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured`` and the same count k, on
   fresh holder modules sharing the same weight tensors (so every repeat starts un-pruned).
 
-The masks of the two are compared bit for bit.
+The masks of the two are compared bit for bit. With ``--cli``, the model is also saved to a
+temporary folder and ``ticketlab prune`` (a fresh process) is timed beside a process that only
+imports ticketlab and loads the model, to give the command's cost beyond loading.
 
-    PYTHONPATH=$PWD/src python benchmarks/bench_global_magnitude.py [--repeats 5] [--sparsity 0.7]
+    PYTHONPATH=$PWD/src python benchmarks/bench_global_magnitude.py [--repeats 5] [--sparsity 0.7] [--cli]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
 
 import torch
 import torch.nn.utils.prune as torch_prune
@@ -62,6 +71,76 @@ def compare_masks(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]
     return {"identical": differing == 0, "differing_bits": differing, "differing_magnitudes": sorted(values)}
 
 
+# Run in a fresh process: where `ticketlab prune`'s time goes beyond importing torch and transformers.
+STAGES = """
+import json, sys, time
+import torch, transformers  # imported by loading alone too: not counted below
+t = [time.perf_counter()]
+from ticketlab.cli import build_parser
+build_parser()  # imports every verb's module, as the command does
+t.append(time.perf_counter())
+from ticketlab.masks import save_mask
+from ticketlab.models import load_encoder
+from ticketlab.pruning import prune
+t.append(time.perf_counter())
+model = load_encoder(sys.argv[1])
+t.append(time.perf_counter())
+mask = prune(model, "omp", float(sys.argv[3]), scheme=sys.argv[4])
+t.append(time.perf_counter())
+save_mask(mask, sys.argv[2])
+t.append(time.perf_counter())
+names = ["cli parser (imports of every verb)", "masks, models, pruning imports", "load_encoder", "prune()", "save_mask"]
+print(json.dumps({n: b - a for n, a, b in zip(names, t, t[1:])}))
+"""
+
+
+def time_cli(model: nn.Module, sparsity: float, repeats: int, threads: int) -> dict:
+    """Wall time of `ticketlab prune` (a fresh process) against a process that loads the model only."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        out = os.path.join(folder, "mask.safetensors")
+        prune_command = [sys.executable, "-m", "ticketlab", "prune", "--model", folder, "--method", "omp"]
+        prune_command += ["--sparsity", str(sparsity), "--out", out, "--quiet"]
+        commands = {
+            "load only (python: import ticketlab, load_encoder)": [
+                sys.executable,
+                "-c",
+                "import sys; from ticketlab.models import load_encoder; load_encoder(sys.argv[1])",
+                folder,
+            ],
+            "ticketlab prune --method omp (global)": prune_command,
+            "ticketlab prune --method omp --scheme per-matrix": [*prune_command, "--scheme", "per-matrix"],
+        }
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for repeat in range(repeats):
+            for name, command in commands.items():
+                seconds, _ = timed(
+                    lambda command=command: subprocess.run(command, check=True, env=env, capture_output=True)
+                )
+                times[name].append(seconds)
+            print(
+                f"cli repeat {repeat + 1}: " + ", ".join(f"{n[:24]} {t[-1]:.2f}s" for n, t in times.items()),
+                flush=True,
+            )
+        stages: dict[str, dict[str, list[float]]] = {"global": {}, "per-matrix": {}}
+        for _ in range(repeats):
+            for scheme, found in stages.items():
+                command = [sys.executable, "-c", STAGES, folder, out, str(sparsity), scheme]
+                done = subprocess.run(command, check=True, env=env, capture_output=True, text=True)
+                for stage, seconds in json.loads(done.stdout.strip().splitlines()[-1]).items():
+                    found.setdefault(stage, []).append(seconds)
+    load = statistics.median(times["load only (python: import ticketlab, load_encoder)"])
+    return {
+        "stages_in_one_process_median_s": {
+            scheme: {stage: statistics.median(t) for stage, t in found.items()}
+            for scheme, found in stages.items()
+        },
+        "timings": {name: summary(t) for name, t in times.items()},
+        "beyond_loading_s": {name: statistics.median(t) - load for name, t in times.items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -76,6 +155,10 @@ def main() -> None:
         help="repeats that also run torch's global_unstructured (slow)",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the machine has two cores)")
+    parser.add_argument(
+        "--cli", action="store_true", help="also time `ticketlab prune` against loading alone"
+    )
+    parser.add_argument("--cli-repeats", type=int, default=3)
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -91,9 +174,13 @@ def main() -> None:
         "ticketlab select (abs W, exact global lowest-k)": lambda: method.select(
             weights, args.sparsity, "global", 0
         ),
-        "ticketlab fingerprint (BLAKE2b of kept weights)": lambda: fingerprint(ours_mask, model),
+        "ticketlab select, per-matrix": lambda: method.select(weights, args.sparsity, "per-matrix", 0),
+        "ticketlab fingerprint (XXH3-128 of kept and dense weights)": lambda: fingerprint(ours_mask, model),
         "ticketlab prune() (select + fingerprint + mask object)": lambda: prune(
             model, "omp", args.sparsity, scope="encoder", scheme="global"
+        ),
+        "ticketlab prune(), per-matrix": lambda: prune(
+            model, "omp", args.sparsity, scope="encoder", scheme="per-matrix"
         ),
     }
     torch_name = "torch global_unstructured(L1Unstructured)"
@@ -134,6 +221,15 @@ def main() -> None:
         results["torch_over_ticketlab_select"] = (
             results["timings"][torch_name]["median_s"] / results["timings"][select_name]["median_s"]
         )
+        for scheme_name in (
+            "ticketlab prune() (select + fingerprint + mask object)",
+            "ticketlab prune(), per-matrix",
+        ):
+            results.setdefault("torch_over_ticketlab_prune", {})[scheme_name] = (
+                results["timings"][torch_name]["median_s"] / results["timings"][scheme_name]["median_s"]
+            )
+    if args.cli:
+        results["cli"] = time_cli(model, args.sparsity, args.cli_repeats, args.threads)
     path = write_results("global_magnitude", results)
 
     rows = [
@@ -147,7 +243,19 @@ def main() -> None:
             f"\ntorch / ticketlab select: {results['torch_over_ticketlab_select']:.1f}x; "
             f"masks identical: {check['identical']} (differing bits: {check['differing_bits']})"
         )
+        for name, ratio in results["torch_over_ticketlab_prune"].items():
+            print(f"torch / {name}: {ratio:.1f}x")
         assert check["identical"] or len(check["differing_magnitudes"]) == 1, check
+    if args.cli:
+        for name, extra in results["cli"]["beyond_loading_s"].items():
+            print(
+                f"{name}: median {results['cli']['timings'][name]['median_s']:.2f} s, beyond loading {extra:+.2f} s"
+            )
+        for scheme, found in results["cli"]["stages_in_one_process_median_s"].items():
+            print(
+                f"stages ({scheme}): "
+                + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in found.items())
+            )
     print(f"\nwrote {path}")
 
 

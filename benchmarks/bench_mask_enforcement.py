@@ -8,7 +8,9 @@ rotates every repeat, so load on the machine hits all three alike):
 
 - ``dense``: no mask;
 - ``ticketlab``: ``apply_mask(model, mask)`` + ``enforcer.attach(optimizer)`` (gradient hooks and a
-  post-step re-zeroing; no reparametrisation);
+  post-step re-zeroing by a uint8 keep mask, one byte per masked weight; no reparametrisation);
+- ``ticketlab, float keep mask``: the same with the keep masks in the parameters' dtype, as before
+  (4 bytes per weight), for comparison;
 - ``torch.nn.utils.prune``: ``prune.custom_from_mask`` on the same matrices, as the original
   BERT-Tickets code did (``weight = weight_orig * weight_mask`` recomputed before every forward).
 
@@ -103,11 +105,18 @@ def main() -> int:
     mask = prune(base, "omp", args.sparsity, scope="encoder", scheme="global")
     lr, weight_decay = 1e-4, 0.01
 
-    models = {name: copy.deepcopy(base) for name in ("dense", "ticketlab", "torch.nn.utils.prune")}
+    float_name = "ticketlab, float keep mask"
+    models = {
+        name: copy.deepcopy(base) for name in ("dense", "ticketlab", float_name, "torch.nn.utils.prune")
+    }
     optimizers = {"dense": make_optimizer(models["dense"], lr, weight_decay)}
     enforcer = apply_mask(models["ticketlab"], mask)
     optimizers["ticketlab"] = make_optimizer(models["ticketlab"], lr, weight_decay)
     enforcer.attach(optimizers["ticketlab"])
+    float_enforcer = apply_mask(models[float_name], mask)
+    float_enforcer._keep = {n: k.float() for n, k in float_enforcer._keep.items()}  # the earlier form
+    optimizers[float_name] = make_optimizer(models[float_name], lr, weight_decay)
+    float_enforcer.attach(optimizers[float_name])
     torch_adapter = EncoderAdapter(models["torch.nn.utils.prune"])
     torch_modules = {}
     for name, bits in mask.tensors.items():
@@ -134,6 +143,10 @@ def main() -> int:
         "ticketlab": sum(
             int(ticket_adapter.parameter(n).detach()[~b].ne(0).sum()) for n, b in mask.tensors.items()
         ),
+        float_name: sum(
+            int(EncoderAdapter(models[float_name]).parameter(n).detach()[~b].ne(0).sum())
+            for n, b in mask.tensors.items()
+        ),
         "torch.nn.utils.prune": sum(
             int((torch_modules[n].weight_orig * torch_modules[n].weight_mask).detach()[~b].ne(0).sum())
             for n, b in mask.tensors.items()
@@ -144,15 +157,13 @@ def main() -> int:
         for n, b in mask.tensors.items()
     )
     # The enforcement work alone, timed in isolation (many repeats, so far less noisy than whole
-    # steps): the gradient hooks' in-place masked_fill_ of the gradients, and the post-step re-zeroing.
-    pruned = {n: ~b for n, b in mask.tensors.items() if not bool(b.all())}
-    params = {n: ticket_adapter.parameter(n) for n in pruned}
-    grads = {n: torch.randn_like(p) for n, p in params.items()}
-    hook_times = [
-        timed(lambda: [grads[n].masked_fill_(pruned[n], 0.0) for n in pruned])[0]
-        for _ in range(args.repeats * 4)
-    ]
+    # steps): the gradient hooks' in-place multiply of the gradients, and the post-step re-zeroing.
+    keeps = enforcer._keep
+    grads = {n: torch.randn_like(ticket_adapter.parameter(n)) for n in keeps}
+    hook_times = [timed(lambda: [grads[n].mul_(keeps[n]) for n in keeps])[0] for _ in range(args.repeats * 4)]
     enforce_times = [timed(enforcer.enforce)[0] for _ in range(args.repeats * 4)]
+    float_times = [timed(float_enforcer.enforce)[0] for _ in range(args.repeats * 4)]
+    masked_weights = sum(mask.tensors[n].numel() for n in keeps)
     dense = statistics.median(times["dense"])
     results = {
         "model": "all-MiniLM-L6-v2 as AutoModelForSequenceClassification (2 labels)",
@@ -171,8 +182,13 @@ def main() -> int:
         "isolated_enforcement_work": {
             "gradient_hooks": summary(hook_times),
             "post_step_rezero": summary(enforce_times),
+            "post_step_rezero_float_keep_mask": summary(float_times),
             "fraction_of_dense_step": (statistics.median(hook_times) + statistics.median(enforce_times))
             / dense,
+        },
+        "extra_bytes_per_masked_weight": {
+            "ticketlab": enforcer.keep_mask_bytes() / masked_weights,
+            float_name: float_enforcer.keep_mask_bytes() / masked_weights,
         },
         "nonzero_pruned_weights_after_training": nonzero_pruned,
         "kept_weights_that_trained": moved,
@@ -196,6 +212,7 @@ def main() -> int:
         f"re-zeroing {1e3 * work['post_step_rezero']['median_s']:.1f} ms per step = "
         f"{100 * work['fraction_of_dense_step']:.2f}% of the dense step"
     )
+    print(f"extra bytes per masked weight: {results['extra_bytes_per_masked_weight']}")
     print(f"pruned weights not zero after training: {nonzero_pruned}; kept weights that trained: {moved:,}")
     print(f"wrote {path}")
     return 0 if all(v == 0 for v in nonzero_pruned.values()) else 1

@@ -149,3 +149,15 @@ def test_a_checkpoint_without_pooler_weights_keeps_its_random_pooler_out_of_scop
     assert apply_mask(headless, with_pooler).report.skipped == {}
     enforcer = apply_mask(classifier, with_pooler, allow_fingerprint_mismatch=True)
     assert "was not pre-trained" in enforcer.report.skipped["pooler.dense.weight"]
+
+
+def test_keep_masks_take_one_byte_per_masked_weight(bert_dir):
+    model = BertForSequenceClassification.from_pretrained(bert_dir, num_labels=2)
+    mask = prune(model, "omp", 0.5)
+    enforcer = apply_mask(model, mask)
+    assert enforcer.keep_mask_bytes() == mask.num_weights()
+    model.double()  # a new dtype needs no new mask
+    tokens = torch.randint(0, 100, (2, 8))
+    model(input_ids=tokens, labels=torch.tensor([0, 1])).loss.backward()
+    enforcer.enforce()
+    assert enforcer.keep_mask_bytes() == mask.num_weights()

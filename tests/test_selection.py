@@ -51,6 +51,7 @@ def test_bracketed_threshold_matches_exact_selection(monkeypatch):
     generator = torch.Generator().manual_seed(1)
     scores = {f"m{i}": torch.randn(300, 200, generator=generator).abs() for i in range(5)}
     scores["m0"][:10, :10] = 0.25  # ties inside the bracket
+    monkeypatch.setattr(selection, "_BRACKET_MIN_SIZE", 1 << 30)  # the reference: one kthvalue
     exact = lowest_k_mask(scores, 0.41, "global")
     monkeypatch.setattr(selection, "_BRACKET_MIN_SIZE", 1000)
     monkeypatch.setattr(selection, "_SAMPLE_SIZE", 4096)

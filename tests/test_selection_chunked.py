@@ -86,3 +86,23 @@ def test_infinities_of_both_signs_are_not_mistaken_for_nan(tiny_chunks_and_brack
     scores["m0"][0, 0], scores["m0"][0, 1] = float("inf"), float("-inf")
     found = lowest_k_mask(scores, 0.5)
     assert not found["m0"][0, 1] and found["m0"][0, 0]
+
+
+def test_per_matrix_brackets_each_matrix_at_default_sizes(monkeypatch):
+    # Matrices above _BRACKET_MIN_SIZE are selected by the sampled bracket, one per matrix, not by
+    # a kthvalue each: the fallback must not run, and the bits equal the stable-sort reference.
+    def no_fallback(*_):
+        raise AssertionError("the bracket missed and the exact fallback ran")
+
+    monkeypatch.setattr(selection, "_prune_lowest_exact", no_fallback)
+    generator = torch.Generator().manual_seed(3)
+    scores = {
+        "a": torch.randn(256, 512, generator=generator),
+        "b": torch.randint(-50, 51, (300, 400), generator=generator).float() / 7,  # heavy ties
+    }
+    assert min(s.numel() for s in scores.values()) >= selection._BRACKET_MIN_SIZE
+    for sparsity in (0.1, 0.7, 0.95):
+        found = lowest_k_mask(scores, sparsity, "per-matrix", absolute=True)
+        for name, score in scores.items():
+            reference = stable_sort_reference({name: score.abs()}, sparsity)[name]
+            assert torch.equal(found[name], reference), (name, sparsity)

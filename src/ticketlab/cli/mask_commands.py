@@ -41,6 +41,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
     add_protocol_flags(p)
     p.add_argument("--seed", type=seed, default=0, help="random seed (random pruning; recorded for all)")
     p.add_argument("--reference", help="random pruning matched per matrix to the counts of this mask file")
+    p.add_argument(
+        "--group-size",
+        type=int,
+        help="--method nm: M, the group of consecutive inputs that keeps N = M x (1 - sparsity) (default 4: "
+        "--sparsity 0.5 is 2:4)",
+    )
     p.add_argument("--out", required=True, help="mask file to write (.safetensors)")
     declare_output(p, Output("out", "ticketlab mask file", ours=is_mask_file, inputs=("reference",)))
     add_output_flags(p)
@@ -106,6 +112,10 @@ def run_prune(args: argparse.Namespace) -> int:
         if args.method != "random":
             raise TicketlabError("--reference is for --method random (matched random pruning)")
         params["reference"] = load_mask(args.reference)
+    if args.group_size is not None:
+        if args.method != "nm":
+            raise TicketlabError("--group-size is for --method nm (N:M pruning)")
+        params["m"] = args.group_size
     model = load_encoder(args.model)
     try:
         mask = prune(

@@ -6,11 +6,16 @@ decoupled weight decay, momentum or any other update cannot move them). Paramete
 names: a checkpoint saved afterwards loads into a plain model. Unlike ``torch.nn.utils.prune`` there
 is no reparametrisation and no extra multiply in the forward pass.
 
-Both zero by multiplying with a 0/1 keep mask in the parameter's dtype, not with ``masked_fill_``:
-on a CPU ``masked_fill_`` branches per element, so its cost grows with the sparsity (39 ms at 10%,
-89 ms at 50% for MiniLM-L6's 10.6M encoder weights on one core, against 7 ms for the multiply at
-any sparsity), which made short-sequence fine-tuning steps (CoLA, batch 16) 25-30% slower than
-dense. The price is one extra copy of the masked matrices, as ``torch.nn.utils.prune`` keeps.
+Both zero by multiplying in place with a 0/1 keep mask held as ``uint8``: one byte per masked
+weight, and as fast as a mask in the parameter's own dtype (5.6 against 5.1 ms for MiniLM-L6's
+10.6M encoder weights on one core; 4 bytes per weight in float32), because a uint8 operand is
+widened inside the vectorised multiply. Slower forms measured alike: a ``bool`` keep mask (10.4 ms:
+bool operands take a slower casting path), ``masked_fill_`` (34.5 ms: it branches per element,
+so its cost grows with the sparsity; this made short-sequence fine-tuning steps, CoLA at batch 16,
+25-30% slower than dense), ``torch.where(..., out=param)`` (35.5 ms), and converting a bool mask
+chunk by chunk (18.5 ms). Timed in whole training steps, one run measured the uint8 form slower
+than the float one (paired ratio to dense 1.10 against 1.04), not yet explained; see
+docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import torch
 from torch import nn
 
 from ticketlab.errors import MaskMismatchError, TicketlabError
-from ticketlab.masks.fingerprint import tensor_digest
+from ticketlab.masks.fingerprint import BLAKE2B, tensor_digest
 from ticketlab.masks.structured import StructuredMask
 from ticketlab.masks.unstructured import UnstructuredMask
 from ticketlab.models.adapters import EncoderAdapter
@@ -49,7 +54,10 @@ def check_mask_fits(
         )
     adapter = EncoderAdapter(model)
     report = FitReport()
-    digests = mask.provenance.fingerprint.get("kept", {}) if mask.provenance.fingerprint else {}
+    recorded = mask.provenance.fingerprint or {}
+    digests = recorded.get("kept", {})
+    # Check with the algorithm the mask was written with (BLAKE2b for masks from before XXH3).
+    algorithm = recorded.get("algorithm", BLAKE2B)
     for name, bits in mask.tensors.items():
         try:
             weight = adapter.parameter(name)
@@ -74,7 +82,7 @@ def check_mask_fits(
                 f"mask matrix {name!r} has shape {tuple(bits.shape)}, the model's has {tuple(weight.shape)}"
             )
         if name in digests and not allow_fingerprint_mismatch:
-            found = tensor_digest(weight, bits.to(weight.device))
+            found = tensor_digest(weight, bits, algorithm)
             if found != digests[name]:
                 raise MaskMismatchError(
                     f"the kept weights of {name!r} differ from those of the mask's source model "
@@ -103,9 +111,10 @@ class MaskEnforcer:
         self.report = check_mask_fits(model, mask, allow_fingerprint_mismatch=allow_fingerprint_mismatch)
         adapter = EncoderAdapter(model)
         self.parameters: dict[str, nn.Parameter] = {n: adapter.parameter(n) for n in self.report.names}
-        # Only matrices with something pruned need hooks.
+        # Only matrices with something pruned need hooks. uint8, not the parameter's dtype: one byte
+        # per weight at the speed of a float mask (see the module's docstring).
         self._keep: dict[str, torch.Tensor] = {
-            n: mask.tensors[n].to(device=p.device, dtype=p.dtype)
+            n: mask.tensors[n].to(device=p.device, dtype=torch.uint8)
             for n, p in self.parameters.items()
             if not bool(mask.tensors[n].all())
         }
@@ -115,10 +124,15 @@ class MaskEnforcer:
 
     def _keep_like(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         keep = self._keep[name]
-        # The model moved (accelerator.prepare) or changed dtype after the mask was applied.
-        if keep.device != tensor.device or keep.dtype != tensor.dtype:
-            keep = self._keep[name] = keep.to(device=tensor.device, dtype=tensor.dtype)
+        # The model moved (accelerator.prepare) after the mask was applied; a change of dtype
+        # needs nothing, a uint8 operand multiplies into any floating dtype.
+        if keep.device != tensor.device:
+            keep = self._keep[name] = keep.to(device=tensor.device)
         return keep
+
+    def keep_mask_bytes(self) -> int:
+        """Memory the enforcer holds for its keep masks (one byte per weight of a masked matrix)."""
+        return sum(keep.numel() * keep.element_size() for keep in self._keep.values())
 
     def _install_gradient_hooks(self) -> None:
         for name in self._keep:

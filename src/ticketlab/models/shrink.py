@@ -283,24 +283,13 @@ def _format_of(header: Any) -> Any:
 def load_shrunk(directory: str | os.PathLike, **config_overrides: Any) -> nn.Module:
     """Rebuild a model written by :func:`save_shrunk` (in eval mode). ``config_overrides`` go to the
     config (``attn_implementation="sdpa"``, for example)."""
-    import transformers
-    from safetensors import SafetensorError
-    from safetensors.torch import load_model
+    from ticketlab.models.weights import load_weights_strict, model_from_header
 
     header = read_shrunk_header(directory)
-    model_class = getattr(transformers, str(header.get("model_class")), None)
-    if not (isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)):
-        raise TicketlabError(f"{directory}: unknown model class {header.get('model_class')!r}")
-    config = transformers.AutoConfig.from_pretrained(str(directory), **config_overrides)
-    model = model_class(config)
+    model = model_from_header(directory, header.get("model_class"), **config_overrides)
     plan = from_mapping(ShrinkPlan, header["plan"], "plan")
     _resize(model, plan)
-    try:
-        load_model(model, str(Path(directory) / WEIGHTS_NAME), strict=True)
-    except (SafetensorError, OSError, RuntimeError) as error:
-        raise TicketlabError(
-            f"cannot load the weights of {directory}: {str(error).splitlines()[0]}"
-        ) from error
+    load_weights_strict(model, Path(directory) / WEIGHTS_NAME)
     model.ticketlab_shrink_plan = plan
     model.eval()
     return model

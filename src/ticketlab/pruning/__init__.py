@@ -1,8 +1,9 @@
 """How masks are chosen: strategies behind one interface, found through a registry."""
 
-from ticketlab.pruning import magnitude, random_pruning  # noqa: F401  (registers the methods)
+from ticketlab.pruning import magnitude, n_m, random_pruning  # noqa: F401  (registers the methods)
 from ticketlab.pruning.importance import IMPORTANCE_VARIANTS, ImportanceScores, compute_importance
 from ticketlab.pruning.magnitude import MagnitudePruning
+from ticketlab.pruning.n_m import NMPruning
 from ticketlab.pruning.prune import PROTOCOLS, prune
 from ticketlab.pruning.random_pruning import RandomPruning
 from ticketlab.pruning.registry import PRUNING_METHODS, PruningMethod, get_method, register
@@ -30,6 +31,7 @@ __all__ = [
     "PRUNING_METHODS",
     "SCHEMES",
     "MagnitudePruning",
+    "NMPruning",
     "PruningMethod",
     "RandomPruning",
     "get_method",
