@@ -589,3 +589,22 @@ def test_number_flags_refuse_nan_and_infinity(capsys, value):
         and "argument --lr: expected a finite number" in err
         and len(err.splitlines()) == 1
     )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--head-steps", "-1", "head-steps must be at least 0"),
+        ("--weight-decay", "-1", "weight-decay must be at least 0"),
+        ("--lr", "0", "lr must be above 0"),
+    ],
+)
+def test_tamt_refuses_negative_settings_before_loading_anything(capsys, tmp_path, flag, value, message):
+    text = tmp_path / "text.txt"
+    text.write_text("a line of text\n" * 4)
+    out = tmp_path / "tamt"
+    argv = ["tamt", "--model", str(tmp_path / "no-model"), "--objective", "kd", "--sparsity", "0.5"]
+    assert_one_line_error(
+        capsys, *argv, "--text", str(text), flag, value, "--out", str(out), contains=message
+    )
+    assert not out.exists()

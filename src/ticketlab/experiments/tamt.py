@@ -141,6 +141,12 @@ class TamtSettings:
                 raise TicketlabError(
                     f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
                 )
+        if self.head_steps < 0:
+            raise TicketlabError(f"head-steps must be at least 0, got {self.head_steps}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise TicketlabError(f"weight-decay must be at least 0, got {self.weight_decay}")
+        if self.lr is not None and not self.lr > 0:
+            raise TicketlabError(f"lr must be above 0, got {self.lr}")
 
 
 @dataclass(kw_only=True)
