@@ -6,7 +6,7 @@ cells plus their tickets (26 steps). Reports the wall times, the ratio local / s
 2 workers: <= 0.6), whether both gave the same metrics, and the executor's own cost per step
 (the local run's wall time beyond the steps' own fine-tuning seconds, spread over its steps).
 
-    PYTHONPATH=src python benchmarks/bench_grid_executors.py [--workers 2] [--train 400]
+    PYTHONPATH=src python benchmarks/bench_grid_executors.py [--workers 2] [--train 2400]
 
 Each process runs on one thread (both executors), so 2 workers can use the two cores.
 """
@@ -61,7 +61,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--train", type=int, default=400, help="training examples per task")
+    parser.add_argument("--train", type=int, default=2400, help="training examples per task")
     args = parser.parse_args()
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="bench_grid_executors."))
