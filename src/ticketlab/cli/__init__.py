@@ -75,7 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ticketlab.cli.common import check_outputs
 
         check_outputs(args)
-        with contextlib.redirect_stdout(open(os.devnull, "w")) if quiet_rank else contextlib.nullcontext():
+        with contextlib.ExitStack() as stack:
+            if quiet_rank:
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
             return int(args.run(args) or 0)
     except TicketlabError as error:
         # One line, plain text, whatever a library put into the message.
