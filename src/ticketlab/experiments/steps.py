@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -41,7 +42,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ticketlab.errors import TicketlabError
 from ticketlab.io import atomic_write
@@ -139,8 +140,26 @@ class Owner:
         return f"pid {self.pid} on {self.host}"
 
 
+def _follows_links(method: Callable[..., T]) -> Callable[..., T]:
+    """A step whose place is a symbolic link (a grid's readable name for a step of a shared,
+    hash-named store) is the step the link names, in the store the link points into: claimed,
+    written and published there, so every grid linking to it shares one step."""
+
+    @functools.wraps(method)
+    def through(self: StepStore, name: str, *args: Any, **kwargs: Any) -> T:
+        place = self.root / name
+        if place.is_symlink():
+            target = self.root / os.readlink(place)  # relative links are relative to their folder
+            store = StepStore(target.parent, lease_seconds=self.lease_seconds, poll_seconds=self.poll_seconds)
+            return method(store, target.name, *args, **kwargs)
+        return method(self, name, *args, **kwargs)
+
+    return through
+
+
 class StepStore:
-    """The steps of one folder (a run directory). ``run(name, body)`` is the one way to write one."""
+    """The steps of one folder (a run directory). ``run(name, body)`` is the one way to write one.
+    A step's place may be a symbolic link to a step of another store (``_follows_links``)."""
 
     def __init__(
         self,
@@ -167,9 +186,11 @@ class StepStore:
     def _tmp_path(self, name: str, token: str) -> Path:
         return self.root / f".{name}.{token}.tmp"
 
+    @_follows_links
     def is_done(self, name: str) -> bool:
         return (self.path(name) / DONE).is_file()
 
+    @_follows_links
     def owner_of(self, name: str) -> Owner | None:
         """The claim on ``name``, or None. A claim file that cannot be read (a process killed while
         writing one) counts as stale."""
@@ -192,6 +213,7 @@ class StepStore:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     # -- finished steps ------------------------------------------------------------------------
+    @_follows_links
     def verify(self, name: str, required: Iterable[str] = ()) -> None:
         """Check a finished step against its manifest and ``required`` files; a one-line error
         naming the step and how to redo it when something is missing, emptied or truncated."""
@@ -225,6 +247,7 @@ class StepStore:
                 f"(or delete {folder})"
             )
 
+    @_follows_links
     def redo(self, name: str) -> bool:
         """Remove the finished step ``name`` so the next run computes it again (refused while a
         live process holds it). Returns whether there was anything to remove."""
@@ -242,6 +265,7 @@ class StepStore:
         return True
 
     # -- running a step ------------------------------------------------------------------------
+    @_follows_links
     def run(
         self,
         name: str,
@@ -309,6 +333,7 @@ class StepStore:
                 return result
             log.warning("step %s was taken over while this job computed it; using its result", name)
 
+    @_follows_links
     def run_file(
         self,
         name: str,
@@ -349,6 +374,7 @@ class StepStore:
                 return result
             log.warning("step %s was taken over while this process computed it; using its result", name)
 
+    @_follows_links
     @contextlib.contextmanager
     def hold(self, name: str, done: Callable[[], bool]) -> Iterator[bool]:
         """Hold the claim on ``name`` while the block runs (waiting for a live holder first), for
@@ -463,6 +489,7 @@ class StepStore:
                 claim.release()
         return published, result if published else None
 
+    @_follows_links
     def failed_path(self, name: str) -> Path:
         """Where the files of the latest failed attempt at step ``name`` are kept."""
         return self.root / f".{name}.failed"

@@ -84,12 +84,13 @@ def records_from(run_dir: str | Path) -> tuple[list[ResultRecord], list[Path]]:
 def grid_masks_to_compare(grid: Any, root: Path) -> list[Path]:
     """The tickets of a grid's first seed at the sparsities it evaluates (OMP, random, TAMT, IMP on
     each task: IMP's other levels would crowd the overlap heat-map), each file once."""
-    from ticketlab.experiments.grid import CONTROLS, ticket_cells, ticket_path
+    from ticketlab.experiments.grid import method_of, ticket_cells, ticket_path
 
     paths = (
         ticket_path(grid, root, cell)
         for cell in ticket_cells(grid)
-        if cell.seed == grid.seeds[0] and cell.method not in CONTROLS
+        # The controls' ticket is OMP's: the same weights kept, on other weights.
+        if cell.seed == grid.seeds[0] and not method_of(cell.method).allows_fingerprint_mismatch
     )
     return list(dict.fromkeys(p for p in paths if p is not None and p.exists()))
 

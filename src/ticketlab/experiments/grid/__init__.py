@@ -33,14 +33,16 @@ the masked-LM objective (text and training from ``mlm_text``, ``mlm_eval_text``,
 its task-agnostic ticket is fine-tuned on every task (``imp@mlm``).
 """
 
+from ticketlab.experiments.grid.layout import Cell, GridStep
+from ticketlab.experiments.grid.methods import GridMethod, method_of, register
 from ticketlab.experiments.grid.plan import (
     finetune_spec_for,
     imp_level_for,
     imp_spec_for,
     plan_cells,
+    plan_steps,
     pretrain_loss_path,
     result_cells,
-    structured_masks_dir,
     tamt_spec_for,
     ticket_cells,
     ticket_files,
@@ -53,39 +55,29 @@ from ticketlab.experiments.grid.records import (
     main_metric_of,
 )
 from ticketlab.experiments.grid.run import GridRunner, open_grid
-from ticketlab.experiments.grid.spec import (
-    ALLWIN_METHODS,
-    CONTROLS,
-    GRID_METHODS,
-    NO_PRETRAIN_LOSS,
-    STRUCTURED_METHODS,
-    SUPER_METHODS,
-    Cell,
-    GridSpec,
-)
+from ticketlab.experiments.grid.spec import GridSpec, grid_method_names
 
 __all__ = [
-    "ALLWIN_METHODS",
-    "CONTROLS",
-    "GRID_METHODS",
-    "NO_PRETRAIN_LOSS",
-    "STRUCTURED_METHODS",
-    "SUPER_METHODS",
     "UNDEFINED_AS_ZERO",
     "Cell",
+    "GridMethod",
     "GridRunner",
     "GridSpec",
+    "GridStep",
     "collect_pretrain_losses",
     "collect_records",
     "finetune_spec_for",
+    "grid_method_names",
     "imp_level_for",
     "imp_spec_for",
     "main_metric_of",
+    "method_of",
     "open_grid",
     "plan_cells",
+    "plan_steps",
     "pretrain_loss_path",
+    "register",
     "result_cells",
-    "structured_masks_dir",
     "tamt_spec_for",
     "ticket_cells",
     "ticket_files",

@@ -10,16 +10,10 @@ from typing import Any
 from ticketlab.analysis.aggregate import ResultRecord, replicate_key
 from ticketlab.analysis.pretrain_correlation import TicketLoss
 from ticketlab.errors import TicketlabError
-from ticketlab.experiments.grid.plan import (
-    pretrain_loss_path,
-    result_cells,
-    ticket_cells,
-    ticket_path,
-)
-from ticketlab.experiments.grid.spec import (
-    NO_PRETRAIN_LOSS,
-    GridSpec,
-)
+from ticketlab.experiments.grid.layout import pretrain_loss_path
+from ticketlab.experiments.grid.methods import method_of
+from ticketlab.experiments.grid.plan import result_cells, ticket_cells, ticket_path
+from ticketlab.experiments.grid.spec import GridSpec
 from ticketlab.io import read_json
 
 log = logging.getLogger(__name__)
@@ -66,10 +60,7 @@ def collect_records(
     """Every finished result of the grid as records (cells and all of IMP's levels)."""
     records = []
     for cell in result_cells(spec):
-        if cell.method == "imp":  # IMP's levels are the cells, fine-tuned inside the IMP run
-            path = ticket_path(spec, root, cell).parent / "results.json"
-        else:
-            path = root / "cells" / cell.task / cell.name / "results.json"
+        path = method_of(cell.method).results_file(spec, root, cell)
         if path.exists():
             records.append(
                 record_of(path, cell.task, cell.method, cell.sparsity, cell.seed, main_metric, root)
@@ -81,7 +72,7 @@ def collect_pretrain_losses(spec: GridSpec, root: Path) -> list[TicketLoss]:
     """The measured pre-training losses of the mask of every result (controls excluded)."""
     losses = []
     for cell in ticket_cells(spec):
-        if cell.method in NO_PRETRAIN_LOSS:
+        if not method_of(cell.method).has_pretrain_loss:
             continue
         path = pretrain_loss_path(ticket_path(spec, root, cell))
         if path.exists():

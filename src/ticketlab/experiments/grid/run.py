@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
@@ -13,25 +12,11 @@ from torch import nn
 
 from ticketlab.analysis.aggregate import FULL_MODEL
 from ticketlab.errors import TicketlabError
-from ticketlab.experiments.grid.plan import (
-    GridStep,
-    finetune_spec_for,
-    imp_spec_for,
-    plan_steps,
-    pretrain_loss_path,
-    structured_masks_dir,
-    tamt_spec_for,
-    ticket_path,
-)
+from ticketlab.experiments.grid.layout import Cell, cell_key, finetune_spec_for, pretrain_loss_path
+from ticketlab.experiments.grid.methods import active_methods, method_of
+from ticketlab.experiments.grid.plan import GridStep, plan_steps, ticket_path
 from ticketlab.experiments.grid.records import collect_records, main_metric_of
-from ticketlab.experiments.grid.spec import (
-    CONTROLS,
-    STRUCTURED_METHODS,
-    SUPER_METHODS,
-    Cell,
-    GridSpec,
-)
-from ticketlab.experiments.imp import level_name
+from ticketlab.experiments.grid.spec import GridSpec
 from ticketlab.experiments.steps import DONE, StepStore
 from ticketlab.experiments.store import RunDirectory
 from ticketlab.io import read_json, write_json
@@ -62,223 +47,25 @@ class GridRunner:
         self.echo = echo
         # What this runner computed, by kind of step (the rest of the plan was finished already).
         self.computed: Counter[str] = Counter()
-        self._imp_runs_checked: set[Path] = set()
-        # How each kind of step of the plan (``plan_steps``) is made.
-        self._makers: dict[str, Callable[[Cell], Any]] = {
-            "omp": lambda cell: self.omp_ticket(cell.sparsity),
-            "random": lambda cell: self.random_ticket(cell.sparsity, cell.seed),
-            "tamt": lambda cell: self.tamt_ticket(cell.sparsity),
-            "imp": lambda cell: self.imp_run(cell.task, cell.seed),
-            "super": self.structured_masks,
-            "allwin": self.structured_masks,
+        # IMP runs verified by this runner (a run is asked for by every cell of its levels).
+        self.checked_imp_runs: set[Path] = set()
+        # The grid's own kinds of step; every other kind is made by the method named in its cell.
+        self._own_steps: dict[str, Callable[[Cell], Any]] = {
             "cell": self.run_cell,
             "pretrain_loss": self.pretrain_loss,
         }
 
     # -- tickets ----------------------------------------------------------------------------------
-    def _pretrained(self) -> nn.Module:
+    def pretrained(self) -> nn.Module:
+        """The grid's pre-trained encoder (loaded afresh: pruning may not change it, but callers
+        should not have to know)."""
         from ticketlab.models import load_encoder
 
         return load_encoder(self.spec.model)
 
-    def _path(self, method: str, sparsity: float, seed: int = 0, task: str = "") -> Path:
-        path = ticket_path(self.spec, self.root, Cell(task, method, sparsity, seed))
-        assert path is not None
-        return path
-
-    def omp_ticket(self, sparsity: float) -> Path:
-        from ticketlab.masks import save_mask
-        from ticketlab.pruning import prune
-
-        path = self._path("omp", sparsity)
-
-        def make(file: Path) -> None:
-            mask = prune(
-                self._pretrained(),
-                "omp",
-                sparsity,
-                scope=self.spec.scope,
-                scheme=self.spec.scheme,
-                source_model=self.spec.model,
-            )
-            save_mask(mask, file)
-            self.computed["omp"] += 1
-
-        StepStore(path.parent).run_file(path.name, make)
-        return path
-
-    def random_ticket(self, sparsity: float, seed: int) -> Path:
-        from ticketlab.masks import load_mask, save_mask
-        from ticketlab.pruning import prune
-
-        path = self._path("random", sparsity, seed)
-
-        def make(file: Path) -> None:
-            params: dict[str, Any] = {}
-            if self.spec.random_variant == "matched":
-                params["reference"] = load_mask(self.omp_ticket(sparsity))
-            mask = prune(
-                self._pretrained(),
-                "random",
-                sparsity,
-                scope=self.spec.scope,
-                scheme=self.spec.scheme,
-                seed=seed,
-                source_model=self.spec.model,
-                **params,
-            )
-            save_mask(mask, file)
-            self.computed["random"] += 1
-
-        StepStore(path.parent).run_file(path.name, make)
-        return path
-
-    def tamt_ticket(self, sparsity: float) -> Path:
-        """The TAMT mask at ``sparsity``, trained once for every task (resumes from its checkpoint)."""
-        from ticketlab.experiments.tamt import run_tamt
-
-        path = self._path("tamt", sparsity)
-        # TAMT keeps its own books in its folder (a checkpoint to resume from): held, not published.
-        with StepStore(path.parent.parent).hold(
-            path.parent.name, (path.parent / "results.json").exists
-        ) as todo:
-            if todo:
-                spec = tamt_spec_for(self.spec, sparsity)
-                self.echo(f"TAMT-{spec.objective} at {sparsity:.0%}: {spec.steps} steps")
-                run_tamt(spec, path.parent, progress=not self.quiet)
-                self.computed["tamt"] += 1
-        return path
-
-    def imp_run(self, task: str, seed: int) -> Path:
-        from ticketlab.experiments.imp_dispatch import run_imp_on_task
-
-        out = self.root / "imp" / task / f"seed{seed}"
-        if out in self._imp_runs_checked:
-            return out
-        spec = imp_spec_for(self.spec, task, seed)
-        levels = [level_name(i) for i in range(len(spec.levels) + 1)]
-        done_before = sum((out / name / "DONE").is_file() for name in levels)
-        if done_before < len(levels):
-            self.echo(f"IMP on {task}, seed {seed}: levels {', '.join(f'{lv:.0%}' for lv in spec.levels)}")
-        # Always through IMP itself: it verifies its levels, and grows a run whose levels were added.
-        run_imp_on_task(spec, out, cache_dir=self.cache_dir, quiet=self.quiet, echo=self.echo)
-        self.computed["imp level"] += sum((out / name / "DONE").is_file() for name in levels) - done_before
-        self._imp_runs_checked.add(out)
-        return out
-
-    def imp_ticket(self, task: str, sparsity: float, seed: int) -> Path:
-        self.imp_run(task, seed)
-        return self._path("imp", sparsity, seed, task)
-
-    def structured_masks(self, cell: Cell) -> Path:
-        """The masks of a structured method for the cell's task and seed: made once per task and
-        seed from the fine-tuned model of the full cell (run first if needed)."""
-        from ticketlab.experiments.finetune import MODEL_DIR
-
-        masks = structured_masks_dir(self.root, cell.method, cell.task, cell.seed)
-        if not masks.is_dir():  # written atomically: it exists only when finished
-            full = Cell(cell.task, FULL_MODEL, 0.0, cell.seed)
-            self.run_cell(full)
-            if not (self.root / "cells" / cell.task / full.name / MODEL_DIR).is_dir():
-                # The grid grew by a structured method: its full cell ran without keeping weights.
-                self.echo(f"fine-tune {cell.task}: full, seed {cell.seed}, again, to keep its weights")
-                StepStore(self.root / "cells" / cell.task).redo(full.name)
-                self.run_cell(full)
-            make = self._super_masks if cell.method in SUPER_METHODS else self._allwin_masks
-            make(cell.task, cell.seed, self.root / "cells" / cell.task / full.name / MODEL_DIR, masks)
-        return masks
-
-    def structured_ticket(self, cell: Cell) -> Path:
-        """The mask of a super-* or allwin-* cell (its method's masks made first if needed)."""
-        masks = self.structured_masks(cell)
-        path = ticket_path(self.spec, self.root, cell)
-        assert path is not None
-        if not path.exists():
-            step = masks.parent.relative_to(self.root)
-            raise TicketlabError(
-                f"the structured masks in {step} were made for other levels than {cell.method} at "
-                f"{cell.sparsity:.2f} (the grid grew); redo them with --redo {step}"
-            )
-        return path
-
-    def _super_masks(self, task: str, seed: int, model_dir: Path, masks: Path) -> None:
-        """Super tickets: one-shot nested masks from the importance of ``model_dir`` on train."""
-        from ticketlab.experiments.super_tickets import importance_options_for, write_super_masks
-
-        self.echo(f"importance on {task}, seed {seed}: super tickets at {self.spec.super_head_fractions()}")
-
-        def make(tmp: Path) -> None:
-            write_super_masks(
-                model_dir,
-                task,
-                tmp,
-                options=importance_options_for(self.spec.super_variant, self.spec.recipe_for(task)),
-                # Every kind, whichever the grid asks for now: a grid that grows by a kind needs no
-                # second scoring of the same model.
-                kinds=list(SUPER_METHODS.values()),
-                levels=self.spec.super_head_fractions(),
-                ffn_ratio=self.spec.super_ffn_ratio,
-                seed=seed,
-                source_model=self.spec.model,
-                tokenizer_source=self.spec.model,
-                data_dir=self.spec.data_dir,
-                max_length=self.spec.recipe_for(task).get("max_length"),
-                cache_dir=self.cache_dir,
-                quiet=self.quiet,
-            )
-            self.computed["super masks"] += 1
-
-        StepStore(masks.parent.parent).run(
-            masks.parent.name, make, adopt=lambda folder: (folder / masks.name).is_dir()
-        )
-
-    def _allwin_masks(self, task: str, seed: int, model_dir: Path, masks: Path) -> None:
-        """All tickets winning at the grid's sizes: iterative importance pruning of ``model_dir``
-        (its steps resumable beside ``masks``), then good, random and bad masks at every level."""
-        from transformers.utils import SAFE_WEIGHTS_NAME
-
-        from ticketlab.experiments.importance import load_task_model
-        from ticketlab.experiments.task_probe import TaskProbe
-        from ticketlab.experiments.winning_tickets import level_subnetworks
-        from ticketlab.training.tasks import get_task
-
-        levels = self.spec.allwin_head_fractions()
-        self.echo(f"iterative importance pruning on {task}, seed {seed}: all-winning subnetworks at {levels}")
-        masks.parent.mkdir(parents=True, exist_ok=True)
-        probe = TaskProbe(
-            finetune_spec_for(self.spec, task, seed),
-            lambda: load_task_model(str(model_dir), get_task(task)),
-            model_dir / SAFE_WEIGHTS_NAME,
-            importance=self.spec.allwin_variant,
-            cache_dir=self.cache_dir,
-            quiet=self.quiet,
-        )
-        level_subnetworks(
-            RunDirectory(masks.parent, self.spec),
-            probe,
-            levels,
-            masks,
-            ffn_ratio=self.spec.allwin_ffn_ratio,
-            seed=seed,
-            source_model=self.spec.model,
-            echo=(lambda _: None) if self.quiet else self.echo,
-        )
-
     def ticket(self, cell: Cell) -> Path | None:
         """The mask file of a cell's ticket, made (or trained) first if it does not exist yet."""
-        if cell.method in ("omp", *CONTROLS):
-            return self.omp_ticket(cell.sparsity)
-        if cell.method == "random":
-            return self.random_ticket(cell.sparsity, cell.seed)
-        if cell.method == "tamt":
-            return self.tamt_ticket(cell.sparsity)
-        if cell.method == "imp":
-            return self.imp_ticket(cell.task, cell.sparsity, cell.seed)
-        if cell.method.startswith("imp@"):
-            return self.imp_ticket(cell.method.split("@", 1)[1], cell.sparsity, cell.seed)
-        if cell.method in STRUCTURED_METHODS:
-            return self.structured_ticket(cell)
-        return None
+        return method_of(cell.method).ticket_of(self, cell)
 
     def pretrain_loss(self, cell: Cell) -> dict[str, Any]:
         """MLM and KD loss of a cell's ticket (measured once, stored beside its mask)."""
@@ -318,16 +105,16 @@ class GridRunner:
     # -- cells ------------------------------------------------------------------------------------
     def cell_spec(self, cell: Cell) -> Any:
         """The fine-tuning spec of a cell (its ticket's path named, not made)."""
-        control = cell.method in CONTROLS
         mask_path = ticket_path(self.spec, self.root, cell)
+        keeps_weights = any(m.needs_full_model_weights for m in active_methods(self.spec))
         return finetune_spec_for(
             self.spec,
             cell.task,
             cell.seed,
             mask=str(mask_path) if mask_path else None,
-            allow_fingerprint_mismatch=control,
-            # The structured methods score the full model's fine-tuned weights.
-            save_model=cell.method == FULL_MODEL and any(m in STRUCTURED_METHODS for m in self.spec.methods),
+            allow_fingerprint_mismatch=method_of(cell.method).allows_fingerprint_mismatch,
+            # Methods that score the full model's fine-tuned weights need them kept.
+            save_model=cell.method == FULL_MODEL and keeps_weights,
         )
 
     def run_cell(self, cell: Cell) -> dict[str, Any]:
@@ -335,7 +122,7 @@ class GridRunner:
         from ticketlab.experiments.finetune import RESULTS_FILE
 
         spec = self.cell_spec(cell)
-        cells = StepStore(self.root / "cells" / cell.task)
+        cells = StepStore((self.root / cell_key(cell)).parent)
 
         def load(folder: Path) -> dict[str, Any]:
             self._check_cell(cell, folder, spec)
@@ -373,81 +160,49 @@ class GridRunner:
     def _fine_tune(self, cell: Cell, spec: Any, tmp: Path) -> dict[str, Any]:
         from ticketlab.experiments.finetune import run_finetune
         from ticketlab.masks import load_mask
-        from ticketlab.models.controls import permute_layers, reinitialize
-        from ticketlab.training.tasks import get_task
 
         self.computed["cell"] += 1
         mask_path = self.ticket(cell)
-        if cell.method == FULL_MODEL and (reused := self._reuse_imp_level_zero(cell, spec, tmp)):
-            return reused
-        model = mask = None
+        for method in active_methods(self.spec):
+            if (reused := method.reuse_result(self, cell, spec, tmp)) is not None:
+                return reused
         record: dict[str, Any] = {}
-        if cell.method in CONTROLS:
-            from accelerate.utils import set_seed
-
-            set_seed(cell.seed)
-            model = get_task(cell.task).build_model(self.spec.model)
-            if cell.method == "permuted":
-                order = permute_layers(model, seed=cell.seed)
-                record["control"] = {"kind": "permuted", "seed": cell.seed, "layer_order": order}
-            else:
-                reinitialize(model, seed=cell.seed)
-                record["control"] = {"kind": "random-init", "seed": cell.seed}
-            mask = load_mask(mask_path) if mask_path else None
+        model = method_of(cell.method).prepare_model(self, cell, record)
+        # A prepared model gets the mask here; otherwise the run loads the spec's mask itself.
+        mask = load_mask(mask_path) if model is not None and mask_path else None
         self.echo(f"fine-tune {cell.task}: {cell.method} at {cell.sparsity:.0%}, seed {cell.seed}")
         return run_finetune(
             spec, tmp, model=model, mask=mask, record=record, cache_dir=self.cache_dir, quiet=self.quiet
         )
 
-    def _reuse_imp_level_zero(self, cell: Cell, spec: Any, tmp: Path) -> dict[str, Any] | None:
-        """The full model's cell when the task's IMP run of the same seed already fine-tuned ``spec``
-        as its level 0 (the grid's IMP recipe is the cell recipe): its files, with ``reused_from`` in
-        results.json, written into ``tmp`` instead of the same fine-tuning run again; None when it
-        did not."""
-        from ticketlab.experiments.finetune import LOG_FILE, RESULTS_FILE, SPEC_FILE, same_finished_run
-
-        level = self.root / "imp" / cell.task / f"seed{cell.seed}" / level_name(0)
-        if not same_finished_run(level, spec):
-            return None
-        for path in [level / SPEC_FILE, level / LOG_FILE, *level.glob("*_predictions.tsv")]:
-            if path.exists():
-                shutil.copyfile(path, tmp / path.name)
-        results = read_json(level / RESULTS_FILE)
-        results["reused_from"] = str(level.relative_to(self.root))
-        write_json(tmp / RESULTS_FILE, results)
-        self.echo(
-            f"fine-tune {cell.task}: full at 0%, seed {cell.seed}: the same run as IMP's level 0, reused"
-        )
-        return results
-
     def run_step(self, step: GridStep) -> Any:
         """Make one step of the plan (its inputs are made first if they are not finished)."""
-        return self._makers[step.kind](step.cell)
+        if step.kind in self._own_steps:
+            return self._own_steps[step.kind](step.cell)
+        return method_of(step.cell.method).make(self, step)
 
     # -- the plan, step by step ---------------------------------------------------------------------
     def step_done(self, step: GridStep) -> bool:
         """Whether a step of the plan is finished (by anyone), without making anything."""
         path = self.root / step.key
-        if step.kind in ("omp", "random", "pretrain_loss"):
+        if step.kind == "pretrain_loss":
             return path.is_file()
-        if step.kind == "tamt":
-            return (path / "results.json").is_file()
-        if step.kind == "imp":
-            levels = len(imp_spec_for(self.spec, step.cell.task, step.cell.seed).levels) + 1
-            return all((path / level_name(i) / DONE).is_file() for i in range(levels))
-        if step.kind in ("super", "allwin"):
-            return structured_masks_dir(self.root, step.cell.method, step.cell.task, step.cell.seed).is_dir()
-        return (path / DONE).is_file() or (path / "results.json").is_file()  # a cell
+        if step.kind == "cell":
+            return (path / DONE).is_file() or (path / "results.json").is_file()
+        return method_of(step.cell.method).step_done(self, step)
 
     def step_busy(self, step: GridStep) -> bool:
         """Whether another live process holds the step (for an IMP run: one of its levels)."""
-        path = self.root / step.key
-        if step.kind == "imp":
-            store = StepStore(path)
-            names = [c.name[1:].removesuffix(".claim") for c in path.glob(".level_*.claim")]
+        if step.kind in self._own_steps:
+            path = self.root / step.key
+            claims = [(path.parent, path.name)]
         else:
-            store, names = StepStore(path.parent), [path.name]
-        return any((owner := store.owner_of(n)) is not None and not owner.is_stale() for n in names)
+            claims = method_of(step.cell.method).step_claims(self, step)
+        for folder, name in claims:
+            owner = StepStore(folder).owner_of(name)
+            if owner is not None and not owner.is_stale():
+                return True
+        return False
 
     def step_states(self) -> list[dict[str, Any]]:
         """Every step of the plan with its state: done, running (and by whom), ready (its inputs

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ticketlab.analysis.aggregate import FULL_MODEL
 from ticketlab.errors import TicketlabError
+from ticketlab.experiments.grid.layout import Cell
+from ticketlab.experiments.grid.methods import active_methods, method_of, registered
 from ticketlab.experiments.imp import MLM_TASK
 from ticketlab.experiments.pretrain_loss import PretrainLossSettings
 from ticketlab.experiments.tamt import TamtSettings, with_new_run_defaults
@@ -16,21 +17,12 @@ from ticketlab.pruning import validate_sparsity
 from ticketlab.pruning.structured import DEFAULT_FFN_RATIO
 from ticketlab.specs import check_seed, from_mapping, refuse_duplicates
 
-GRID_METHODS = ("full", "omp", "random", "imp", "tamt", "permuted", "random-init")
+__all__ = ["Cell", "GridSpec", "grid_method_names"]
 
-# Structured super tickets in the grid: method -> ticket kind.
-SUPER_METHODS = {"super-winning": "winning", "super-random": "random", "super-losing": "losing"}
-# All tickets winning in the grid: method -> subnetwork.
-ALLWIN_METHODS = {"allwin-good": "good", "allwin-random": "random", "allwin-bad": "bad"}
-GRID_METHODS += tuple(SUPER_METHODS) + tuple(ALLWIN_METHODS)
-# Structured tickets (heads and FFN layers) found on the full cell's fine-tuned model.
-STRUCTURED_METHODS = (*SUPER_METHODS, *ALLWIN_METHODS)
-# The controls' tickets are masks on other weights than the pre-trained ones.
-CONTROLS = ("permuted", "random-init")
-# No pre-training loss for these: the full model (no mask), the controls (their weights are not the
-# ones the loss compares with) and the structured tickets (heads and FFN layers, scored on a
-# fine-tuned model).
-NO_PRETRAIN_LOSS = (FULL_MODEL, *CONTROLS, *STRUCTURED_METHODS)
+
+def grid_method_names() -> tuple[str, ...]:
+    """The methods a grid's ``methods`` may name (the registry's, ``ticketlab.experiments.grid.methods``)."""
+    return tuple(m.name for m in registered() if m.named_in_methods)
 
 
 @dataclass
@@ -41,7 +33,7 @@ class GridSpec:
     tasks: list[str] = field(metadata={"help": "tasks to fine-tune on (GLUE names, squad)"})
     methods: list[str] = field(
         default_factory=lambda: ["full", "omp", "random", "imp"],
-        metadata={"help": f"ticket methods, from {', '.join(GRID_METHODS)}"},
+        metadata={"help": "ticket methods: the registered grid methods (docs/experiments.md lists them)"},
     )
     sparsities: list[float] = field(
         default_factory=lambda: [0.5, 0.7], metadata={"help": "ticket sparsities"}
@@ -100,6 +92,13 @@ class GridSpec:
             "help": "per-task recipe overrides on top of recipe, e.g. {cola: {max_train_samples: 2000}}"
         },
     )
+    method_settings: dict[str, dict[str, Any]] = field(
+        default_factory=dict,
+        metadata={
+            "help": "settings of registered methods that declare a settings type, by method name "
+            "(e.g. {my-method: {alpha: 0.5}}); each parsed by its method"
+        },
+    )
     tamt: TamtSettings | None = field(
         default=None,
         metadata={
@@ -156,37 +155,24 @@ class GridSpec:
             if task not in self.tasks:
                 raise TicketlabError(f"task_recipes names {task!r}, which is not one of the grid's tasks")
             check_recipe(overrides, f"task_recipes.{task}")
-        unknown = [m for m in self.methods if m not in GRID_METHODS]
+        known = grid_method_names()
+        unknown = [m for m in self.methods if m not in known]
         if unknown:
-            raise TicketlabError(
-                f"unknown grid method {unknown[0]!r} (choose from {', '.join(GRID_METHODS)})"
-            )
+            raise TicketlabError(f"unknown grid method {unknown[0]!r} (choose from {', '.join(known)})")
         if MLM_TASK in self.tasks:
             raise TicketlabError("mlm is not a fine-tuning task: name it in transfer_from to use its tickets")
         for sparsity in self.sparsities:
             validate_sparsity(sparsity)
-        if self.random_variant not in ("matched", "global"):
-            raise TicketlabError(f"random_variant must be matched or global, not {self.random_variant!r}")
-        missing = [t for t in self.transfer_from if t not in self.tasks and t != MLM_TASK]
-        if missing:
-            raise TicketlabError(f"transfer source {missing[0]!r} is not one of the grid's tasks (nor mlm)")
-        if MLM_TASK in self.transfer_from:
-            from ticketlab.experiments.imp_mlm import check_mlm_recipe
-
-            check_mlm_recipe(self.mlm_recipe)
-        elif self.mlm_text or self.mlm_eval_text or self.mlm_recipe:
+        uses_mlm_settings = bool(self.mlm_text or self.mlm_eval_text or self.mlm_recipe)
+        if uses_mlm_settings and MLM_TASK not in self.transfer_from:
             raise TicketlabError("mlm_text, mlm_eval_text and mlm_recipe need 'mlm' in transfer_from")
-        levels = self.levels()
-        uses_imp = "imp" in self.methods or bool(self.transfer_from)
-        off = [s for s in self.sparsities if uses_imp and not any(abs(s - lv) < 1e-9 for lv in levels)]
-        if off:
-            raise TicketlabError(f"sparsity {off[0]} is not one of the IMP levels {levels}")
-        self._validate_structured()
-        if "tamt" in self.methods and self.tamt is None:
-            raise TicketlabError(
-                "method tamt needs a tamt section saying what to train on, e.g. "
-                "tamt: {text: FILE, steps: N} (objective kd by default)"
-            )
+        active = active_methods(self)
+        stray = [name for name in self.method_settings if name not in {m.name for m in active}]
+        if stray:
+            raise TicketlabError(f"method_settings names {stray[0]!r}, which is not one of the grid's methods")
+        for method in active:
+            method.settings(self)  # parsed (and refused) before anything runs
+            method.validate(self)
         if self.tamt is not None:
             self.tamt.validate()
             _check_file(self.tamt.text, "tamt.text")
@@ -199,52 +185,9 @@ class GridSpec:
         """The fine-tuning recipe of ``task``: ``recipe`` updated with its ``task_recipes`` entry."""
         return {**self.recipe, **self.task_recipes.get(task, {})}
 
-    def _validate_structured(self) -> None:
-        from ticketlab.experiments.super_tickets import SuperTicketSpec
-        from ticketlab.experiments.winning_tickets import WinningSpec
-        from ticketlab.pruning.structured import check_head_fractions
-
-        for family, methods in (("super-*", SUPER_METHODS), ("allwin-*", ALLWIN_METHODS)):
-            if any(m in methods for m in self.methods) and FULL_MODEL not in self.methods:
-                raise TicketlabError(
-                    f"{family} methods need the full method: they score its fine-tuned model"
-                )
-        kinds = [SUPER_METHODS[m] for m in self.methods if m in SUPER_METHODS]
-        if kinds:
-            SuperTicketSpec(
-                self.model,
-                self.tasks[0],
-                levels=self.super_head_fractions(),
-                kinds=kinds,
-                variant=self.super_variant,
-                ffn_ratio=self.super_ffn_ratio,
-                recipe=self.recipe,
-            ).validate()
-        if any(m in ALLWIN_METHODS for m in self.methods):
-            check_head_fractions(
-                self.allwin_head_fractions(),
-                self.allwin_ffn_ratio,
-                levels_name="allwin_levels",
-                ratio_name="allwin_ffn_ratio",
-            )
-            for task in self.tasks:  # GLUE tasks only, a known importance variant
-                WinningSpec(
-                    self.model, task, importance=self.allwin_variant, recipe=self.recipe_for(task)
-                ).validate()
-
-    def super_head_fractions(self) -> list[float]:
-        return list(self.super_levels) if self.super_levels else list(self.sparsities)
-
-    def allwin_head_fractions(self) -> list[float]:
-        return list(self.allwin_levels) if self.allwin_levels else list(self.sparsities)
-
     def levels_of(self, method: str) -> list[float]:
         """The column values of a method's cells: fractions of heads for structured methods."""
-        if method in SUPER_METHODS:
-            return self.super_head_fractions()
-        if method in ALLWIN_METHODS:
-            return self.allwin_head_fractions()
-        return list(self.sparsities)
+        return method_of(method).levels(self)
 
     def levels(self) -> list[float]:
         if self.imp_levels:
@@ -285,17 +228,3 @@ def _check_file(path: str | None, setting: str) -> None:
     """Fail before hours of fine-tuning, not after, when a text file is missing."""
     if path is not None and not Path(path).is_file():
         raise TicketlabError(f"{setting}: {path} is not a file")
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One fine-tuning run of the grid."""
-
-    task: str
-    method: str
-    sparsity: float
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.method}-{self.sparsity:.2f}-seed{self.seed}"
