@@ -169,7 +169,9 @@ class GridSpec:
         active = active_methods(self)
         stray = [name for name in self.method_settings if name not in {m.name for m in active}]
         if stray:
-            raise TicketlabError(f"method_settings names {stray[0]!r}, which is not one of the grid's methods")
+            raise TicketlabError(
+                f"method_settings names {stray[0]!r}, which is not one of the grid's methods"
+            )
         for method in active:
             method.settings(self)  # parsed (and refused) before anything runs
             method.validate(self)

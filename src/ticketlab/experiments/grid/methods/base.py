@@ -72,7 +72,9 @@ class GridMethod:
         given = spec.method_settings.get(self.name)
         if self.settings_type is None:
             if given:
-                raise TicketlabError(f"method_settings.{self.name}: grid method {self.name!r} takes no settings")
+                raise TicketlabError(
+                    f"method_settings.{self.name}: grid method {self.name!r} takes no settings"
+                )
             return None
         from ticketlab.specs import from_mapping
 
