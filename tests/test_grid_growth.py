@@ -19,7 +19,11 @@ def run(spec_path, out, **changes):
 
 def stamps(root):
     """Modification times of every file inside a step (the run summaries are rewritten by design)."""
-    summaries = {root / "results.json", *root.glob("imp/*/*/results.json")}
+    summaries = {
+        root / "results.json",
+        *root.glob("imp/*/*/results.json"),
+        *root.glob("steps/imp/*/results.json"),
+    }
     return {
         str(p.relative_to(root)): p.stat().st_mtime_ns
         for p in root.rglob("*")
@@ -70,16 +74,21 @@ def test_imp_levels_added_on_top_grow_the_imp_run(tmp_path):
     assert (out / "imp" / "mrpc" / "seed0" / "level_02" / "mask.safetensors").is_file()
 
 
-def test_a_changed_recipe_is_refused_and_a_cell_recipe_change_names_the_cell(tmp_path):
+def test_a_changed_recipe_is_refused_and_a_cell_recipe_change_makes_a_new_cell(tmp_path):
     spec_path = tiny_grid_spec(tmp_path, ["full"], sparsities=[0.5])
     out = tmp_path / "grid"
     run(spec_path, out)
+    first = (out / "cells/mrpc/full-0.00-seed0").resolve()
     recipe = json.loads(spec_path.read_text())["recipe"]
     with pytest.raises(TicketlabError, match="fields that differ: recipe"):
         run(spec_path, out, recipe={**recipe, "lr": 5e-4})
-    # task_recipes may grow (a new task needs its own), but a finished cell is checked against it.
-    with pytest.raises(TicketlabError, match=r"cell cells/mrpc/full-0.00-seed0 .*differs in: lr.*--redo"):
-        run(spec_path, out, task_recipes={"mrpc": {"lr": 5e-4}})
+    # task_recipes may grow (a new task needs its own): a cell whose recipe it changes is another
+    # step (named by its spec), made anew; the first stays in the store for whoever links it.
+    _, changed = run(spec_path, out, task_recipes={"mrpc": {"lr": 5e-4}})
+    assert changed["steps"]["computed"] == 1
+    second = (out / "cells/mrpc/full-0.00-seed0").resolve()
+    assert second != first and first.is_dir() and (second / "results.json").is_file()
+    assert json.loads((second / "spec.json").read_text())["lr"] == 5e-4
 
 
 def test_the_step_graph_names_each_steps_inputs():
@@ -119,9 +128,11 @@ def test_status_lists_each_step_and_what_it_waits_for(tmp_path, capsys):
         "claimed_at": 0.0,
         "lease_until": 1e12,
     }
-    (out / "tickets").mkdir()
-    (out / "tickets" / ".omp-0.50.safetensors.claim").write_text(json.dumps(claim))
+    # Another process holds OMP's ticket: its claim is in the store the place links into.
+    place = out / "tickets" / "omp-0.50.safetensors"
+    entry = place.parent / os.readlink(place)
+    (entry.parent / f".{entry.name}.claim").write_text(json.dumps(claim))
     assert main(["grid", str(spec_path), "--out", str(out), "--status"]) == 0
     text = capsys.readouterr().out
     assert "running" in text and "1 running, 1 ready, 3 waiting" in text
-    assert not (out / "tickets" / "omp-0.50.safetensors").exists()  # --status runs nothing
+    assert not entry.exists()  # --status runs nothing

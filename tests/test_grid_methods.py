@@ -10,7 +10,7 @@ import pytest
 from tests.glue_fixtures import tiny_grid_spec
 from ticketlab.errors import TicketlabError
 from ticketlab.experiments.grid import GridRunner, GridSpec, grid_method_names, method_of
-from ticketlab.experiments.grid.layout import Cell, GridStep
+from ticketlab.experiments.grid.layout import Cell
 from ticketlab.experiments.grid.methods import GridMethod, base, registered
 from ticketlab.experiments.grid.plan import plan_steps
 from ticketlab.experiments.steps import StepStore
@@ -35,8 +35,7 @@ class PerMatrixOmp(GridMethod):
         return root / "tickets" / f"{self.name}-{cell.sparsity:.2f}.safetensors"
 
     def ticket_step(self, spec, cell):
-        shared = Cell("", self.name, cell.sparsity, 0)
-        return GridStep(self.name, str(self.ticket_path(spec, Path("."), shared)), cell=shared)
+        return self.file_step(spec, Cell("", self.name, cell.sparsity, 0))  # one for every task and seed
 
     def make(self, runner, step):
         from ticketlab.masks import save_mask

@@ -80,6 +80,9 @@ def test_grid_runs_super_tickets_beside_omp(tmp_path, capsys):
     assert methods["super-winning"]["sparsity"] == 0.5 and methods["super-winning"]["matching"] is not None
     cell = json.loads((out / "cells" / "mrpc" / "super-winning-0.50-seed0" / "results.json").read_text())
     assert cell["heads_pruned"] == 4 and cell["mask_kind"] == "structured" and cell["pruned_nonzero"] == 0
+    # Its column is the fraction of heads; the plot places it at the weights it pruned.
+    assert methods["super-winning"]["weight_sparsity"] == cell["sparsity"] != 0.5
+    assert methods["omp"]["weight_sparsity"] == pytest.approx(0.5, abs=1e-3)
     mask = load_mask(out / "tickets" / "super" / "mrpc" / "seed0" / "masks" / "winning-0.50.safetensors")
     assert int((~mask.heads).sum()) == 4 and int((~mask.ffn).sum()) == 1
     assert (out / "cells" / "mrpc" / "full-0.00-seed0" / "model" / "model.safetensors").exists()

@@ -78,6 +78,10 @@ class ResultRecord:
     scope: str | None = None  # the ticket's scope and scheme (None for the full model)
     scheme: str | None = None
     recipe: str = ""  # replicate_key of its fine-tuning spec
+    # The fraction of the scope's weights its mask pruned, as the run recorded it: the sparsity
+    # itself for unstructured tickets; for structured ones (whose level is a fraction of heads),
+    # what their heads and FFN layers hold.
+    weight_sparsity: float | None = None
 
 
 @dataclass
@@ -94,6 +98,13 @@ class Cell:
     scheme: str | None = None
     recipe: str = ""
     seeds: list[int] = field(default_factory=list)
+    weight_sparsities: list[float | None] = field(default_factory=list)
+
+    @property
+    def weight_sparsity(self) -> float | None:
+        """The mean fraction of weights pruned over its seeds (None when a run did not record it)."""
+        known = [w for w in self.weight_sparsities if w is not None]
+        return float(np.mean(known)) if known and len(known) == len(self.weight_sparsities) else None
 
     @property
     def mean(self) -> float:
@@ -115,6 +126,7 @@ class Cell:
             "scope": self.scope,
             "scheme": self.scheme,
             "recipe": self.recipe,
+            "weight_sparsity": self.weight_sparsity,
         }
 
     @property
@@ -167,6 +179,7 @@ def aggregate(records: Iterable[ResultRecord]) -> list[Cell]:
         )
         cell.values.append(record.value)
         cell.seeds.append(record.seed)
+        cell.weight_sparsities.append(record.weight_sparsity)
     full = {(c.task, c.metric, c.recipe): c for c in cells.values() if c.method == FULL_MODEL}
     for cell in cells.values():
         reference = full.get((cell.task, cell.metric, cell.recipe))

@@ -24,7 +24,9 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def plot_score_vs_sparsity(cells: Sequence[Cell], task: str, path: str | Path, scale: float = 100.0) -> Path:
-    """One line per method with error bars (std over seeds) and the full model's mean ± std as a band."""
+    """One line per method with error bars (std over seeds) and the full model's mean ± std as a band,
+    against the weights each ticket pruned: a structured ticket's level is a fraction of heads, so it
+    is placed at the fraction of weights its runs recorded (unstructured ones sit at their sparsity)."""
     task_cells = [c for c in cells if c.task == task]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     full = next((c for c in task_cells if c.method == FULL_MODEL), None)
@@ -39,7 +41,7 @@ def plot_score_vs_sparsity(cells: Sequence[Cell], task: str, path: str | Path, s
     for method in sorted({c.method for c in task_cells if c.method != FULL_MODEL}):
         row = sorted((c for c in task_cells if c.method == method), key=lambda c: c.sparsity)
         ax.errorbar(
-            [100 * c.sparsity for c in row],
+            [100 * (c.weight_sparsity if c.weight_sparsity is not None else c.sparsity) for c in row],
             [c.mean * scale for c in row],
             yerr=[c.std * scale for c in row],
             marker="o",
@@ -47,7 +49,7 @@ def plot_score_vs_sparsity(cells: Sequence[Cell], task: str, path: str | Path, s
             label=method,
         )
     metric = task_cells[0].metric if task_cells else ""
-    ax.set_xlabel("sparsity (% of weights in scope pruned)")
+    ax.set_xlabel("weights pruned (% of the ticket's scope, as its runs recorded)")
     ax.set_ylabel(f"dev {metric} (x{scale:g})")
     ax.set_title(f"{task}: tickets by method")
     ax.grid(alpha=0.3)

@@ -39,6 +39,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workers", type=int, default=2, help="local executor: worker processes (default: 2)")
     p.add_argument(
+        "--store",
+        metavar="DIR",
+        help="keep the grid's steps in this store, named by the hash of what determines them, and "
+        "share them with every grid that uses it (default: OUT/steps; fixed when the grid is made)",
+    )
+    p.add_argument(
         "--status",
         action="store_true",
         help="run nothing: list every step of the grid with its state (done, running, ready, waiting)",
@@ -87,7 +93,9 @@ def run_grid_command(args: argparse.Namespace) -> int:
 
     spec = GridSpec.from_file(args.spec)
     echo = (lambda _: None) if args.quiet or args.json else print
-    runner = GridRunner(spec, args.out, cache_dir=args.cache_dir, quiet=args.quiet, echo=echo)
+    runner = GridRunner(
+        spec, args.out, cache_dir=args.cache_dir, quiet=args.quiet, echo=echo, store=args.store
+    )
     if args.status:
         return _print_status(runner.step_states(), args.json)
     apply_redo(args.out, args.redo, echo)

@@ -151,6 +151,7 @@ def _follows_links(method: Callable[..., T]) -> Callable[..., T]:
         if place.is_symlink():
             target = self.root / os.readlink(place)  # relative links are relative to their folder
             store = StepStore(target.parent, lease_seconds=self.lease_seconds, poll_seconds=self.poll_seconds)
+            store.link_places[target.name] = place  # what messages name: the place the user knows
             return method(store, target.name, *args, **kwargs)
         return method(self, name, *args, **kwargs)
 
@@ -173,6 +174,8 @@ class StepStore:
             os.environ.get("TICKETLAB_STEP_LEASE", DEFAULT_LEASE_SECONDS)
         )
         self.poll_seconds = poll_seconds or float(os.environ.get("TICKETLAB_STEP_POLL", DEFAULT_POLL_SECONDS))
+        # Steps of this store reached through a link (a grid's place): name -> the place.
+        self.link_places: dict[str, Path] = {}
 
     # -- where things are ----------------------------------------------------------------------
     def path(self, name: str) -> Path:
@@ -242,6 +245,12 @@ class StepStore:
             elif rel not in files and (folder / rel).stat().st_size == 0:
                 problem = f"{rel} is empty"
         if problem:
+            place = self.link_places.get(name)
+            if place is not None:
+                raise TicketlabError(
+                    f"step {place} (stored in {folder}) is damaged: {problem}; redo it with --redo and "
+                    f"its place in the grid's folder, or delete {folder}"
+                )
             raise TicketlabError(
                 f"step {name} in {self.root} is damaged: {problem}; redo it with --redo {name} "
                 f"(or delete {folder})"

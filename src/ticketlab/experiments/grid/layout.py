@@ -61,6 +61,16 @@ def pretrain_loss_path(mask_path: Path) -> Path:
     return mask_path.with_name(mask_path.name.removesuffix(".safetensors") + ".pretrain_loss.json")
 
 
+PRETRAIN_LOSS_DIR = "pretrain_loss"
+
+
+def pretrain_loss_place(root: Path, key: str, in_store: bool) -> Path:
+    """Where the file of the pre-training-loss step ``key`` is: beside its mask in a grid that
+    keeps its steps in place; in the grid's ``pretrain_loss/`` folder (``/`` written ``--``) in one
+    with a store, since the mask may sit inside a step that grids with other settings share."""
+    return root / PRETRAIN_LOSS_DIR / key.replace("/", "--") if in_store else root / key
+
+
 def finetune_spec_for(spec: Any, task: str, seed: int, **extra: Any):
     """The grid's fine-tuning run of ``task`` with ``seed`` (``extra``: mask, save_model, ...)."""
     from ticketlab.experiments.finetune import FinetuneSpec

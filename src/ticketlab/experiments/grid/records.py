@@ -10,10 +10,11 @@ from typing import Any
 from ticketlab.analysis.aggregate import ResultRecord, replicate_key
 from ticketlab.analysis.pretrain_correlation import TicketLoss
 from ticketlab.errors import TicketlabError
-from ticketlab.experiments.grid.layout import pretrain_loss_path
+from ticketlab.experiments.grid.layout import pretrain_loss_path, pretrain_loss_place
 from ticketlab.experiments.grid.methods import method_of
 from ticketlab.experiments.grid.plan import result_cells, ticket_cells, ticket_path
 from ticketlab.experiments.grid.spec import GridSpec
+from ticketlab.experiments.grid.step_store import uses_store
 from ticketlab.io import read_json
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def record_of(
         scope=results.get("scope"),
         scheme=results.get("scheme"),
         recipe=replicate_key(spec),
+        weight_sparsity=results.get("sparsity"),
     )
 
 
@@ -71,10 +73,12 @@ def collect_records(
 def collect_pretrain_losses(spec: GridSpec, root: Path) -> list[TicketLoss]:
     """The measured pre-training losses of the mask of every result (controls excluded)."""
     losses = []
+    in_store = uses_store(root)
     for cell in ticket_cells(spec):
         if not method_of(cell.method).has_pretrain_loss:
             continue
-        path = pretrain_loss_path(ticket_path(spec, root, cell))
+        key = str(pretrain_loss_path(ticket_path(spec, Path("."), cell)))
+        path = pretrain_loss_place(root, key, in_store)
         if path.exists():
             measured = read_json(path)
             losses.append(

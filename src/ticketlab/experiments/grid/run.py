@@ -12,13 +12,21 @@ from torch import nn
 
 from ticketlab.analysis.aggregate import FULL_MODEL
 from ticketlab.errors import TicketlabError
-from ticketlab.experiments.grid.layout import Cell, cell_key, finetune_spec_for, pretrain_loss_path
+from ticketlab.experiments.grid.layout import (
+    Cell,
+    cell_key,
+    cell_step,
+    finetune_spec_for,
+    pretrain_loss_path,
+    pretrain_loss_place,
+)
 from ticketlab.experiments.grid.methods import active_methods, method_of
 from ticketlab.experiments.grid.plan import GridStep, plan_steps, ticket_path
 from ticketlab.experiments.grid.records import collect_records, main_metric_of
 from ticketlab.experiments.grid.spec import GridSpec
+from ticketlab.experiments.grid.step_store import GridStore, digest_of
 from ticketlab.experiments.steps import DONE, StepStore
-from ticketlab.experiments.store import RunDirectory
+from ticketlab.experiments.store import RunDirectory, non_default_fields
 from ticketlab.io import read_json, write_json
 
 
@@ -38,10 +46,15 @@ class GridRunner:
         cache_dir: str | None = None,
         quiet: bool = False,
         echo: Callable[[str], None] = print,
+        store: str | Path | None = None,
     ):
         self.spec = spec
         self.run = open_grid(spec, out)
         self.root = self.run.path
+        # Where the steps live (None: in place, a grid made before stores); see step_store.py.
+        self.store = GridStore.open(self.root, store)
+        self._plan: dict[str, GridStep] | None = None
+        self._digests: dict[str, str] = {}
         self.cache_dir = cache_dir
         self.quiet = quiet
         self.echo = echo
@@ -74,7 +87,7 @@ class GridRunner:
 
         mask_path = self.ticket(cell)
         assert mask_path is not None and self.spec.pretrain_loss is not None
-        out = pretrain_loss_path(mask_path)
+        out = self._pretrain_loss_file(cell)
 
         def measure(file: Path) -> dict[str, Any]:
             settings = asdict(self.spec.pretrain_loss)
@@ -95,6 +108,12 @@ class GridRunner:
             return results
 
         return StepStore(out.parent).run_file(out.name, measure, load=read_json)
+
+    def _pretrain_loss_key(self, cell: Cell) -> str:
+        return str(pretrain_loss_path(ticket_path(self.spec, Path("."), cell)))
+
+    def _pretrain_loss_file(self, cell: Cell) -> Path:
+        return pretrain_loss_place(self.root, self._pretrain_loss_key(cell), self.store is not None)
 
     def measure_pretrain_losses(self) -> None:
         """Only the pre-training-loss steps of the plan (their tickets made first where needed)."""
@@ -122,6 +141,7 @@ class GridRunner:
         from ticketlab.experiments.finetune import RESULTS_FILE
 
         spec = self.cell_spec(cell)
+        self.place(cell_step(cell))
         cells = StepStore((self.root / cell_key(cell)).parent)
 
         def load(folder: Path) -> dict[str, Any]:
@@ -177,6 +197,7 @@ class GridRunner:
 
     def run_step(self, step: GridStep) -> Any:
         """Make one step of the plan (its inputs are made first if they are not finished)."""
+        self.place(step)
         if step.kind in self._own_steps:
             return self._own_steps[step.kind](step.cell)
         return method_of(step.cell.method).make(self, step)
@@ -184,17 +205,21 @@ class GridRunner:
     # -- the plan, step by step ---------------------------------------------------------------------
     def step_done(self, step: GridStep) -> bool:
         """Whether a step of the plan is finished (by anyone), without making anything."""
+        self.place(step)
         path = self.root / step.key
         if step.kind == "pretrain_loss":
-            return path.is_file()
+            return self._pretrain_loss_file(step.cell).is_file()
         if step.kind == "cell":
             return (path / DONE).is_file() or (path / "results.json").is_file()
         return method_of(step.cell.method).step_done(self, step)
 
     def step_busy(self, step: GridStep) -> bool:
         """Whether another live process holds the step (for an IMP run: one of its levels)."""
+        self.place(step)
         if step.kind in self._own_steps:
-            path = self.root / step.key
+            path = (
+                self._pretrain_loss_file(step.cell) if step.kind == "pretrain_loss" else self.root / step.key
+            )
             claims = [(path.parent, path.name)]
         else:
             claims = method_of(step.cell.method).step_claims(self, step)
@@ -203,6 +228,52 @@ class GridRunner:
             if owner is not None and not owner.is_stale():
                 return True
         return False
+
+    # -- the store: steps named by what determines them --------------------------------------------
+    def steps(self) -> dict[str, GridStep]:
+        """The plan's steps by key."""
+        if self._plan is None:
+            self._plan = {step.key: step for step in plan_steps(self.spec)}
+        return self._plan
+
+    def digest(self, step: GridStep) -> str:
+        """The hash of everything that determines the step's output, its inputs' digests included
+        (a fine-tuning cell's: its own spec and its ticket's digest, not its place in the grid)."""
+        if step.key in self._digests:
+            return self._digests[step.key]
+        if step.kind == "cell":
+            ticket = method_of(step.cell.method).ticket_step(self.spec, step.cell)
+            # Only the ticket counts: an input that just orders the cell (IMP's run, whose level 0
+            # the full cell takes over) does not change what the cell holds.
+            inputs = [ticket] if ticket is not None else []
+            # Fields at their defaults stay out, so a setting added later renames no step.
+            spec = non_default_fields(self.cell_spec(step.cell))
+            for unhashed in ("mask", "save_model"):  # the ticket's digest stands for its path
+                spec.pop(unhashed, None)
+            what: dict[str, Any] = {"finetune": spec, "method": step.cell.method}
+        else:
+            inputs = [self.steps()[key] for key in step.inputs if key in self.steps()]
+            if step.kind == "pretrain_loss":
+                what = {
+                    "model": self.spec.model,
+                    "pretrain_loss": non_default_fields(self.spec.pretrain_loss),
+                }
+            else:
+                what = method_of(step.cell.method).determinants(self.spec, step)
+        digest = digest_of({"kind": step.kind, "what": what, "inputs": [self.digest(i) for i in inputs]})
+        self._digests[step.key] = digest
+        return digest
+
+    def place(self, step: GridStep) -> None:
+        """Link the step's readable place in the grid's folder to its entry in the store."""
+        if self.store is None:
+            return
+        if step.kind == "pretrain_loss":
+            place = self._pretrain_loss_file(step.cell)
+        else:
+            place = self.root / step.key
+        in_place = step.kind not in self._own_steps and method_of(step.cell.method).works_in_place
+        self.store.link(place, self.store.entry(step.kind, step.key, self.digest(step)), folder=in_place)
 
     def step_states(self) -> list[dict[str, Any]]:
         """Every step of the plan with its state: done, running (and by whom), ready (its inputs

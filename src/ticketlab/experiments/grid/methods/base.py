@@ -38,6 +38,7 @@ class GridRunner(Protocol):
     checked_imp_runs: set[Path]
 
     def pretrained(self) -> Any: ...
+    def place(self, step: GridStep) -> None: ...
     def run_step(self, step: GridStep) -> Any: ...
     def run_cell(self, cell: Cell) -> dict[str, Any]: ...
 
@@ -58,6 +59,9 @@ class GridMethod:
     has_pretrain_loss: bool = True
     # Whether it scores the fine-tuned weights of the grid's full cell (which then keeps them).
     needs_full_model_weights: bool = False
+    # Whether its steps work inside their folder in place (IMP's levels, TAMT's checkpoints) rather
+    # than being published whole: in a store, their folder is made before they start.
+    works_in_place: bool = False
     # Whether a grid names it in ``methods`` (transfer is asked for by ``transfer_from``).
     named_in_methods: bool = True
     # Whether a ticket made from other weights than the source model's is expected (the controls).
@@ -123,6 +127,11 @@ class GridMethod:
         """The step that makes the ticket of ``cell`` (None when there is none)."""
         return None
 
+    def file_step(self, spec: GridSpec, made_for: Cell, inputs: tuple[str, ...] = ()) -> GridStep:
+        """The step of a ticket that is one mask file at ``ticket_path(made_for)`` (``made_for``:
+        what it is shared by, e.g. every task and seed: ``Cell("", name, sparsity, 0)``)."""
+        return GridStep(self.name, str(self.ticket_path(spec, Path("."), made_for)), inputs, cell=made_for)
+
     def input_steps(self, spec: GridSpec, step: GridStep) -> list[GridStep]:
         """The steps of ``step.inputs`` that this method plans itself (added to the plan first)."""
         return []
@@ -143,6 +152,24 @@ class GridMethod:
             return None
         runner.run_step(step)
         return self.ticket_path(runner.spec, runner.root, cell)
+
+    def determinants(self, spec: GridSpec, step: GridStep) -> dict[str, Any]:
+        """Everything that determines the output of one of its steps besides the steps it needs
+        (hashed into the step's name in the store): override to add what else does. Settings at
+        their defaults stay out, so a setting added later renames no step."""
+        from dataclasses import asdict
+
+        from ticketlab.experiments.store import non_default_fields
+
+        settings = self.settings(spec)
+        return {
+            "method": self.name,
+            "model": spec.model,
+            "scope": spec.scope,
+            "scheme": spec.scheme,
+            "made_for": asdict(step.cell),
+            "settings": non_default_fields(settings) if settings is not None else None,
+        }
 
     def make(self, runner: GridRunner, step: GridStep) -> Any:
         """Make (or finish, or read back) a step of this method's."""

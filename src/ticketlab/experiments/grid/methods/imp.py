@@ -55,6 +55,7 @@ class IterativeMagnitude(GridMethod):
     name = "imp"
     help = "iterative magnitude pruning with rewinding on each task (one IMP run per seed)"
     order = 30
+    works_in_place = True  # a run directory of levels, each a published step, that may grow
 
     def validate(self, spec) -> None:
         _validate_levels(spec)
@@ -108,6 +109,13 @@ class IterativeMagnitude(GridMethod):
         runner.computed["imp level"] += sum((out / name / DONE).is_file() for name in levels) - done_before
         checked.add(out)
         return out
+
+    def determinants(self, spec, step: GridStep) -> dict[str, Any]:
+        from ticketlab.experiments.store import non_default_fields
+
+        run = non_default_fields(imp_spec_for(spec, step.cell.task, step.cell.seed))
+        run.pop("levels", None)  # a run grows by levels in place (``ImpSpec.growable_fields``)
+        return {"method": "imp", "imp": run}
 
     def step_done(self, runner, step: GridStep) -> bool:
         path = runner.root / step.key

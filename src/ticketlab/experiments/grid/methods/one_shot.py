@@ -24,8 +24,7 @@ class OneShotMagnitude(GridMethod):
         return root / "tickets" / f"omp-{cell.sparsity:.2f}.safetensors"
 
     def ticket_step(self, spec, cell: Cell) -> GridStep:
-        shared = omp_cell(cell.sparsity)
-        return GridStep("omp", str(self.ticket_path(spec, Path("."), shared)), cell=shared)
+        return self.file_step(spec, omp_cell(cell.sparsity))
 
     def make(self, runner, step: GridStep) -> Path:
         from ticketlab.masks import save_mask
@@ -67,13 +66,15 @@ class RandomPruning(GridMethod):
         return OMP.ticket_step(spec, omp_cell(sparsity))
 
     def ticket_step(self, spec, cell: Cell) -> GridStep:
-        drawn = Cell("", "random", cell.sparsity, cell.seed)
         matched = spec.random_variant == "matched"
         inputs = (self._omp_step(spec, cell.sparsity).key,) if matched else ()
-        return GridStep("random", str(self.ticket_path(spec, Path("."), drawn)), inputs, cell=drawn)
+        return self.file_step(spec, Cell("", self.name, cell.sparsity, cell.seed), inputs)
 
     def input_steps(self, spec, step: GridStep) -> list[GridStep]:
         return [self._omp_step(spec, step.cell.sparsity)] if step.inputs else []
+
+    def determinants(self, spec, step: GridStep) -> dict[str, Any]:
+        return {**super().determinants(spec, step), "random_variant": spec.random_variant}
 
     def make(self, runner, step: GridStep) -> Path:
         from ticketlab.masks import load_mask, save_mask
@@ -85,7 +86,7 @@ class RandomPruning(GridMethod):
         def make(file: Path) -> None:
             params: dict[str, Any] = {}
             if step.inputs:  # matched: the same count per matrix as OMP's ticket
-                params["reference"] = load_mask(OMP.make(runner, self._omp_step(runner.spec, cell.sparsity)))
+                params["reference"] = load_mask(runner.run_step(self._omp_step(runner.spec, cell.sparsity)))
             mask = prune(
                 runner.pretrained(),
                 "random",

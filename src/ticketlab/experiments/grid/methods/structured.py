@@ -25,6 +25,7 @@ class StructuredTicket(GridMethod):
 
     family = ""  # the step's folder: tickets/<family>/<task>/seed<S>
     levels_field = ""  # the grid's field with the fractions of heads
+    family_fields: tuple[str, ...] = ()  # the grid's fields with the family's other settings
     has_pretrain_loss = False
     needs_full_model_weights = True
 
@@ -35,6 +36,18 @@ class StructuredTicket(GridMethod):
 
     def levels(self, spec) -> list[float]:
         return list(getattr(spec, self.levels_field) or spec.sparsities)
+
+    def determinants(self, spec, step: GridStep) -> dict:
+        task = step.cell.task
+        family = {name: getattr(spec, name) for name in self.family_fields}
+        return {  # the full cell it scores is an input: its digest counts too
+            "family": self.family,
+            "levels": self.levels(spec),
+            "settings": family,
+            "recipe": spec.recipe_for(task),
+            "data_dir": spec.data_dir,
+            "made_for": [task, step.cell.seed],
+        }
 
     def validate(self, spec) -> None:
         if FULL_MODEL not in spec.methods:
@@ -114,6 +127,7 @@ class StructuredTicket(GridMethod):
 class SuperTicket(StructuredTicket):
     family = "super"
     levels_field = "super_levels"
+    family_fields = ("super_variant", "super_ffn_ratio")
     help = "super tickets (heads and FFN layers by importance on train): winning, random or losing"
 
     def validate_family(self, spec, kinds: list[str]) -> None:
@@ -165,6 +179,8 @@ class SuperTicket(StructuredTicket):
 class AllTicketsWinning(StructuredTicket):
     family = "allwin"
     levels_field = "allwin_levels"
+    family_fields = ("allwin_variant", "allwin_ffn_ratio")
+    works_in_place = True  # its pruning steps are published one by one inside its folder
     help = "all tickets winning at fixed sizes (iterative importance pruning): good, random or bad"
 
     def validate_family(self, spec, kinds: list[str]) -> None:

@@ -26,6 +26,7 @@ class TaskAgnosticMaskTraining(GridMethod):
     name = "tamt"
     help = "task-agnostic mask training on pre-training text (the grid's tamt section), per sparsity"
     order = 40
+    works_in_place = True  # its checkpoint and budgets' masks are written in its folder as it trains
 
     def validate(self, spec) -> None:
         if spec.tamt is None:
@@ -58,6 +59,11 @@ class TaskAgnosticMaskTraining(GridMethod):
                 run_tamt(spec, path.parent, progress=not runner.quiet)
                 runner.computed["tamt"] += 1
         return path
+
+    def determinants(self, spec, step: GridStep) -> dict:
+        from ticketlab.experiments.store import non_default_fields
+
+        return {"method": self.name, "tamt": non_default_fields(tamt_spec_for(spec, step.cell.sparsity))}
 
     def step_done(self, runner, step: GridStep) -> bool:
         return (runner.root / step.key / "results.json").is_file()
