@@ -22,7 +22,10 @@ from ticketlab.errors import TicketlabError
 
 # Modules that register tasks when imported (kept lazy so that importing ticketlab stays cheap).
 TASK_MODULES: list[str] = ["ticketlab.training.glue_task", "ticketlab.training.squad_finetune"]
+# Packages outside ticketlab name their task modules under this entry-point group.
+TASK_ENTRY_POINTS = "ticketlab.tasks"
 _REGISTRY: dict[str, Callable[[str], Task]] = {}
+_plugins_loaded = False
 
 
 @dataclass
@@ -120,8 +123,15 @@ def register_task(names: Iterable[str], factory: Callable[[str], Task]) -> None:
 
 def get_task(name: str) -> Task:
     """The task called ``name`` (``rte``, ``STS-B``, ``MNLI``, ...)."""
+    global _plugins_loaded
     for module in TASK_MODULES:
         importlib.import_module(module)
+    if not _plugins_loaded:
+        from importlib.metadata import entry_points
+
+        _plugins_loaded = True
+        for entry in entry_points(group=TASK_ENTRY_POINTS):
+            entry.load()
     factory = _REGISTRY.get(_normalise(name))
     if factory is None:
         known = sorted({n for n in _REGISTRY if n.isalnum()})
