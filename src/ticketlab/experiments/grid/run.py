@@ -215,6 +215,10 @@ class GridRunner:
 
     def step_busy(self, step: GridStep) -> bool:
         """Whether another live process holds the step (for an IMP run: one of its levels)."""
+        return self.step_holder(step) is not None
+
+    def step_holder(self, step: GridStep) -> str | None:
+        """Who holds the step now (``pid N on HOST``), None when no live process does."""
         self.place(step)
         if step.kind in self._own_steps:
             path = (
@@ -226,8 +230,8 @@ class GridRunner:
         for folder, name in claims:
             owner = StepStore(folder).owner_of(name)
             if owner is not None and not owner.is_stale():
-                return True
-        return False
+                return owner.describe()
+        return None
 
     # -- the store: steps named by what determines them --------------------------------------------
     def steps(self) -> dict[str, GridStep]:
