@@ -81,7 +81,7 @@ class GridRunner:
         return method_of(cell.method).ticket_of(self, cell)
 
     def pretrain_loss(self, cell: Cell) -> dict[str, Any]:
-        """MLM and KD loss of a cell's ticket (measured once, stored beside its mask)."""
+        """MLM and KD loss of a cell's ticket (measured once per mask: see ``pretrain_loss_place``)."""
         from ticketlab.experiments.pretrain_loss import PretrainLossSpec, run_pretrain_loss
         from ticketlab.models.mlm_head import HEAD_FILE
 
