@@ -239,3 +239,70 @@ def test_a_finished_folder_from_before_the_protocol_is_adopted(tmp_path):
     assert (legacy / "results.json").read_text() == "{}" and store.is_done("omp-0.50-seed0")
     assert store.run("omp-0.70-seed0", write_file("results.json", "new"), adopt=finished) == "new"
     assert sorted(p.name for p in half.iterdir()) == ["DONE", "results.json"]
+
+
+def counting_body(fail_at=None):
+    """A resumable body: continues the count in ``progress.txt`` to 3 (failing once at ``fail_at``)."""
+
+    def body(tmp):
+        file = tmp / "progress.txt"
+        count = int(file.read_text()) if file.exists() else 0
+        body.started_at.append(count)
+        while count < 3:
+            count += 1
+            file.write_text(str(count))
+            if count == fail_at:
+                raise KeyboardInterrupt
+        (tmp / "result.txt").write_text("done")
+        return count
+
+    body.started_at = []
+    return body
+
+
+def test_a_resumable_step_keeps_its_work_when_stopped_and_the_next_claimer_continues(tmp_path):
+    store = StepStore(tmp_path)
+    body = counting_body(fail_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        store.run("a", body, required=["result.txt"], resumable=True)
+    # Kept for the next claimer, never published, the claim released.
+    assert (store.partial_path("a") / "progress.txt").read_text() == "2"
+    assert not (tmp_path / "a").exists() and not (tmp_path / ".a.claim").exists()
+    again = counting_body()
+    assert store.run("a", again, required=["result.txt"], resumable=True) == 3
+    assert again.started_at == [2] and not store.partial_path("a").exists()
+    assert json.loads((tmp_path / "a" / DONE).read_text())["files"] == {"progress.txt": 1, "result.txt": 4}
+    # A step that is not resumable keeps nothing of an interrupted attempt (as before).
+    with pytest.raises(KeyboardInterrupt):
+        store.run("b", counting_body(fail_at=2))
+    assert [p.name for p in tmp_path.glob(".b.*")] == []
+
+
+def test_a_dead_owners_resumable_work_is_continued_and_redo_forgets_it(tmp_path, dead_pid):
+    store = StepStore(tmp_path)
+    theirs = plant_claim(store, "a", pid=dead_pid)
+    (theirs / "progress.txt").write_text("1")
+    body = counting_body()
+    assert store.run("a", body, resumable=True, wait=False) == 3
+    assert body.started_at == [1] and not theirs.exists()
+    # The work of a claimer killed later is kept for the next one; --redo starts from nothing.
+    store.redo("a")
+    theirs = plant_claim(store, "a", pid=dead_pid)
+    (theirs / "progress.txt").write_text("2")
+    store._sweep("a", resumable=True)
+    assert (store.partial_path("a") / "progress.txt").read_text() == "2"
+    store.redo("a")
+    assert not store.partial_path("a").exists()
+    (tmp_path / ".a.claim").unlink()
+    fresh = counting_body()
+    assert store.run("a", fresh, resumable=True) == 3 and fresh.started_at == [0]
+
+
+def test_adopted_files_become_the_partial_work_of_a_step(tmp_path):
+    store = StepStore(tmp_path / "run")
+    old = tmp_path / "old-progress.txt"
+    old.write_text("2")
+    assert store.adopt_partial("a", {"progress.txt": old}) and not old.exists()
+    body = counting_body()
+    assert store.run("a", body, resumable=True) == 3 and body.started_at == [2]
+    assert not store.adopt_partial("a", {"progress.txt": tmp_path / "none.txt"})

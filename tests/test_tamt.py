@@ -163,11 +163,19 @@ def test_resume_after_interruption_gives_the_same_mask(tiny_setup, tmp_path):
     out = tmp_path / "crashed.safetensors"
     with pytest.raises(KeyboardInterrupt):
         run_tamt(spec, out, progress=False, on_step=crash)
-    assert (tmp_path / "crashed.checkpoint.safetensors").exists() and not out.exists()
+    steps = tmp_path / "crashed.tamt"
+    # The checkpoint (step 3) is kept with the claimed work; the budget at step 4 is published.
+    assert (steps / ".final.partial" / "checkpoint.safetensors").is_file() and not out.exists()
+    assert (steps / "budget_000004" / "DONE").is_file() and not (steps / "final").exists()
+    assert load_mask(tmp_path / "crashed-step4.safetensors") == load_mask(whole["budget_masks"]["4"])
     resumed = run_tamt(spec, out, progress=False)
     assert load_mask(resumed["mask"]) == load_mask(whole["mask"])
     assert load_mask(resumed["budget_masks"]["4"]) == load_mask(whole["budget_masks"]["4"])
-    assert not (tmp_path / "crashed.checkpoint.safetensors").exists()
+    assert sorted(p.name for p in steps.iterdir()) == [".steps.lock", "budget_000004", "final"]
+    assert sorted(json.loads((steps / "final" / "DONE").read_text())["files"]) == [
+        "mask.safetensors",
+        "results.json",
+    ]
     assert run_tamt(spec, out, progress=False)["spec_digest"] == resumed["spec_digest"]  # finished: no rerun
 
 

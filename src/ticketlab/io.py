@@ -64,6 +64,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
         raise
 
 
+def link_file(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Put ``source`` at ``path`` too, atomically: a hard link (no second copy of the bytes), or a
+    copy where the file system has no links. Returns ``path``."""
+    import shutil
+
+    def write(tmp: str) -> None:
+        os.unlink(tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+    atomic_write(path, write)
+    return Path(path)
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write JSON atomically: a temporary file renamed into place."""
 

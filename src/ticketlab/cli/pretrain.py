@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ticketlab.cli.common import (
     Output,
     add_output_flags,
     add_protocol_flags,
+    add_redo_flag,
+    apply_redo,
     declare_output,
     finite,
     format_table,
@@ -181,20 +184,31 @@ def register_tamt(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between resumable checkpoints")
     p.add_argument(
-        "--out", required=True, help="NAME.safetensors (final mask; budgets beside it) or a directory"
+        "--out",
+        required=True,
+        help="NAME.safetensors (final mask; budgets beside it, the run's steps in NAME.tamt/) or a "
+        "directory (the masks and the steps in it)",
     )
+    add_redo_flag(p)
     declare_output(
         p,
         Output(
             "out",
             "ticketlab mask file",
             directory=None,
-            ours=lambda path: path.is_dir() or is_mask_file(path),
+            ours=lambda path: path.is_dir() or is_mask_file(path) or _tamt_steps(path).is_dir(),
             inputs=("model", "text"),
         ),
     )
     add_output_flags(p)
     p.set_defaults(run=run_tamt_cli)
+
+
+def _tamt_steps(out: Path) -> Path:
+    """The steps of the TAMT run whose final mask is ``out`` (a damaged mask file is still ours)."""
+    from ticketlab.experiments.tamt import TamtOutputs
+
+    return TamtOutputs.for_out(out).store
 
 
 def _parse_steps(text: str | None) -> tuple[int, ...]:
@@ -209,7 +223,8 @@ def _parse_steps(text: str | None) -> tuple[int, ...]:
 
 
 def run_tamt_cli(args: argparse.Namespace) -> int:
-    from ticketlab.experiments.tamt import TamtSpec, run_tamt
+    from ticketlab.experiments.tamt import TamtOutputs, TamtSpec, run_tamt
+    from ticketlab.training.distributed import rank_and_world
 
     scope, scheme = protocol_of(args)
     spec = TamtSpec(
@@ -239,6 +254,9 @@ def run_tamt_cli(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
         warmup_ratio=args.warmup_ratio,
     )
+    if args.redo and rank_and_world()[0] == 0:
+        # final (the training) or budget_<N> (a budget redone trains the run again to reach it)
+        apply_redo(str(TamtOutputs.for_out(args.out).store), args.redo, print)
     results = run_tamt(spec, args.out, progress=not args.quiet)
     if args.json:
         print_json(results)

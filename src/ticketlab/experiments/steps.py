@@ -15,6 +15,11 @@ another's half-written work:
    its size) is written into the folder and the folder is renamed into place: one atomic rename, so
    a step folder either does not exist or holds everything. Then the claim is released.
 
+A step whose body checkpoints itself (TAMT's mask training) is *resumable*: its folder is work in
+progress worth keeping. When such a body fails or is interrupted, its folder is kept as
+``.<name>.partial``, and a folder left by a dead owner is kept there too rather than swept; the
+next claimer starts in it (``body`` finds its checkpoint) instead of an empty folder.
+
 Reading a finished step checks it against its manifest, so a file truncated or emptied later gives
 one line naming the step and how to redo it (``--redo NAME`` or deleting the folder), never a
 silent skip. Step folders written before the manifest existed hold an empty ``DONE``; they stay
@@ -39,7 +44,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -264,9 +269,13 @@ class StepStore:
             owner = self.owner_of(name)
             if owner is not None and not owner.is_stale():
                 raise TicketlabError(f"cannot redo step {name}: {owner.describe()} is computing it now")
+            # Partial work of a resumable step goes too: a redo starts from nothing.
+            partial = self.partial_path(name)
+            had_partial = partial.is_dir()
+            shutil.rmtree(partial, ignore_errors=True)
             folder = self.path(name)
             if not folder.exists():
-                return False
+                return had_partial
             # Renamed away first: the step disappears in one move, then the files go.
             trash = self._tmp_path(name, f"redo-{uuid.uuid4().hex[:8]}")
             os.replace(folder, trash)
@@ -284,6 +293,7 @@ class StepStore:
         required: Iterable[str] = (),
         wait: bool = True,
         adopt: Callable[[Path], bool] | None = None,
+        resumable: bool = False,
     ) -> T | None:
         """Compute step ``name`` with ``body(tmp_dir)`` unless it is finished; publish it.
 
@@ -292,17 +302,21 @@ class StepStore:
         ``wait`` is False). ``required`` names the files the step must hold: publishing without
         one is an error, and a finished step without one is reported as damaged. ``adopt(folder)``
         tells a finished folder written before the step protocol (no ``DONE``) from a half-written
-        one: an adopted folder gets its marker and counts as finished.
+        one: an adopted folder gets its marker and counts as finished. ``resumable``: the body
+        checkpoints itself, so its folder outlives a failure or a dead owner as
+        ``.<name>.partial`` and the next claimer's ``tmp_dir`` starts with its files.
         """
         required = tuple(required)
         if rank_and_world()[1] > 1:
-            return self._run_on_ranks(name, body, load, required, adopt)
+            return self._run_on_ranks(name, body, load, required, adopt, resumable)
         while True:
-            claim = self._claim_unless_done(name, wait, lambda: self._folder_done(name, adopt))
+            claim = self._claim_unless_done(
+                name, wait, lambda: self._folder_done(name, adopt), resumable=resumable
+            )
             if claim is None:
                 self.verify(name, required)
                 return load(self.path(name)) if load else None
-            published, result = self._compute(name, claim, body, required)
+            published, result = self._compute(name, claim, body, required, resumable)
             if published:
                 return result
             # Our lease ran out and another process took the step over: its result stands.
@@ -315,20 +329,25 @@ class StepStore:
         load: Callable[[Path], T] | None,
         required: tuple[str, ...],
         adopt: Callable[[Path], bool] | None,
+        resumable: bool = False,
     ) -> T | None:
         """A step under a multi-process launch: every rank runs ``body`` (they train together),
         but only the first claims, writes and publishes; the others write into private folders
-        that are thrown away, and learn from the first whether the step was done or published."""
+        that are thrown away, and learn from the first whether the step was done or published.
+        (A resumable step's partial work goes to the first rank's folder: the body sends what it
+        resumes from to the others.)"""
         rank, _ = rank_and_world()
         while True:
             claim = None
             if rank == 0:
-                claim = self._claim_unless_done(name, True, lambda: self._folder_done(name, adopt))
+                claim = self._claim_unless_done(
+                    name, True, lambda: self._folder_done(name, adopt), resumable=resumable
+                )
             if not broadcast_from_first(claim is not None):
                 self.verify(name, required)
                 return load(self.path(name)) if load else None
             if claim is not None:
-                published, result = self._compute(name, claim, body, required)
+                published, result = self._compute(name, claim, body, required, resumable)
             else:
                 private = self.root / f".{name}.rank{rank}-{uuid.uuid4().hex[:8]}.tmp"
                 private.mkdir(parents=True)
@@ -415,14 +434,16 @@ class StepStore:
                 atomic_write(folder / DONE, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
         return True
 
-    def _claim_unless_done(self, name: str, wait: bool, done: Callable[[], bool]) -> _Claim | None:
+    def _claim_unless_done(
+        self, name: str, wait: bool, done: Callable[[], bool], *, resumable: bool = False
+    ) -> _Claim | None:
         """Our claim on ``name``; None once it is finished (by anyone). Waits while a live process
         holds it (``StepBusy`` when ``wait`` is False)."""
         announced = False
         while True:
             if done():
                 return None
-            claim = self._try_claim(name, done)
+            claim = self._try_claim(name, done, resumable)
             if claim is not None:
                 return claim
             owner = self.owner_of(name)
@@ -435,7 +456,7 @@ class StepStore:
                 announced = True
             time.sleep(self.poll_seconds)
 
-    def _try_claim(self, name: str, done: Callable[[], bool]) -> _Claim | None:
+    def _try_claim(self, name: str, done: Callable[[], bool], resumable: bool = False) -> _Claim | None:
         """Our claim on ``name``, or None if a live process holds it or it is finished."""
         with self._locked():
             if done():
@@ -454,26 +475,45 @@ class StepStore:
                 return None
             with os.fdopen(fd, "w") as handle:
                 json.dump(asdict(me), handle)
-            self._sweep(name)
+            self._sweep(name, resumable)
         return _Claim(self, name, me)
 
-    def _sweep(self, name: str) -> None:
+    def _sweep(self, name: str, resumable: bool = False) -> None:
         """Remove temporary folders of ``name`` whose owners are dead (called holding the lock and
         a fresh claim): a killed process leaves its folder and nobody will ever publish it. A
         folder whose owner may still be alive elsewhere (only its lease expired) is left to it: it
-        finds its claim gone when it tries to publish, and removes the folder itself."""
-        for tmp in self.root.glob(f".{name}.*.tmp"):
-            if tmp.is_dir() and _tmp_owner_dead(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
+        finds its claim gone when it tries to publish, and removes the folder itself. For a
+        resumable step the most recently written of the dead folders (and an earlier partial) is
+        kept as ``.<name>.partial``, the work the new claimer continues."""
+        dead = [t for t in self.root.glob(f".{name}.*.tmp") if t.is_dir() and _tmp_owner_dead(t)]
+        partial = self.partial_path(name)
+        if resumable and dead:
+            newest = max([*dead, *([partial] if partial.is_dir() else [])], key=_last_written)
+            if newest != partial:
+                shutil.rmtree(partial, ignore_errors=True)
+                os.replace(newest, partial)
+                (partial / _OWNER_NOTE).unlink(missing_ok=True)
+                dead.remove(newest)
+        for tmp in dead:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def _compute(
-        self, name: str, claim: _Claim, body: Callable[[Path], T], required: tuple[str, ...]
+        self,
+        name: str,
+        claim: _Claim,
+        body: Callable[[Path], T],
+        required: tuple[str, ...],
+        resumable: bool = False,
     ) -> tuple[bool, T | None]:
         """Run ``body`` in the claim's temporary folder and publish it; (published, result)."""
         tmp = self._tmp_path(name, claim.owner.token)
         if tmp.exists():
             shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        partial = self.partial_path(name)
+        if resumable and partial.is_dir():
+            os.replace(partial, tmp)  # ours now: the claim is held, nobody else touches it
+        else:
+            tmp.mkdir(parents=True)
         _write_owner_note(tmp, claim.owner)
         claim.start_heartbeat()
         published = False
@@ -483,9 +523,18 @@ class StepStore:
             if missing:
                 raise TicketlabError(f"step {name} finished without {', '.join(missing)} (not published)")
             published = self._publish(name, claim, tmp)
-        except Exception:
+        except BaseException as error:
+            if resumable:
+                # Work in progress (its checkpoint) is kept for the next claimer, whatever stopped it.
+                with contextlib.suppress(OSError):
+                    (tmp / _OWNER_NOTE).unlink(missing_ok=True)
+                    shutil.rmtree(partial, ignore_errors=True)
+                    os.replace(tmp, partial)
+                raise
+            if not isinstance(error, Exception):
+                raise  # an interrupted step keeps nothing
             # A step that failed (NaN loss, a bad input) keeps what it wrote, its log above all, in
-            # .<name>.failed (the latest failure only); an interrupted one keeps nothing.
+            # .<name>.failed (the latest failure only).
             failed = self.failed_path(name)
             shutil.rmtree(failed, ignore_errors=True)
             with contextlib.suppress(OSError):
@@ -502,6 +551,30 @@ class StepStore:
     def failed_path(self, name: str) -> Path:
         """Where the files of the latest failed attempt at step ``name`` are kept."""
         return self.root / f".{name}.failed"
+
+    def partial_path(self, name: str) -> Path:
+        """Where a resumable step's work in progress waits for its next claimer."""
+        return self.root / f".{name}.partial"
+
+    def adopt_partial(self, name: str, files: Mapping[str, str | os.PathLike]) -> bool:
+        """Move ``files`` ({name in the step: path}; work of a resumable step kept outside the
+        protocol, e.g. by an older ticketlab) into ``.<name>.partial`` so the next claimer
+        continues from them; done holding the claim, so nobody computes the step meanwhile.
+        Returns whether anything moved."""
+        files = {rel: Path(f) for rel, f in files.items() if Path(f).is_file()}
+        if not files:
+            return False
+        claim = self._claim_unless_done(name, True, lambda: self.is_done(name), resumable=True)
+        if claim is None:
+            return False
+        try:
+            partial = self.partial_path(name)
+            partial.mkdir(parents=True, exist_ok=True)
+            for rel, file in files.items():
+                os.replace(file, partial / rel)
+        finally:
+            claim.release()
+        return True
 
     def _publish(self, name: str, claim: _Claim, tmp: Path) -> bool:
         (tmp / _OWNER_NOTE).unlink(missing_ok=True)
@@ -527,6 +600,11 @@ _OWNER_NOTE = ".owner.json"
 
 def _write_owner_note(tmp: Path, owner: Owner) -> None:
     (tmp / _OWNER_NOTE).write_text(json.dumps(asdict(owner)))
+
+
+def _last_written(folder: Path) -> float:
+    """When anything in ``folder`` was last written (the folder's own time when empty)."""
+    return max([folder.stat().st_mtime, *(p.stat().st_mtime for p in folder.rglob("*") if p.is_file())])
 
 
 def _tmp_owner_dead(tmp: Path) -> bool:

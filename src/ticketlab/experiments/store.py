@@ -207,7 +207,8 @@ def redo_steps(root: str | os.PathLike, names: Iterable[str]) -> list[str]:
         relative = Path(name.strip("/"))
         if not name.strip("/") or relative.is_absolute() or ".." in relative.parts:
             raise TicketlabError(f"--redo {name!r}: name a step inside {root}, e.g. level_02")
-        if not (root / relative).exists():
+        partial = StepStore(root / relative.parent).partial_path(relative.name)
+        if not (root / relative).exists() and not partial.exists():
             raise TicketlabError(f"--redo {name}: {root} has no step {name}")
         targets.append(relative)
     return [str(t) for t in targets if StepStore(root / t.parent).redo(t.name)]

@@ -11,9 +11,24 @@ seeded permutation per epoch), the MLM corruption (per example draw) and dropout
 resume to bit-identical masks: the loop then runs only the remaining steps' batches.
 
 Outputs, for ``out`` = ``DIR``: ``DIR/mask.safetensors`` (the final mask), ``DIR/mask-step<N>.safetensors``
-(each ``--save-at`` budget), ``DIR/results.json``, and while running ``DIR/checkpoint.safetensors``.
-For ``out`` = ``NAME.safetensors``: the final mask there, budgets as ``NAME-step<N>.safetensors``,
-``NAME.json`` and ``NAME.checkpoint.safetensors`` beside it.
+(each ``--save-at`` budget) and ``DIR/results.json``; for ``out`` = ``NAME.safetensors``: the final
+mask there, budgets as ``NAME-step<N>.safetensors`` and ``NAME.json`` beside it. These are links to
+the files of the run's *steps* (``experiments/steps.py``), kept in ``DIR`` itself (or in
+``NAME.tamt/``): ``budget_<N>/`` for each budget, published as soon as the training reaches it, and
+``final/``, claimed by the training for the whole run. The resumable checkpoint lives inside the
+claimed work (``.final.<token>.tmp/checkpoint.safetensors``; ``.final.partial/`` once the process
+stopped or died), so the next run (or a second process, which waits meanwhile) continues from it.
+A run written before the step protocol (masks and ``results.json`` only, or a checkpoint beside
+them) keeps working: a finished one is read as it is, an interrupted one's checkpoint and budgets
+are adopted into the steps.
+
+Under ``torchrun`` / ``accelerate launch`` the processes train together: each takes an equal slice
+of every step's batch (``--batch-size`` is the global batch), its loss is its share of the global
+batch's loss (sums over its tokens divided by the global token count), and the score gradients are
+averaged before every update; every process then holds the same scores and mask bits (checked at
+each budget and at the end), equal to one process's run with the same seed and batch up to float
+rounding when dropout is off (with dropout each process draws its own noise). The first process
+claims and writes; the others wait for it.
 """
 
 from __future__ import annotations
@@ -33,12 +48,14 @@ from torch import nn
 from ticketlab.data.text import DEFAULT_DATASET, DEFAULT_DATASET_CONFIG, TextBlocks
 from ticketlab.errors import TicketlabError
 from ticketlab.experiments.pretrain_loss import load_spec_text
-from ticketlab.io import atomic_write
+from ticketlab.experiments.steps import StepStore
+from ticketlab.io import atomic_write, link_file, read_json, write_json
 from ticketlab.masks.io import save_mask
 from ticketlab.masks.provenance import Provenance
 from ticketlab.models.mlm_head import MlmHead, head_from_checkpoint, word_embeddings
 from ticketlab.pruning import prune, validate_sparsity
 from ticketlab.pruning.tamt import DEFAULT_SCORE_SCALE, LearnedMask
+from ticketlab.training.distributed import average_gradients, barrier, broadcast_from_first, rank_and_world
 from ticketlab.training.loop import Callback, TrainConfig, TrainState, train
 from ticketlab.training.objectives import KD_LOSSES, MlmMasking
 from ticketlab.training.tamt import (
@@ -193,12 +210,14 @@ class TamtSpec(TamtSettings):
 
 @dataclass(frozen=True)
 class TamtOutputs:
-    """Where a run writes (see the module docstring)."""
+    """Where a run writes (see the module docstring): the run's steps in ``store``, and the files
+    users and grids read (links to the steps' files, written when each step is published)."""
 
     final: Path
     results: Path
-    checkpoint: Path
+    checkpoint: Path  # where runs before the step protocol kept their checkpoint (adopted)
     budget_pattern: str  # with {step}
+    store: Path
 
     @classmethod
     def for_out(cls, out: str | os.PathLike) -> TamtOutputs:
@@ -210,16 +229,28 @@ class TamtOutputs:
                 stem.with_suffix(".json"),
                 Path(f"{stem}.checkpoint.safetensors"),
                 f"{stem}-step{{step}}.safetensors",
+                Path(f"{stem}.tamt"),
             )
         return cls(
-            out / "mask.safetensors",
-            out / "results.json",
-            out / "checkpoint.safetensors",
+            out / MASK_FILE,
+            out / RESULTS_FILE,
+            out / CHECKPOINT,
             str(out / "mask-step{step}.safetensors"),
+            out,
         )
 
     def budget(self, step: int) -> Path:
         return Path(self.budget_pattern.format(step=step))
+
+
+MASK_FILE, RESULTS_FILE, CHECKPOINT = "mask.safetensors", "results.json", "checkpoint.safetensors"
+FINAL_STEP = "final"  # the training: claimed for the whole run, its checkpoint in the claimed work
+STEP_FILES = (MASK_FILE, RESULTS_FILE)
+
+
+def budget_step(step: int) -> str:
+    """The name of the step that holds the mask after ``step`` training steps (``--save-at``)."""
+    return f"budget_{step:06d}"
 
 
 class TrainedParameters(nn.Module):
@@ -258,17 +289,27 @@ class BatchOrder:
 
 class StepBatches:
     """The batches of steps ``start`` .. ``stop - 1`` in :class:`BatchOrder`'s order: one "epoch"
-    of the training loop, so a resumed run continues with exactly the batches it would have had."""
+    of the training loop, so a resumed run continues with exactly the batches it would have had.
 
-    def __init__(self, text: TextBlocks, order: BatchOrder, start: int, stop: int):
+    Under a launch of ``world`` processes each step's (global) batch is cut into ``world`` equal
+    slices and process ``rank`` gets its slice, keys included: the corruption of every example is
+    the one a single process gives it."""
+
+    def __init__(
+        self, text: TextBlocks, order: BatchOrder, start: int, stop: int, rank: int = 0, world: int = 1
+    ):
         self.text, self.order, self.start, self.stop = text, order, start, stop
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
         return self.stop - self.start
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        share = self.order.batch_size // self.world
+        mine = slice(self.rank * share, (self.rank + 1) * share)
         for step in range(self.start, self.stop):
             rows, keys = self.order.rows(step)
+            rows, keys = rows[mine], keys[mine]
             yield {
                 "input_ids": self.text.input_ids[rows],
                 "attention_mask": self.text.attention_mask[rows],
@@ -296,12 +337,24 @@ def save_checkpoint(
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"ticketlab_tamt": json.dumps(meta)}))
 
 
-def load_checkpoint(path: Path, learned: LearnedMask, head: MlmHead | None, optimizer) -> dict[str, Any]:
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and the metadata of a checkpoint file."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
         meta = json.loads(handle.metadata()["ticketlab_tamt"])
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    return tensors, meta
+
+
+def restore_checkpoint(
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    learned: LearnedMask,
+    head: MlmHead | None,
+    optimizer,
+) -> dict[str, Any]:
+    """Put a checkpoint's scores, head and optimizer state in place; returns its metadata."""
     with torch.no_grad():
         for name in learned.names:
             learned.score(name).copy_(tensors[f"score/{name}"])
@@ -316,6 +369,10 @@ def load_checkpoint(path: Path, learned: LearnedMask, head: MlmHead | None, opti
     state = {i: {k: (v if k == "step" else v.to(device)) for k, v in s.items()} for i, s in state.items()}
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     return meta
+
+
+def load_checkpoint(path: Path, learned: LearnedMask, head: MlmHead | None, optimizer) -> dict[str, Any]:
+    return restore_checkpoint(*read_checkpoint(path), learned, head, optimizer)
 
 
 # -- the driver -------------------------------------------------------------------------------
@@ -347,6 +404,109 @@ def _prepare_head(
     return head, {"source": "built", "reason_built": reason, **record}
 
 
+def mask_digest(mask) -> str:
+    """A digest of a mask's bits (names and shapes included): equal digests, equal masks."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(mask.tensors):
+        bits = mask.tensors[name]
+        digest.update(f"{name}{tuple(bits.shape)}".encode())
+        digest.update(bits.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _same_on_every_rank(mask, what: str) -> str:
+    """The mask's digest, checked equal on every process of a launch (a divergence is a bug:
+    stop rather than write one rank's mask as if all had trained it)."""
+    digest = mask_digest(mask)
+    first = broadcast_from_first(digest)
+    if first != digest:
+        raise TicketlabError(f"TAMT {what}: this process's mask differs from the first process's")
+    return digest
+
+
+def _finished(outputs: TamtOutputs, store: StepStore, spec: TamtSpec) -> dict[str, Any] | None:
+    """The results of the finished run at ``outputs`` with ``spec``'s settings, or None. A run of
+    other settings is refused; one written before the step protocol (no ``final`` step) counts
+    when its files are there."""
+    if not (outputs.final.exists() and outputs.results.exists()):
+        return None
+    done = read_json(outputs.results)
+    if done.get("spec_digest") != spec.digest():
+        # Not overwritten: e.g. a mask trained with adamw before --optimizer existed, rerun with a
+        # command line that now means bertadam.
+        raise TicketlabError(
+            f"{outputs.results} holds a finished TAMT run of other settings "
+            f"({_differences(done.get('spec', {}), spec)}); remove it or choose another --out"
+        )
+    if done.get("steps") != spec.steps:
+        return None
+    if "steps_folder" in done:  # written from the steps: they must be there, and whole
+        if not store.is_done(FINAL_STEP) or _budgets_missing(store, spec):
+            return None  # redone (or removed): trained again
+        store.verify(FINAL_STEP, STEP_FILES)
+        return done
+    for path in [done.get("mask"), *done.get("budget_masks", {}).values()]:
+        if path and not Path(path).is_file():
+            raise TicketlabError(
+                f"the TAMT run in {outputs.results} lists {path}, which is missing; redo it with "
+                f"--redo {FINAL_STEP} (or remove {outputs.results})"
+            )
+    return done
+
+
+def _adopt_legacy(outputs: TamtOutputs, store: StepStore, spec: TamtSpec) -> None:
+    """A run interrupted before the step protocol kept its checkpoint beside its masks: it becomes
+    the partial work of the ``final`` step (so the run resumes from it), and the budget masks it
+    had saved up to that checkpoint become budget steps. (On every process of a launch: the
+    budget steps are published together; the first process decides and moves the files.)"""
+    rank, _ = rank_and_world()
+    plan = None
+    if rank == 0 and outputs.checkpoint.is_file() and not store.is_done(FINAL_STEP):
+        _, meta = read_checkpoint(outputs.checkpoint)
+        budgets = [
+            s
+            for s in spec.save_at
+            if s <= int(meta["step"]) and outputs.budget(s).is_file() and not store.is_done(budget_step(s))
+        ]
+        plan = {"digest": meta.get("spec_digest"), "budgets": budgets}
+    plan = broadcast_from_first(plan)
+    if plan is None:
+        return
+    for step in plan["budgets"]:
+
+        def adopt(tmp: Path, step=step) -> None:
+            if rank == 0:
+                link_file(outputs.budget(step), tmp / MASK_FILE)
+            record = {"step": step, "mask": str(outputs.budget(step)), "spec_digest": plan["digest"]}
+            write_json(tmp / RESULTS_FILE, dict(record, adopted="saved before the step protocol"))
+
+        store.run(budget_step(step), adopt, required=STEP_FILES)
+    if rank == 0:
+        store.adopt_partial(FINAL_STEP, {CHECKPOINT: outputs.checkpoint})
+
+
+def _budgets_missing(store: StepStore, spec: TamtSpec) -> list[int]:
+    return [s for s in spec.save_at if not store.is_done(budget_step(s))]
+
+
+def _check_step_record(store: StepStore, name: str, record: dict[str, Any], spec: TamtSpec) -> dict[str, Any]:
+    if record.get("spec_digest") != spec.digest():
+        raise TicketlabError(
+            f"step {name} in {store.root} belongs to a TAMT run of other settings "
+            f"({_differences(record.get('spec', {}), spec)}); redo it with --redo {name} "
+            "or choose another --out"
+        )
+    return record
+
+
+def _write_summary(outputs: TamtOutputs, store: StepStore, results: dict[str, Any]) -> None:
+    """The files users read, from the published steps: the final mask, the budgets, results."""
+    link_file(store.path(FINAL_STEP) / MASK_FILE, outputs.final)
+    for step in results["budget_masks"]:
+        link_file(store.path(budget_step(int(step))) / MASK_FILE, outputs.budget(int(step)))
+    write_json(outputs.results, results)
+
+
 def run_tamt(
     spec: TamtSpec,
     out: str | os.PathLike,
@@ -356,27 +516,72 @@ def run_tamt(
 ) -> dict[str, Any]:
     """Train a mask as ``spec`` says, write the masks to ``out``, and return the results.
 
-    Reruns with the same spec resume from the last checkpoint, or return at once when finished.
-    ``on_step(step, losses)`` is called after each update (1-based step).
+    The run's steps (each ``--save-at`` budget, then ``final``) follow the step protocol
+    (``experiments/steps.py``) in :attr:`TamtOutputs.store`: the training claims ``final`` and
+    checkpoints inside its claimed folder, so a rerun (or a second process) resumes from the last
+    checkpoint, or returns at once when finished. Under ``torchrun`` / ``accelerate launch`` the
+    processes train together (each a slice of every batch, score gradients averaged), the first
+    writes, and every process returns the same results. ``on_step(step, losses)`` is called after
+    each update (1-based step).
     """
+    spec.validate()
+    rank, world = rank_and_world()
+    if spec.batch_size % world:
+        raise TicketlabError(
+            f"--batch-size {spec.batch_size} is the batch of all {world} processes together: "
+            f"make it a multiple of {world}"
+        )
+    outputs = TamtOutputs.for_out(out)
+    store = StepStore(outputs.store)
+    finished = broadcast_from_first(_finished(outputs, store, spec) if rank == 0 else None)
+    if finished is not None:
+        return finished
+    _adopt_legacy(outputs, store, spec)
+    if rank == 0:  # budgets of other settings are refused before any training, not when reached
+        for step in spec.save_at:
+            if store.is_done(budget_step(step)):
+                store.verify(budget_step(step), STEP_FILES)
+                found = read_json(store.path(budget_step(step)) / RESULTS_FILE)
+                _check_step_record(store, budget_step(step), found, spec)
+    if rank == 0 and store.is_done(FINAL_STEP):
+        store.verify(FINAL_STEP, STEP_FILES)
+        done = read_json(store.path(FINAL_STEP) / RESULTS_FILE)
+        _check_step_record(store, FINAL_STEP, done, spec)
+        # A constant rate's run of other steps, or a budget redone: trained again.
+        if done.get("steps") != spec.steps or _budgets_missing(store, spec):
+            store.redo(FINAL_STEP)
+    results = store.run(
+        FINAL_STEP,
+        lambda tmp: _train(spec, outputs, store, tmp, progress, on_step),
+        load=lambda folder: read_json(folder / RESULTS_FILE),
+        required=STEP_FILES,
+        resumable=True,
+    )
+    assert results is not None
+    _check_step_record(store, FINAL_STEP, results, spec)
+    if rank == 0:
+        _write_summary(outputs, store, results)
+    barrier()  # nobody reads the summary before the first process wrote it
+    return results
 
+
+def _train(
+    spec: TamtSpec,
+    outputs: TamtOutputs,
+    store: StepStore,
+    tmp: Path,
+    progress: bool,
+    on_step: Callable[[int, dict[str, float]], None] | None,
+) -> dict[str, Any]:
+    """The ``final`` step: train the scores in ``tmp`` (resuming from its checkpoint), publish
+    each budget as its own step on the way, and leave the final mask and results in ``tmp``."""
     from ticketlab.models import load_encoder, load_tokenizer
 
-    spec.validate()
-    outputs = TamtOutputs.for_out(out)
-    if outputs.final.exists() and outputs.results.exists():
-        done = json.loads(outputs.results.read_text())
-        if done.get("spec_digest") == spec.digest() and done.get("steps") == spec.steps:
-            return done
-        if done.get("spec_digest") != spec.digest():
-            # Not overwritten: e.g. a mask trained with adamw before --optimizer existed, rerun
-            # with a command line that now means bertadam.
-            raise TicketlabError(
-                f"{outputs.results} holds a finished TAMT run of other settings "
-                f"({_differences(done.get('spec', {}), spec)}); remove it or choose another --out"
-            )
-    resume = outputs.checkpoint.exists()
+    rank, world = rank_and_world()
+    checkpoint = tmp / CHECKPOINT
+    resume = broadcast_from_first(checkpoint.is_file())
     started = time.perf_counter()
+    progress = progress and rank == 0
 
     tokenizer = load_tokenizer(spec.model)
     encoder = load_encoder(spec.model).to(_device())
@@ -385,6 +590,9 @@ def run_tamt(
     head, head_record = None, None
     if "mlm" in spec.objective:
         head, head_record = _prepare_head(spec, encoder, text, masking, not resume, progress)
+        if world > 1:  # one head for all (built heads train alike, but bits are cheap to send)
+            head.load_state_dict(broadcast_from_first(head.state_dict()))
+            head_record = broadcast_from_first(head_record)
         head = head.to(_device())
     init_mask = prune(
         encoder,
@@ -407,20 +615,28 @@ def run_tamt(
         # The decay's horizon: a budget mask saved at step N < steps had a rate not yet at zero.
         "schedule_steps": spec.steps if spec.lr_schedule != "constant" else None,
     }
+    if world > 1:
+        # Data parallel without a DDP wrapper: the loss of each process is its share of the global
+        # batch's loss (times the number of processes), so the averaged gradient is the global one.
+        optimizer.register_step_pre_hook(
+            lambda opt, _args, _kwargs: average_gradients(p for g in opt.param_groups for p in g["params"])
+        )
 
     start_step, elapsed_before, losses = 0, 0.0, []
     if resume:
-        meta = load_checkpoint(outputs.checkpoint, learned, head, optimizer)
+        state = broadcast_from_first(read_checkpoint(checkpoint) if rank == 0 else None)
+        meta = restore_checkpoint(*state, learned, head, optimizer)
         if meta.get("spec_digest") != spec.digest():
             raise TicketlabError(
-                f"{outputs.checkpoint} belongs to a different TAMT run; remove it or choose another --out"
+                f"the checkpoint in {store.partial_path(FINAL_STEP)} belongs to a different TAMT run; "
+                f"start afresh with --redo {FINAL_STEP}, or choose another --out"
             )
         start_step, elapsed_before, losses = int(meta["step"]), float(meta["wall_time_s"]), meta["losses"]
         head_record = meta.get("head_record", head_record)
         if start_step > spec.steps:
             raise TicketlabError(
-                f"{outputs.checkpoint} is at step {start_step}, past --steps {spec.steps}; "
-                "raise --steps or remove the checkpoint"
+                f"the checkpoint in {store.partial_path(FINAL_STEP)} is at step {start_step}, past "
+                f"--steps {spec.steps}; raise --steps or start afresh with --redo {FINAL_STEP}"
             )
 
     def provenance(step: int, wall: float) -> Provenance:
@@ -440,6 +656,7 @@ def run_tamt(
                 "score_scale": spec.score_scale,
                 "text": text.source,
                 "mlm_head": head_record,
+                "num_processes": world,
                 "search_cost": {"steps": step, "examples": step * spec.batch_size, "wall_time_s": wall},
             },
             scope=spec.scope,
@@ -467,13 +684,37 @@ def run_tamt(
 
     def loss_fn(_trained: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         ids, attention = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        loss, found = tamt_loss(objective, ids, attention, batch["keys"], spec.seed, batch["step"])
+        loss, found = tamt_loss(objective, ids, attention, batch["keys"], spec.seed, batch["step"], rank=rank)
         parts.clear()
         parts.update(found)
         return loss
 
+    def publish_budget(step: int, wall: float) -> None:
+        mask = learned.to_mask(provenance(step, wall))
+        digest = _same_on_every_rank(mask, f"budget {step}")
+        record = {
+            "step": step,
+            "mask": str(outputs.budget(step)),
+            "mask_digest": digest,
+            "search_cost": {"steps": step, "examples": step * spec.batch_size, "wall_time_s": wall},
+            "losses": list(losses),
+            "spec": asdict(spec),
+            "spec_digest": spec.digest(),
+        }
+
+        def write(folder: Path) -> None:
+            save_mask(mask, folder / MASK_FILE)
+            write_json(folder / RESULTS_FILE, record)
+
+        name = budget_step(step)
+        found = store.run(name, write, load=lambda f: read_json(f / RESULTS_FILE), required=STEP_FILES)
+        _check_step_record(store, name, found or record, spec)
+        if rank == 0:
+            link_file(store.path(name) / MASK_FILE, outputs.budget(step))
+        saved[step] = str(outputs.budget(step))
+
     class Bookkeeping(Callback):
-        """Losses, budget masks, checkpoints and ``on_step`` after every update (1-based steps)."""
+        """Losses, budget steps, checkpoints and ``on_step`` after every update (1-based steps)."""
 
         def on_step_end(self, state: TrainState) -> None:
             done = start_step + state.step
@@ -482,10 +723,8 @@ def run_tamt(
                 losses.append([done, state.loss])
             wall = elapsed_before + time.perf_counter() - started
             if done in spec.save_at:
-                path = outputs.budget(done)
-                save_mask(learned.to_mask(provenance(done, wall)), path)
-                saved[done] = str(path)
-            if done % spec.checkpoint_every == 0 and done < spec.steps:
+                publish_budget(done, wall)
+            if done % spec.checkpoint_every == 0 and done < spec.steps and rank == 0:
                 meta = {
                     "step": done,
                     "spec_digest": spec.digest(),
@@ -493,7 +732,7 @@ def run_tamt(
                     "losses": losses,
                     "head_record": head_record,
                 }
-                save_checkpoint(outputs.checkpoint, learned, head, optimizer, meta)
+                save_checkpoint(checkpoint, learned, head, optimizer, meta)
             if on_step is not None:
                 on_step(done, result)
 
@@ -510,7 +749,9 @@ def run_tamt(
         seed=spec.seed,
         quiet=not progress,
     )
-    batches = StepBatches(text, BatchOrder(len(text), spec.batch_size, spec.seed), start_step, spec.steps)
+    batches = StepBatches(
+        text, BatchOrder(len(text), spec.batch_size, spec.seed), start_step, spec.steps, rank, world
+    )
     with learned.attached():
         if start_step < spec.steps:  # (a checkpoint exactly at --steps leaves nothing to train)
             train(
@@ -524,7 +765,14 @@ def run_tamt(
             )
         wall = elapsed_before + time.perf_counter() - started
         final = learned.to_mask(provenance(spec.steps, wall))
-    save_mask(final, outputs.final)
+    digest = _same_on_every_rank(final, "final mask")
+    save_mask(final, tmp / MASK_FILE)
+    missing = broadcast_from_first(_budgets_missing(store, spec))
+    if missing:  # removed while the run was interrupted past it: the checkpoint cannot give it back
+        raise TicketlabError(
+            f"budget step {budget_step(missing[0])} in {store.root} is missing and the checkpoint is past "
+            f"it; train the run again with --redo {FINAL_STEP}"
+        )
     for step in spec.save_at:
         saved.setdefault(step, str(outputs.budget(step)))
     results = {
@@ -533,6 +781,7 @@ def run_tamt(
         "objective": spec.objective,
         "sparsity": final.sparsity,
         "num_pruned": final.num_pruned(),
+        "mask_digest": digest,
         "steps": spec.steps,
         "search_cost": {"steps": spec.steps, "examples": spec.steps * spec.batch_size, "wall_time_s": wall},
         "lr": lr,
@@ -542,10 +791,11 @@ def run_tamt(
         "mlm_head": head_record,
         "text": text.source,
         "num_sequences": len(text),
+        "num_processes": world,
+        "steps_folder": str(outputs.store),
         "spec": asdict(spec),
         "spec_digest": spec.digest(),
     }
-    atomic_write(outputs.results, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
-    if outputs.checkpoint.exists():
-        outputs.checkpoint.unlink()
+    write_json(tmp / RESULTS_FILE, results)
+    checkpoint.unlink(missing_ok=True)  # the finished step holds what it computed, not how far it got
     return results

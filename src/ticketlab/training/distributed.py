@@ -60,3 +60,25 @@ def broadcast_from_first(value: T) -> T:
 def barrier() -> None:
     if launched_processes() > 1:
         process_state().wait_for_everyone()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over the processes (in place, and returned); unchanged on one process."""
+    if launched_processes() > 1:
+        import torch.distributed as dist
+
+        process_state()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def average_gradients(parameters: Any) -> None:
+    """Replace each parameter's gradient by its mean over the processes: every process then holds
+    the same bits, so the same optimizer step keeps their parameters equal (data parallelism
+    without a DDP wrapper, for parameters that are not a module's own weights, such as mask scores)."""
+    world = launched_processes()
+    if world <= 1:
+        return
+    for param in parameters:
+        if param.grad is not None:
+            all_reduce_sum(param.grad).div_(world)

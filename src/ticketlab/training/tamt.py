@@ -28,7 +28,8 @@ from ticketlab.errors import TicketlabError
 from ticketlab.models.mlm_head import MlmHead, word_embeddings
 from ticketlab.pruning.tamt import LearnedMask
 from ticketlab.training.bertadam import DEFAULT_MAX_GRAD_NORM, BertAdam
-from ticketlab.training.objectives import MlmMasking, kd_loss, mlm_loss
+from ticketlab.training.distributed import all_reduce_sum, launched_processes
+from ticketlab.training.objectives import MlmMasking, kd_loss_sum, mlm_loss_sum
 
 OBJECTIVES: tuple[str, ...] = ("mlm", "kd", "mlm+kd")
 
@@ -56,9 +57,23 @@ def check_objective(objective: str) -> None:
         raise TicketlabError(f"unknown TAMT objective {objective!r} (choose from {', '.join(OBJECTIVES)})")
 
 
-def step_seed(seed: int, step: int) -> int:
-    """A seed for everything random in one step (dropout), from ``(seed, step)`` alone: resumable."""
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(step)]).generate_state(1)[0])
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """A seed for everything random in one step (dropout), from ``(seed, step)`` alone: resumable.
+    Each further process of a launch (``rank``) draws its own noise for its slice of the batch."""
+    entropy = [int(seed) & 0xFFFFFFFF, int(step)] + ([int(rank)] if rank else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def _share_of_global_mean(total: torch.Tensor, count: int) -> torch.Tensor:
+    """``total / count`` on one process. Under a launch of N processes: this process's share of
+    the mean over all processes' terms, times N (the global count summed over the processes), so
+    the processes' mean of it (the loop's reported loss, DDP-style averaged gradients) is the
+    global batch's mean, as one process with the whole batch computes it."""
+    world = launched_processes()
+    if world <= 1:
+        return total / max(count, 1)
+    counted = all_reduce_sum(torch.tensor(float(count), dtype=torch.float64))
+    return total * (world / max(float(counted), 1.0))
 
 
 @dataclass
@@ -113,14 +128,20 @@ class TamtObjective:
             student = self.encoder(
                 input_ids=inputs, attention_mask=attention, output_hidden_states=teacher is not None
             )
+            # Token means (kd: real tokens; mlm: targets), over the whole batch of all processes.
             if teacher is not None:
-                parts["kd"] = kd_loss(student.hidden_states, teacher, attention, self.kd_kind)
+                parts["kd"] = _share_of_global_mean(
+                    *kd_loss_sum(student.hidden_states, teacher, attention, self.kd_kind)
+                )
             if labels is not None:
                 targets = labels != -100
                 logits = self.head(student.last_hidden_state[targets], word_embeddings(self.encoder).weight)
-                parts["mlm"] = mlm_loss(logits, labels[targets])
+                parts["mlm"] = _share_of_global_mean(*mlm_loss_sum(logits, labels[targets]))
         total = sum(parts.values())
-        return total, {k: float(v.detach()) for k, v in parts.items()}
+        values = {k: v.detach().double() for k, v in parts.items()}
+        if launched_processes() > 1:  # reported as the global batch's (the processes' mean)
+            values = {k: all_reduce_sum(v) / launched_processes() for k, v in values.items()}
+        return total, {k: float(v) for k, v in values.items()}
 
 
 def tamt_optimizer(
@@ -172,11 +193,13 @@ def tamt_loss(
     keys: Sequence[int],
     seed: int,
     step: int,
+    rank: int = 0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss of step ``step`` (and its parts), with dropout seeded from ``(seed, step)`` alone."""
+    """The loss of step ``step`` (and its parts), with dropout seeded from ``(seed, step)`` alone
+    (and the process's ``rank`` under a launch, each drawing its own)."""
     devices = [ids.device.index or 0] if ids.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(step_seed(seed, step))
+        torch.manual_seed(step_seed(seed, step, rank))
         return objective.loss(ids, attention, keys)
 
 
