@@ -128,3 +128,14 @@ def test_a_damaged_level_is_named_and_redo_recomputes_it_identically(tmp_path):
     trainer.calls = [0.0]  # the stand-in trainer seeds its noise by the level it counts
     run_imp(spec, out, build_model, trainer, echo=lambda _: None)
     assert len(trainer.calls) == 2 and load_mask(mask_file) == clean  # only level 1 ran again
+
+
+def test_the_lr_horizon_option_leaves_existing_run_hashes_unchanged():
+    from ticketlab.experiments.store import spec_hash
+
+    # Pinned before the option existed: runs of the default (per-level) schedule keep their names.
+    assert spec_hash(ImpSpec(model="bert-base-uncased", task="rte")) == "f3bd6a8c0f82"
+    assert spec_hash(ImpSpec(model="m", task="mlm", levels=[0.5], text="t.txt")) == "938425828ee5"
+    assert spec_hash(ImpSpec(model="bert-base-uncased", task="rte", lr_horizon="run")) != "f3bd6a8c0f82"
+    with pytest.raises(TicketlabError, match="unknown lr horizon 'epoch'"):
+        ImpSpec(model="m", task="rte", lr_horizon="epoch").validate()

@@ -119,3 +119,32 @@ def test_imp_under_torchrun_trains_on_both_ranks_and_writes_one_run(tmp_path):
     assert (out / "level_01" / "mask.safetensors").is_file() and (
         out / "level_00" / "next_mask.safetensors"
     ).is_file()
+
+
+def _logged_rates(level_dir):
+    lines = [json.loads(line) for line in (level_dir / "log.jsonl").read_text().splitlines()]
+    return [line["lr"] for line in lines if line.get("event") == "train"]
+
+
+@pytest.mark.parametrize("horizon", ["level", "run"])
+def test_each_levels_learning_rates_with_the_level_or_the_run_as_horizon(tmp_path, capsys, horizon):
+    """3 levels of 3 steps (48 examples, batch 16) at lr 1e-3, each level a fresh linear schedule:
+    with horizon ``level`` the rate after step t of a level is 1e-3 x (1 - t/3); with ``run``
+    (BERT-Tickets) the horizon is all 9 steps of the run, 1e-3 x (1 - t/9), so a level ends at 2/3."""
+    model_dir = tiny_model_dir(tmp_path / "model")
+    data = write_glue_task(tmp_path / "glue", "sst2", {"train": 48, "dev": 16})
+    out = tmp_path / "imp"
+    extra = ["--log-every", "1", "--json"] + (["--lr-horizon", "run"] if horizon == "run" else [])
+    assert imp(model_dir, data, out, *extra) == 0
+    summary = json.loads(capsys.readouterr().out)
+    steps = 3 if horizon == "level" else 9
+    by_hand = [1e-3 * (1 - t / steps) for t in (1, 2, 3)]
+    for index, level in enumerate(summary["levels"]):
+        assert _logged_rates(out / f"level_{index:02d}") == pytest.approx(by_hand, rel=1e-9, abs=1e-15)
+        assert level["lr_schedule"] == {"horizon": horizon, "horizon_steps": steps, "fresh_per_level": True}
+    spec = json.loads((out / "spec.json").read_text())
+    assert ("lr_horizon" in spec["spec"]) and (spec["spec"]["lr_horizon"] == horizon)
+    if horizon == "run":
+        # More levels would change every earlier level's horizon: another run, not a growth.
+        assert imp(model_dir, data, out, "--lr-horizon", "run", "--levels", "0.3,0.6,0.8") == 2
+        assert "holds a different ImpSpec" in capsys.readouterr().err

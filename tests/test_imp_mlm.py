@@ -39,11 +39,12 @@ class HeadRecorder:
     can crash the run inside a level (as a kill would) after some steps."""
 
     def __init__(self, crash_at_call=None, crash_at_step=3):
-        self.heads = []
+        self.heads, self.configs = [], []
         self.crash_at_call, self.crash_at_step = crash_at_call, crash_at_step
 
     def __call__(self, model, loader, evaluate, config, callbacks=(), **kwargs):
         self.heads.append(model.head.dense.weight.detach().clone())
+        self.configs.append(config)
         callbacks = list(callbacks)
         if self.crash_at_call == len(self.heads) - 1:
             step = self.crash_at_step
@@ -164,8 +165,11 @@ def test_a_model_without_mlm_head_gets_a_tied_head_and_reinit_restarts_it(world,
         head="reinit",
         recipe={**RECIPE, "steps": 30, "head_steps": 20},
         text=str(world["text"]),
+        lr_horizon="run",  # BERT-Tickets' schedule: each level's spans both levels' 30 steps
     )
     summary = run_imp_on_task(spec, tmp_path / "run", quiet=True, echo=lambda _: None)
+    assert [config.horizon_factor for config in recorder.configs] == [2, 2]
+    assert [level["lr_schedule"]["horizon_steps"] for level in summary["levels"]] == [60, 60]
     head_file = load_file(tmp_path / "run" / "mlm_head" / "mlm_head.safetensors")
     assert set(head_file) == {"dense.weight", "dense.bias", "layer_norm.weight", "layer_norm.bias", "bias"}
     # reinit: both levels start from the initial head (built, its transform trained for 20 steps)
@@ -178,6 +182,7 @@ def test_a_model_without_mlm_head_gets_a_tied_head_and_reinit_restarts_it(world,
     params = load_mask(tmp_path / "run" / level_name(1) / "mask.safetensors").provenance.method_params
     assert params["mlm_head"]["source"] == "built" and params["mlm_head"]["built"] is True
     assert params["mlm_head"]["head_steps"] == 20 and params["mlm_head"]["across_levels"] == "reinit"
+    assert params["lr_horizon"] == "run"
 
 
 def test_report_on_an_mlm_run_treats_lower_loss_as_better(world, tmp_path):

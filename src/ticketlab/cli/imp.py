@@ -76,6 +76,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
         help="task head at rewinding: keep the trained one (the paper) or re-initialise",
     )
     add_protocol_flags(p)
+    p.add_argument(
+        "--lr-horizon",
+        choices=("level", "run"),
+        default="level",
+        help="horizon of each level's fresh linear schedule: level (decays to 0 within the level; "
+        "default) or run (all levels' steps, as BERT-Tickets: a level's rate barely decays)",
+    )
     p.add_argument("--seed", type=seed, default=0)
     add_spec_arguments(p, FinetuneSpec, skip=_NOT_RECIPE, overrides_only=True)
     mlm = p.add_argument_group("IMP on MLM (--task mlm)")
@@ -138,6 +145,7 @@ def run_imp_command(args: argparse.Namespace) -> int:
         recipe=recipe,
         text=args.text,
         eval_text=args.eval_text,
+        lr_horizon=args.lr_horizon,
     )
     echo = (lambda _: None) if args.quiet or args.json else print
     if args.redo:

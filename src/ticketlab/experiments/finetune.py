@@ -430,6 +430,7 @@ def run_finetune(
     mask: Any = None,
     mask_file: str | os.PathLike | None = None,
     record: dict[str, Any] | None = None,
+    horizon_factor: int = 1,
 ) -> dict[str, Any]:
     """Fine-tune ``spec.model`` (with ``spec.mask`` held, if any) on ``spec.task``; write the run
     directory ``out_dir`` and return the contents of its results.json.
@@ -439,6 +440,8 @@ def run_finetune(
     place. ``mask`` (a mask object) stands in for ``spec.mask``; ``mask_file`` names the file it
     was saved to (results.json records it and its hash; a relative name is relative to
     ``out_dir``). ``record`` adds entries to results.json (a control's layer order, say).
+    ``horizon_factor`` stretches the linear schedule's horizon to that many times the run's steps
+    (IMP with BERT-Tickets' schedule: each level's spans all levels).
     """
     from accelerate.utils import set_seed
 
@@ -482,7 +485,17 @@ def run_finetune(
     gates = apply_structured_mask(model, structured) if structured is not None else None
     try:
         return _train_and_record(
-            spec, out, task, model, enforcer, ticket, accelerator, cache_dir, quiet, wall_start
+            spec,
+            out,
+            task,
+            model,
+            enforcer,
+            ticket,
+            accelerator,
+            cache_dir,
+            quiet,
+            wall_start,
+            horizon_factor,
         )
     finally:
         if gates is not None:
@@ -554,6 +567,7 @@ def _train_and_record(
     cache_dir: str | os.PathLike | None,
     quiet: bool,
     wall_start: float,
+    horizon_factor: int = 1,
 ) -> dict[str, Any]:
     """Train ``model`` (its ticket already applied) and write the run directory's files."""
     import torch
@@ -602,6 +616,7 @@ def _train_and_record(
     callbacks.append(JsonlLogger(out / LOG_FILE, every=spec.log_every, extra={"task": task.name}))
     config = spec.train_config(main_metric=spec.main_metric or task.main_metric, quiet=quiet)
     config.greater_is_better = task.greater_is_better
+    config.horizon_factor = horizon_factor
     result = train(model, loader, evaluator, config, callbacks=callbacks, accelerator=accelerator)
 
     files = []

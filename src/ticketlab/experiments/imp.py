@@ -6,10 +6,10 @@ mask until the next level's total sparsity is reached. A level's folder appears 
 finished, so a killed run resumes at the first unfinished level and, with the same seed, ends with
 masks bit-identical to an uninterrupted run.
 
-Differences from the original code, on purpose: the learning rate decays to zero within each level
-(the original re-created AdamW and its schedule at every level too, but with the whole run's length
-as the horizon, so each level's rate barely decays), and pruning never goes to 100%: it stops at
-the last level asked for.
+Differences from the original code, on purpose: by default the learning rate decays to zero
+within each level (the original re-created AdamW and its schedule at every level too, but with the
+whole run's length as the horizon, so each level's rate barely decays: ``lr_horizon="run"`` does
+that), and pruning never goes to 100%: it stops at the last level asked for.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from ticketlab.training.distributed import broadcast_from_first
 TrainFunction = Callable[[nn.Module, UnstructuredMask | None, int, Path], dict[str, Any]]
 
 MLM_TASK = "mlm"  # the task name of IMP on the masked-LM objective (experiments/imp_mlm.py)
+LR_HORIZONS = ("level", "run")
 
 
 @dataclass
@@ -69,13 +70,30 @@ class ImpSpec:
         metadata={"help": "mlm: held-out text file (default: a held-out slice of the training text)"},
     )
 
+    # Added later: at its default the run-directory hash of existing runs is unchanged.
+    lr_horizon: str = field(
+        default="level",
+        metadata={
+            "help": "horizon of each level's linear schedule: level (the rate decays to zero within "
+            "each level; ticketlab) or run (the whole run's steps, all levels: BERT-Tickets, whose "
+            "levels' rates barely decay)"
+        },
+    )
+
     run_prefix = "imp"
     # More levels on top of the finished ones: the run grows (its last level is redone to prune
     # for the next one); any other change of levels is another run.
     growable_fields = ("levels",)
 
     def grows_from(self, recorded: ImpSpec) -> bool:
+        if self.lr_horizon == "run" and list(self.levels) != list(recorded.levels):
+            return False  # the run's length is every level's horizon: more levels, other levels
         return list(self.levels[: len(recorded.levels)]) == list(recorded.levels)
+
+    @property
+    def horizon_factor(self) -> int:
+        """How many levels' steps each level's schedule spans (1: its own; ``run``: all levels)."""
+        return len(self.levels) + 1 if self.lr_horizon == "run" else 1
 
     def validate(self) -> None:
         if not self.levels:
@@ -88,6 +106,10 @@ class ImpSpec:
             raise TicketlabError(f"IMP levels must increase: {self.levels}")
         if self.head not in ("keep", "reinit"):
             raise TicketlabError(f"head must be 'keep' or 'reinit', not {self.head!r}")
+        if self.lr_horizon not in LR_HORIZONS:
+            raise TicketlabError(
+                f"unknown lr horizon {self.lr_horizon!r} (choose from {', '.join(LR_HORIZONS)})"
+            )
         if self.task == MLM_TASK:
             if self.data_dir is not None:
                 raise TicketlabError("task mlm reads --text (and --eval-text), not --data-dir")
@@ -126,6 +148,12 @@ def search_cost(level_results: list[dict[str, Any]]) -> dict[str, Any]:
         "examples": total("train_examples_seen"),
         "wall_time_s": total("wall_seconds"),
     }
+
+
+def lr_schedule_record(spec: ImpSpec, level_steps: int | None) -> dict[str, Any]:
+    """Which schedule a level ran: its horizon (``level`` or ``run``) and that horizon in steps."""
+    horizon = None if level_steps is None else level_steps * spec.horizon_factor
+    return {"horizon": spec.lr_horizon, "horizon_steps": horizon, "fresh_per_level": True}
 
 
 def level_files(index: int, num_levels: int) -> list[str]:
@@ -185,7 +213,12 @@ def run_imp(
             if mask is not None:
                 save_mask(mask, tmp / "mask.safetensors")
             results = train(model, mask, spec.seed, tmp)
-            results = dict(results, level=index, sparsity=mask.sparsity if mask is not None else 0.0)
+            results = dict(
+                results,
+                level=index,
+                sparsity=mask.sparsity if mask is not None else 0.0,
+                lr_schedule=lr_schedule_record(spec, results.get("training_steps")),
+            )
             save_file(_head_state(model, adapter), tmp / "trained_head.safetensors")
             if pretrained is not None:
                 next_target = sparsities[index + 1]
@@ -210,6 +243,7 @@ def run_imp(
                     "task": spec.task,
                     "head": spec.head,
                     "levels": list(spec.levels),
+                    "lr_horizon": spec.lr_horizon,  # which schedule the levels before it ran
                     "search_cost": search_cost(earlier + [results]),
                     **(mask_params or {}),
                 }
@@ -280,8 +314,10 @@ def finetune_functions(
     seed: int,
     cache_dir: str | None = None,
     quiet: bool = False,
+    horizon_factor: int = 1,
 ) -> tuple[Callable[[], nn.Module], TrainFunction]:
-    """``build_model`` and ``train`` for IMP on a downstream task, through ``run_finetune``."""
+    """``build_model`` and ``train`` for IMP on a downstream task, through ``run_finetune``
+    (``horizon_factor``: :attr:`ImpSpec.horizon_factor`, the levels each schedule spans)."""
     from accelerate.utils import set_seed
 
     from ticketlab.experiments.finetune import FinetuneSpec, run_finetune
@@ -301,7 +337,14 @@ def finetune_functions(
         # The level saved its mask beside the run before training: results.json names it.
         mask_file = "mask.safetensors" if mask is not None and (out / "mask.safetensors").is_file() else None
         return run_finetune(
-            spec, out, model=prepared, mask=mask, mask_file=mask_file, cache_dir=cache_dir, quiet=quiet
+            spec,
+            out,
+            model=prepared,
+            mask=mask,
+            mask_file=mask_file,
+            cache_dir=cache_dir,
+            quiet=quiet,
+            horizon_factor=horizon_factor,
         )
 
     return build_model, train

@@ -25,6 +25,13 @@ def run_imp_on_task(
         return run_imp_on_mlm(spec, out, cache_dir=cache_dir, quiet=quiet, echo=echo)
     check_recipe(spec.recipe)
     build_model, train = finetune_functions(
-        spec.model, spec.task, spec.data_dir, spec.recipe, seed=spec.seed, cache_dir=cache_dir, quiet=quiet
+        spec.model,
+        spec.task,
+        spec.data_dir,
+        spec.recipe,
+        seed=spec.seed,
+        cache_dir=cache_dir,
+        quiet=quiet,
+        horizon_factor=spec.horizon_factor,
     )
     return run_imp(spec, out, build_model, train, echo=echo)

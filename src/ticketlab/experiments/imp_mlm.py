@@ -382,6 +382,7 @@ def mlm_functions(
             main_metric="mlm_loss",
             greater_is_better=False,
             quiet=quiet,
+            horizon_factor=spec.horizon_factor,  # lr_horizon run: every level's schedule spans all
         )
         result = loop.train(model, loader, evaluate, config, callbacks=callbacks, accelerator=accelerator)
         wall = time.perf_counter() - started

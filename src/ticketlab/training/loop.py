@@ -76,6 +76,14 @@ class TrainConfig:
     )
     greater_is_better: bool = field(default=True, metadata={"help": "whether a larger main metric is better"})
     quiet: bool = field(default=False, metadata={"help": "no progress bar"})
+    horizon_factor: int = field(
+        default=1,
+        metadata={
+            "help": "linear schedule: its horizon (and warm-up) is this many times the run's steps, so "
+            "the rate ends at lr x (1 - 1/factor) (BERT-Tickets' IMP: a fresh schedule per level over "
+            "all levels' steps)"
+        },
+    )
 
     def validate(self) -> None:
         if not self.lr > 0:
@@ -92,6 +100,8 @@ class TrainConfig:
             raise TicketlabError(f"warm-up ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.schedule_start < 0:
             raise TicketlabError(f"schedule start must be >= 0, got {self.schedule_start}")
+        if self.horizon_factor < 1:
+            raise TicketlabError(f"schedule horizon factor must be at least 1, got {self.horizon_factor}")
         if self.weight_decay < 0:
             raise TicketlabError(f"weight decay must be >= 0, got {self.weight_decay}")
         if self.eval_every is not None and self.eval_every < 1:
@@ -279,7 +289,7 @@ def train(
     if config.lr_schedule == "constant":
         scheduler = get_constant_schedule(optimizer)
     else:
-        horizon = config.schedule_start + total_steps
+        horizon = (config.schedule_start + total_steps) * config.horizon_factor
         scheduler = get_linear_schedule_with_warmup(
             optimizer, math.ceil(config.warmup_ratio * horizon), horizon
         )
