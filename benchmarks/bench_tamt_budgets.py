@@ -1,7 +1,10 @@
-"""TAMT-KD with BERT's Adam against OMP and matched random, by mask-training budget (issue 18).
+"""TAMT (KD, or MLM with a built head) with BERT's Adam against OMP and matched random, by
+mask-training budget (issue 18).
 
-What it measures, in the order that answers the question soonest: MiniLM-L6 (no MLM head, so
-TAMT-KD), scope ``encoder+embeddings`` with the ``per-matrix`` scheme (``liu2022``), sparsity 0.7
+What it measures, in the order that answers the question soonest: MiniLM-L6 (no MLM head: TAMT-KD
+by default; ``--objective mlm`` trains TAMT-MLM through the head ticketlab builds for it, its
+decoder tied to the word embeddings and its transform trained ``--head-steps`` first, at the
+paper's MLM lr 5e-5 without weight decay), scope ``encoder+embeddings`` with the ``per-matrix`` scheme (``liu2022``), sparsity 0.7
 first, then 0.5. One TAMT-KD run per sparsity with the paper's optimizer and settings (BertAdam, lr
 2e-5 decaying linearly to zero over ``--tamt-steps``, weight decay 0.01 on the scores, batch 16 x 128
 tokens of WikiText-2 ``test.txt``, cosine KD over the layers, student dropout on, teacher in eval
@@ -20,13 +23,16 @@ early budgets come before the later mask-training steps; resumed, it gives the s
 uninterrupted run (tests/test_tamt.py).
 
 Everything goes into ``--work`` (default ``~/.cache/ticketlab/bench_tamt_budgets``): masks, TAMT
-runs, fine-tuning run directories, one JSON per finished item under ``items/``. After every item
+runs, fine-tuning run directories, one JSON per finished item under ``items/``. The objectives
+never mix: TAMT-MLM's tickets are ``tamt_mlm<N>`` (TAMT-KD's ``tamt<N>``, as before), its runs
+``tamt-mlm-*`` and its aggregate ``<NAME>_mlm``; the OMP, random and full items are the same
+computation for both, so one ``--work`` shares them. After every item
 the aggregate (per task x sparsity x ticket: mean ± std over the finished seeds, the KD losses,
 the swap fractions, TAMT's loss curve and cost) is written to ``benchmarks/results/<NAME>.json``.
 
     TICKETLAB_SHARED=../shared PYTHONPATH=src python benchmarks/bench_tamt_budgets.py [--probe]
         [--sparsities 0.7,0.5] [--tasks stsb,sst2] [--seeds 0,1,2] [--budgets 100,300,1000]
-        [--work DIR] [--threads 1]
+        [--objective kd|mlm] [--work DIR] [--threads 1]
 
 ``--probe`` times 5 TAMT steps and a 128-example fine-tune on this machine, prints the estimate
 of the whole plan and exits. ``--report-only`` rewrites the aggregate from the finished items.
@@ -61,6 +67,11 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 
 
+# The paper's peak lr per objective (weight decay: its default per objective, 0.01 KD, 0 MLM).
+OBJECTIVE_LR = {"kd": 2e-5, "mlm": 5e-5}
+RESULTS_NAME = "tamt_budgets"
+
+
 class Pause(Exception):
     """Raised from TAMT's on_step at a budget: the checkpoint there lets the next item resume."""
 
@@ -74,10 +85,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--budgets", default="100,300,1000", help="TAMT masks after these steps (the last: the run)"
     )
-    p.add_argument("--tamt-lr", type=float, default=2e-5, help="TAMT peak lr (the paper's KD lr)")
+    p.add_argument(
+        "--objective", choices=list(OBJECTIVE_LR), default="kd", help="TAMT's objective (mlm: built head)"
+    )
+    p.add_argument("--tamt-lr", type=float, help="TAMT peak lr (default: the paper's, KD 2e-5, MLM 5e-5)")
+    p.add_argument(
+        "--head-steps", type=int, default=100, help="mlm: training steps of the head built for the model"
+    )
     p.add_argument("--tamt-optimizer", default="bertadam", choices=["bertadam", "adamw"])
     p.add_argument("--tamt-batch-size", type=int, default=16)
     p.add_argument("--tamt-max-length", type=int, default=128)
+    p.add_argument(
+        "--tamt-max-sequences", type=int, help="smoke runs: TAMT (and the built head) on the first N blocks"
+    )
     p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning lr")
     p.add_argument("--batch-size", type=int, default=16, help="fine-tuning batch size")
     p.add_argument("--epochs", type=int, default=1)
@@ -86,7 +106,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-max-sequences", type=int, default=64, help="valid.txt blocks for the KD loss")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default=str(Path.home() / ".cache" / "ticketlab" / "bench_tamt_budgets"))
-    p.add_argument("--results-name", default="tamt_budgets")
+    p.add_argument(
+        "--results-name", default=RESULTS_NAME, help=f"default {RESULTS_NAME} (KD), {RESULTS_NAME}_mlm"
+    )
     p.add_argument("--probe", action="store_true", help="time one TAMT step and a small fine-tune; estimate")
     p.add_argument("--report-only", action="store_true", help="aggregate the finished items and exit")
     p.add_argument(
@@ -97,6 +119,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     args.budgets = sorted({int(b) for b in args.budgets.split(",") if b.strip()})
+    if args.tamt_lr is None:
+        args.tamt_lr = OBJECTIVE_LR[args.objective]
+    if args.objective != "kd" and args.results_name == RESULTS_NAME:
+        args.results_name = f"{RESULTS_NAME}_{args.objective}"
     return args
 
 
@@ -106,6 +132,8 @@ class Bench:
         self.model = args.model or str(shared / MODEL)
         self.work = Path(args.work).expanduser()
         (self.work / "items").mkdir(parents=True, exist_ok=True)
+        # TAMT's tickets and runs per objective (KD keeps the names of runs before the option).
+        self.tamt_prefix = "tamt" if args.objective == "kd" else f"tamt_{args.objective}"
         self.started = time.perf_counter()
 
     # -- items ------------------------------------------------------------------------------------
@@ -130,7 +158,7 @@ class Bench:
         a = self.args
         return TamtSpec(
             model=self.model,
-            objective="kd",
+            objective=a.objective,
             sparsity=sparsity,
             text=str(self.shared / TAMT_TEXT),
             steps=a.budgets[-1],
@@ -140,10 +168,20 @@ class Bench:
             lr=a.tamt_lr,
             optimizer=a.tamt_optimizer,
             checkpoint_every=math.gcd(*a.budgets),  # a checkpoint at every budget (the pauses)
+            head_steps=a.head_steps,  # (mlm only: the built head's training)
+            max_sequences=a.tamt_max_sequences,
         )
 
     def tamt_dir(self, sparsity: float) -> Path:
-        return self.work / f"tamt-{self.args.tamt_optimizer}-{sparsity:.2f}"
+        objective = "" if self.args.objective == "kd" else f"{self.args.objective}-"
+        return self.work / f"tamt-{objective}{self.args.tamt_optimizer}-{sparsity:.2f}"
+
+    def is_tamt(self, ticket: str) -> bool:
+        """A TAMT ticket of this run's objective (``tamt<N>`` is KD's, ``tamt_mlm<N>`` MLM's)."""
+        return ticket.startswith(self.tamt_prefix) and ticket[len(self.tamt_prefix) :].isdigit()
+
+    def of_this_objective(self, ticket: str) -> bool:
+        return not ticket.startswith("tamt") or self.is_tamt(ticket)
 
     def tamt_mask(self, sparsity: float, budget: int) -> Path:
         """Train (or resume) the TAMT run up to ``budget`` and return that budget's mask."""
@@ -189,8 +227,8 @@ class Bench:
     def mask_for(self, ticket: str, sparsity: float, seed: int) -> Path | None:
         if ticket == "full":
             return None
-        if ticket.startswith("tamt"):
-            return self.tamt_mask(sparsity, int(ticket.removeprefix("tamt")))
+        if self.is_tamt(ticket):
+            return self.tamt_mask(sparsity, int(ticket.removeprefix(self.tamt_prefix)))
         return self.baseline_mask(ticket, sparsity, seed)
 
     def measure_mask(self, ticket: str, sparsity: float, seed: int, path: Path) -> None:
@@ -232,7 +270,7 @@ class Bench:
         )
 
     def same_as_omp(self, ticket: str, sparsity: float, mask: Path | None) -> bool:
-        if mask is None or not ticket.startswith("tamt"):
+        if mask is None or not self.is_tamt(ticket):
             return False
         from ticketlab.masks import load_mask
 
@@ -302,7 +340,7 @@ class Bench:
     # -- the plan ---------------------------------------------------------------------------------
     def plan(self) -> list[tuple[str, str, float, int]]:
         """(task, ticket, sparsity, seed) in the order that answers the question soonest."""
-        tamt = [f"tamt{b}" for b in self.args.budgets]
+        tamt = [f"{self.tamt_prefix}{b}" for b in self.args.budgets]
         items: list[tuple[str, str, float, int]] = []
         for sparsity in self.args.sparsities:
             for task in self.args.tasks:
@@ -320,6 +358,7 @@ class Bench:
     # -- the aggregate ----------------------------------------------------------------------------
     def aggregate(self) -> dict[str, Any]:
         items = [json.loads(p.read_text()) for p in sorted((self.work / "items").glob("*.json"))]
+        items = [i for i in items if self.of_this_objective(i["ticket"])]  # never the other objective's
         cells: dict[tuple, list[dict[str, Any]]] = {}
         for item in items:
             if item["kind"] == "finetune":
@@ -376,7 +415,10 @@ class Bench:
         tamt_runs = {}
         for sparsity in self.args.sparsities:
             results = self.tamt_dir(sparsity) / "results.json"
-            checkpoint = self.tamt_dir(sparsity) / "checkpoint.safetensors"
+            # (the checkpoint is with the claimed work since TAMT runs are steps; beside it before)
+            paused = (self.tamt_dir(sparsity) / ".final.partial").is_dir() or (
+                self.tamt_dir(sparsity) / "checkpoint.safetensors"
+            ).exists()
             if results.exists():
                 done = json.loads(results.read_text())
                 tamt_runs[f"{sparsity:.2f}"] = {
@@ -384,8 +426,9 @@ class Bench:
                     "losses": done["losses"],
                     "search_cost": done["search_cost"],
                     "optimizer": done["optimizer"],
+                    "mlm_head": done.get("mlm_head"),
                 }
-            elif checkpoint.exists():
+            elif paused:
                 tamt_runs[f"{sparsity:.2f}"] = {"status": "paused at a budget (checkpoint present)"}
         a = self.args
         data = {
@@ -399,9 +442,11 @@ class Bench:
             "scheme": SCHEME,
             "tasks": {t: TASKS[t] for t in a.tasks},
             "tamt": {
-                "objective": "kd",
+                "objective": a.objective,
+                "ticket_prefix": self.tamt_prefix,
                 "text": TAMT_TEXT,
-                "kd_loss_train": "cosine",
+                "kd_loss_train": "cosine" if a.objective == "kd" else None,
+                "mlm_head": {"built": True, "head_steps": a.head_steps} if a.objective == "mlm" else None,
                 "steps": a.budgets[-1],
                 "budgets": a.budgets,
                 "lr": a.tamt_lr,
@@ -438,7 +483,12 @@ def plot_budgets(data: dict[str, Any], path: str) -> Path:
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
     for ax, (task, sparsity) in zip(axes[0], panels):
         mine = [c for c in cells if c["task"] == task and c["sparsity"] == sparsity]
-        tamt = sorted((int(c["ticket"][4:]), c) for c in mine if c["ticket"].startswith("tamt"))
+        prefix = data["tamt"].get("ticket_prefix", "tamt")
+        tamt = sorted(
+            (int(c["ticket"][len(prefix) :]), c)
+            for c in mine
+            if c["ticket"].startswith(prefix) and c["ticket"][len(prefix) :].isdigit()
+        )
         bands = [
             (c, colour)
             for name, colour in (("omp", "tab:blue"), ("random", "tab:grey"))
@@ -459,7 +509,9 @@ def plot_budgets(data: dict[str, Any], path: str) -> Path:
                 marker="o",
                 color="tab:red",
                 capsize=3,
-                label="TAMT-KD (" + ", ".join(str(len(c["values"])) for _, c in tamt) + " seeds)",
+                label=f"TAMT-{data['tamt'].get('objective', 'kd').upper()} ("
+                + ", ".join(str(len(c["values"])) for _, c in tamt)
+                + " seeds)",
             )
         ax.set_xscale("log")
         ax.set_xlim(min([b for b, _ in tamt] + [right]) / 1.5, right * 1.5)

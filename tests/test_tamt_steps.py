@@ -39,7 +39,8 @@ def crash_at(step):
 
 
 def listing(folder):
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if ".tmp" not in p.name)
+    """Every file and folder (hidden ones too: no temporary file or claim may be left)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
 def test_a_run_of_the_older_layout_is_adopted_and_resumes_to_the_same_masks(setup):

@@ -67,7 +67,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
 def link_file(source: str | os.PathLike, path: str | os.PathLike) -> Path:
     """Put ``source`` at ``path`` too, atomically: a hard link (no second copy of the bytes), or a
     copy where the file system has no links. Returns ``path``."""
-    import shutil
+    if os.path.exists(path) and os.path.samefile(source, path):
+        return Path(path)  # (renaming a link onto another link of the same file does nothing)
 
     def write(tmp: str) -> None:
         os.unlink(tmp)

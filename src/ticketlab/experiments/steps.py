@@ -487,8 +487,11 @@ class StepStore:
         kept as ``.<name>.partial``, the work the new claimer continues."""
         dead = [t for t in self.root.glob(f".{name}.*.tmp") if t.is_dir() and _tmp_owner_dead(t)]
         partial = self.partial_path(name)
-        if resumable and dead:
-            newest = max([*dead, *([partial] if partial.is_dir() else [])], key=_last_written)
+        # Work worth continuing is a claimer's own folder (with its owner note), not the private
+        # folder of a further rank of a launch nor a redo's trash.
+        work = [t for t in dead if (t / _OWNER_NOTE).is_file() and not t.name.startswith(f".{name}.rank")]
+        if resumable and work:
+            newest = max([*work, *([partial] if partial.is_dir() else [])], key=_last_written)
             if newest != partial:
                 shutil.rmtree(partial, ignore_errors=True)
                 os.replace(newest, partial)
