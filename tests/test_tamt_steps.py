@@ -130,6 +130,9 @@ def test_two_gloo_ranks_train_one_mask_equal_to_one_process(setup):
         for rank in ranks:
             assert [step[key] for step in rank["step_losses"]] == pytest.approx(expected, rel=1e-5)
     assert listing(setup / "two") == listing(setup / "one")
+    one, two = (json.loads((setup / d / "results.json").read_text()) for d in ("one", "two"))
+    stable = ("mask_digest", "num_pruned", "sparsity", "steps", "optimizer", "mlm_head", "spec_digest")
+    assert {k: two[k] for k in stable} == {k: one[k] for k in stable}
     trained = load_mask(setup / "two" / "mask.safetensors")
     assert trained == load_mask(reference["mask"])
     omp = prune(
