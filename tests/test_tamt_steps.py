@@ -4,8 +4,10 @@ the claimed work, runs of an older layout adopted, damaged steps named, two rank
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,29 @@ def test_two_gloo_ranks_train_one_mask_equal_to_one_process(setup):
         for step in ("final", "budget_000003")
     }
     assert len(publishers) == 1
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_kill_9_is_taken_over_and_resumed_from_its_checkpoint(setup):
+    """A process killed inside the training leaves its claimed folder (with the checkpoint); the
+    next process takes the dead claim over, continues from the checkpoint and ends with the masks
+    of an uninterrupted run; no step is published without its files."""
+    reference = run(setup, setup / "one")
+    out = setup / "killed"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "tests.tamt_worker", str(setup), str(out), str(setup), "0.5"]
+    worker = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not list(out.glob(".final.*.tmp/checkpoint.safetensors")):  # step 2 done
+            assert worker.poll() is None and time.time() < deadline, worker.stderr.read()[-2000:]
+            time.sleep(0.1)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    assert not (out / "final").exists()
+    resumed = run(setup, out)
+    assert resumed["mask_digest"] == reference["mask_digest"]
+    assert len(resumed["step_losses"]) < 6  # it continued from a checkpoint, not from step 0
+    assert load_mask(out / "mask-step3.safetensors") == load_mask(setup / "one" / "mask-step3.safetensors")
+    assert listing(out) == listing(setup / "one")
