@@ -402,23 +402,6 @@ class StepStore:
                 return result
             log.warning("step %s was taken over while this process computed it; using its result", name)
 
-    @_follows_links
-    @contextlib.contextmanager
-    def hold(self, name: str, done: Callable[[], bool]) -> Iterator[bool]:
-        """Hold the claim on ``name`` while the block runs (waiting for a live holder first), for
-        work that keeps its own books in place (TAMT's checkpointed folder): yields False when
-        ``done()`` already holds, True when the block should do the work."""
-        claim = self._claim_unless_done(name, True, done)
-        if claim is None:
-            yield False
-            return
-        claim.start_heartbeat()
-        try:
-            yield True
-        finally:
-            claim.stop_heartbeat()
-            claim.release()
-
     def _folder_done(self, name: str, adopt: Callable[[Path], bool] | None) -> bool:
         if self.is_done(name):
             return True

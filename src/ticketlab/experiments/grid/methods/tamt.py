@@ -9,7 +9,6 @@ from pathlib import Path
 from ticketlab.errors import TicketlabError
 from ticketlab.experiments.grid.layout import Cell, GridStep
 from ticketlab.experiments.grid.methods.base import GridMethod, register
-from ticketlab.experiments.steps import StepStore
 from ticketlab.experiments.tamt import TamtSpec
 
 
@@ -49,16 +48,20 @@ class TaskAgnosticMaskTraining(GridMethod):
 
         sparsity = step.cell.sparsity
         path = self.ticket_path(runner.spec, runner.root, step.cell)
-        # TAMT keeps its own books in its folder (a checkpoint to resume from): held, not published.
-        with StepStore(path.parent.parent).hold(
-            path.parent.name, (path.parent / "results.json").exists
-        ) as todo:
-            if todo:
-                spec = tamt_spec_for(runner.spec, sparsity)
-                runner.echo(f"TAMT-{spec.objective} at {sparsity:.0%}: {spec.steps} steps")
-                run_tamt(spec, path.parent, progress=not runner.quiet)
-                runner.computed["tamt"] += 1
+        finished = self.step_done(runner, step)
+        spec = tamt_spec_for(runner.spec, sparsity)
+        if not finished:
+            runner.echo(f"TAMT-{spec.objective} at {sparsity:.0%}: {spec.steps} steps")
+        # Always through run_tamt: its steps (each budget, the training) are claimed, verified and
+        # resumed there, so a finished run is only read back.
+        run_tamt(spec, path.parent, progress=not runner.quiet)
+        runner.computed["tamt"] += not finished
         return path
+
+    def step_claims(self, runner, step: GridStep) -> list[tuple[Path, str]]:
+        from ticketlab.experiments.tamt import FINAL_STEP
+
+        return [(runner.root / step.key, FINAL_STEP)]  # the training's claim, inside its folder
 
     def determinants(self, spec, step: GridStep) -> dict:
         from ticketlab.experiments.store import non_default_fields
