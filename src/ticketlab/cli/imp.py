@@ -19,18 +19,6 @@ from ticketlab.cli.common import (
     seed,
 )
 
-# Fields of FinetuneSpec that IMP sets itself rather than taking as recipe overrides.
-_NOT_RECIPE = (
-    "model",
-    "task",
-    "data_dir",
-    "mask",
-    "seed",
-    "predict_test",
-    "allow_fingerprint_mismatch",
-    "save_model",
-)
-
 
 def _recipe_flags(spec_class: type, skip: tuple[str, ...] = ()) -> list[str]:
     from dataclasses import fields
@@ -46,7 +34,7 @@ def _levels(text: str) -> list[float]:
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
-    from ticketlab.experiments.finetune import FinetuneSpec
+    from ticketlab.experiments.finetune import RECIPE_FIELDS, FinetuneSpec
     from ticketlab.experiments.imp_mlm import MlmRecipe
 
     p = verbs.add_parser(
@@ -77,7 +65,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     add_protocol_flags(p)
     p.add_argument("--seed", type=seed, default=0)
-    add_spec_arguments(p, FinetuneSpec, skip=_NOT_RECIPE, overrides_only=True)
+    add_spec_arguments(p, FinetuneSpec, only=RECIPE_FIELDS, overrides_only=True)
     mlm = p.add_argument_group("IMP on MLM (--task mlm)")
     mlm.add_argument("--text", metavar="FILE", help="training text (default: the hub data set's train split)")
     mlm.add_argument(
@@ -86,7 +74,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         help="held-out text for the MLM loss (default: the last --eval-fraction of --text, "
         "or the hub data set's validation split)",
     )
-    add_spec_arguments(mlm, MlmRecipe, skip=tuple(_recipe_flags(FinetuneSpec)), overrides_only=True)
+    add_spec_arguments(mlm, MlmRecipe, skip=RECIPE_FIELDS, overrides_only=True)
     p.add_argument(
         "--cache-dir", help="tokenisation cache (default: $TICKETLAB_CACHE, else ~/.cache/ticketlab)"
     )
@@ -103,20 +91,20 @@ def _set_flags(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
 
 
 def recipe_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The fine-tuning recipe flags the user set (added with ``skip=_NOT_RECIPE, overrides_only=True``)."""
-    from ticketlab.experiments.finetune import FinetuneSpec
+    """The fine-tuning recipe flags the user set (added with ``only=RECIPE_FIELDS, overrides_only=True``)."""
+    from ticketlab.experiments.finetune import RECIPE_FIELDS
 
-    return _set_flags(args, _recipe_flags(FinetuneSpec, _NOT_RECIPE))
+    return _set_flags(args, list(RECIPE_FIELDS))
 
 
 def run_imp_command(args: argparse.Namespace) -> int:
     from ticketlab.errors import TicketlabError
-    from ticketlab.experiments.finetune import FinetuneSpec
+    from ticketlab.experiments.finetune import RECIPE_FIELDS
     from ticketlab.experiments.imp import MLM_TASK, ImpSpec
     from ticketlab.experiments.imp_dispatch import run_imp_on_task
     from ticketlab.experiments.imp_mlm import MlmRecipe
 
-    finetune_flags = _recipe_flags(FinetuneSpec, _NOT_RECIPE)
+    finetune_flags = list(RECIPE_FIELDS)
     mlm_flags = _recipe_flags(MlmRecipe)
     wanted, other = (mlm_flags, finetune_flags) if args.task == MLM_TASK else (finetune_flags, mlm_flags)
     stray = sorted(set(_set_flags(args, other)) - set(wanted))

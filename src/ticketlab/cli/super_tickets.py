@@ -15,7 +15,7 @@ from ticketlab.cli.common import (
     print_json,
     seeds,
 )
-from ticketlab.cli.imp import _NOT_RECIPE, recipe_from_args
+from ticketlab.cli.imp import recipe_from_args
 from ticketlab.errors import TicketlabError
 
 
@@ -36,7 +36,7 @@ def _words(text: str) -> list[str]:
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
-    from ticketlab.experiments.finetune import FinetuneSpec
+    from ticketlab.experiments.finetune import RECIPE_FIELDS, FinetuneSpec
     from ticketlab.experiments.importance import SPLITS
     from ticketlab.pruning.importance import IMPORTANCE_VARIANTS, NORMALIZATIONS
     from ticketlab.pruning.structured import DEFAULT_FFN_RATIO, DEFAULT_LEVELS
@@ -95,7 +95,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         action="store_true",
         help="keep every fine-tuned ticket's weights (model/ in its step)",
     )
-    add_spec_arguments(p, FinetuneSpec, skip=_NOT_RECIPE, overrides_only=True)
+    add_spec_arguments(p, FinetuneSpec, only=RECIPE_FIELDS, overrides_only=True)
     p.add_argument(
         "--cache-dir", help="tokenisation cache (default: $TICKETLAB_CACHE, else ~/.cache/ticketlab)"
     )

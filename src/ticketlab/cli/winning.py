@@ -8,12 +8,14 @@ import argparse
 from ticketlab.cli.common import (
     Output,
     add_output_flags,
+    add_protocol_flags,
     add_spec_arguments,
     comma_separated,
     declare_output,
     finite,
     holds,
     print_json,
+    protocol_of,
     seeds,
     spec_overrides,
 )
@@ -21,12 +23,9 @@ from ticketlab.errors import TicketlabError
 
 HELP_ORDER = 60
 
-# Fields of FinetuneSpec the pipeline sets itself rather than taking as recipe overrides.
-_NOT_RECIPE = ("model", "task", "data_dir", "mask", "seed", "predict_test", "allow_fingerprint_mismatch")
-
 
 def register(verbs: argparse._SubParsersAction) -> None:
-    from ticketlab.experiments.finetune import FinetuneSpec
+    from ticketlab.experiments.finetune import RECIPE_FIELDS, FinetuneSpec
     from ticketlab.experiments.winning_tickets import METHODS, SUBNETWORKS
     from ticketlab.pruning.importance import IMPORTANCE_VARIANTS, NORMALIZATIONS
 
@@ -81,12 +80,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         default=0.1,
         help="magnitude: fraction of the remaining weights pruned per step (default: 0.1)",
     )
-    p.add_argument(
-        "--scope",
-        choices=("encoder", "encoder+embeddings"),
-        default="encoder",
-        help="magnitude: weights that can be pruned",
-    )
+    add_protocol_flags(p)  # magnitude: scope and scheme (chen2020: the encoder, one global ranking)
     p.add_argument(
         "--threshold",
         type=finite,
@@ -101,7 +95,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         help="subnetworks to retrain (default: good,random,bad)",
     )
     p.add_argument("--no-retrain", action="store_true", help="stop after pruning and the masked evaluations")
-    add_spec_arguments(p, FinetuneSpec, skip=_NOT_RECIPE, overrides_only=True)
+    add_spec_arguments(p, FinetuneSpec, only=RECIPE_FIELDS, overrides_only=True)
     p.add_argument(
         "--cache-dir", help="tokenisation cache (default: $TICKETLAB_CACHE, else ~/.cache/ticketlab)"
     )
@@ -127,15 +121,15 @@ def run_all_winning_command(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
     from ticketlab.analysis.winning import report_run, table_markdown
-    from ticketlab.experiments.finetune import FinetuneSpec
+    from ticketlab.experiments.finetune import RECIPE_FIELDS, FinetuneSpec
     from ticketlab.experiments.winning_tickets import WinningSpec, run_all_winning
 
-    # Every WinningSpec field but these two has a flag of its own name.
-    given = {
-        f.name: getattr(args, f.name) for f in fields(WinningSpec) if f.name not in ("retrain", "recipe")
-    }
-    recipe = spec_overrides(args, FinetuneSpec, skip=_NOT_RECIPE)
-    spec = WinningSpec(**given, retrain=not args.no_retrain, recipe=recipe)
+    # Every WinningSpec field but these four has a flag of its own name.
+    set_here = ("retrain", "recipe", "scope", "scheme")
+    given = {f.name: getattr(args, f.name) for f in fields(WinningSpec) if f.name not in set_here}
+    recipe = spec_overrides(args, FinetuneSpec, only=RECIPE_FIELDS)
+    scope, scheme = protocol_of(args)
+    spec = WinningSpec(**given, retrain=not args.no_retrain, recipe=recipe, scope=scope, scheme=scheme)
     echo = (lambda _: None) if args.quiet or args.json else print
     results = run_all_winning(spec, args.out, cache_dir=args.cache_dir, quiet=args.quiet, echo=echo)
     report = report_run(args.out)

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ticketlab.errors import TicketlabError
+from ticketlab.experiments.finetune import RECIPE_FIELDS
 from ticketlab.experiments.store import RunDirectory
 from ticketlab.io import read_json, write_json
 from ticketlab.masks import UnstructuredMask, load_mask, save_mask
@@ -230,25 +231,6 @@ def run_imp(
     }
     write_json(run.path / "results.json", summary)
     return summary
-
-
-# Recipe fields an IMP (or grid) spec may override; the rest of FinetuneSpec is set by the pipeline.
-RECIPE_FIELDS = (
-    "lr",
-    "batch_size",
-    "eval_batch_size",
-    "epochs",
-    "max_length",
-    "warmup_ratio",
-    "weight_decay",
-    "max_grad_norm",
-    "eval_every",
-    "max_train_samples",
-    "max_eval_samples",
-    "train_subset",
-    "main_metric",
-    "log_every",
-)
 
 
 def check_recipe(recipe: Any, where: str = "recipe") -> None:
