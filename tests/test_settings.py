@@ -10,6 +10,7 @@ a field added later without a flag fails here.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import typing
@@ -29,6 +30,7 @@ from ticketlab.experiments.store import spec_hash
 from ticketlab.experiments.tamt import TamtSettings, TamtSpec
 from ticketlab.experiments.winning_tickets import WinningSpec
 from ticketlab.pruning import PROTOCOLS
+from ticketlab.training.attention_classifier import ClassifierSettings
 from ticketlab.training.settings import SETTINGS, check_settings
 
 TRAINING_SPECS = (
@@ -39,6 +41,7 @@ TRAINING_SPECS = (
     MultitaskSpec,
     PretrainLossSettings,
     PretrainLossSpec,
+    ClassifierSettings,
 )
 
 
@@ -131,6 +134,15 @@ def test_every_training_setting_of_a_spec_is_the_shared_declaration(spec_class):
         assert by_name[name].metadata["help"].startswith(SETTINGS[name].meaning)
 
 
+@pytest.mark.parametrize("spec_class", TRAINING_SPECS, ids=lambda c: c.__name__)
+def test_every_default_is_a_valid_value(spec_class):
+    for spec_field in fields(spec_class):
+        name = spec_field.metadata.get("setting")
+        if name and spec_field.default not in (None, MISSING):
+            assert SETTINGS[name].check(spec_field.default, name) is None, f"{spec_class.__name__}.{name}"
+    check_settings(FinetuneSpec(model="m", task="rte", eval_every=None))  # None: the default, accepted
+
+
 @pytest.mark.parametrize(
     "make, message",
     [
@@ -139,7 +151,7 @@ def test_every_training_setting_of_a_spec_is_the_shared_declaration(spec_class):
         (lambda: FinetuneSpec(model="m", task="rte", max_grad_norm=0.0), "max grad norm must be above 0"),
         (
             lambda: MultitaskSpec(model="m", tasks=["rte"], warmup_ratio=1.0),
-            r"warmup ratio must be in \[0, 1\)",
+            r"warm-up ratio must be in \[0, 1\)",
         ),
         (
             lambda: MultitaskSpec(model="m", tasks=["rte"], weight_decay=-0.1),
@@ -149,11 +161,14 @@ def test_every_training_setting_of_a_spec_is_the_shared_declaration(spec_class):
         (lambda: PretrainLossSpec(model="m", head_steps=-1), "head steps must be at least 0"),
         (lambda: TamtSpec(model="m", objective="kd", sparsity=0.5, checkpoint_every=0), "checkpoint-every"),
         (lambda: TamtSpec(model="m", objective="kd", sparsity=0.5, seed=-1), "a seed is an integer"),
+        (lambda: ClassifierSettings(epochs=0), "epochs must be at least 1"),
     ],
 )
 def test_a_setting_out_of_range_is_one_line_naming_it(make, message):
+    """Each spec's validate() checks its settings through check_settings, naming the setting
+    (TAMT as its flags spell it)."""
     with pytest.raises(TicketlabError, match=message):
-        check_settings(make(), **({"label": lambda n: n.replace("_", "-")} if "-" in message else {}))
+        make().validate()
 
 
 # -- flags made from the specs ------------------------------------------------------------------
@@ -166,10 +181,11 @@ class Captured(Exception):
 
 
 def _capture(monkeypatch, target: str, argv: list[str]):
+    """The spec (a dataclass instance among the arguments) the verb hands to ``target``."""
     module, name = target.rsplit(".", 1)
 
-    def fake(spec, *args, **kwargs):
-        raise Captured(spec)
+    def fake(*args, **kwargs):
+        raise Captured(next(a for a in (*args, *kwargs.values()) if dataclasses.is_dataclass(a)))
 
     monkeypatch.setattr(f"{module}.{name}", fake)
     with pytest.raises(Captured) as caught:
@@ -178,9 +194,12 @@ def _capture(monkeypatch, target: str, argv: list[str]):
 
 
 def _subparser(verb: str) -> argparse.ArgumentParser:
+    """The parser of ``verb`` ("tamt", or with its action: "attention-patterns train")."""
     parser = build_parser()
-    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return action.choices[verb]
+    for word in verb.split():
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[word]
+    return parser
 
 
 def _flag_for(parser: argparse.ArgumentParser, dest: str) -> argparse.Action | None:
@@ -219,7 +238,7 @@ def _check_flags_reach(monkeypatch, verb, base, target, spec_class, set_by_verb,
         action = _flag_for(parser, name)
         assert action is not None, f"ticketlab {verb}: no flag for {spec_class.__name__}.{name}"
         words, value = _other_value(spec_class, name, action)
-        spec = _capture(monkeypatch, target, [verb, *base, *words])
+        spec = _capture(monkeypatch, target, [*verb.split(), *base, *words])
         assert read(spec, name) == value, f"ticketlab {verb} {' '.join(words)}: {name}"
     return names
 
@@ -270,6 +289,18 @@ def test_multitask_flags_reach_the_spec(monkeypatch, tmp_path):
     assert (spec.model, spec.tasks, spec.data_dir) == ("m", ["rte", "sst2"], "d")
 
 
+def test_attention_classifier_flags_reach_its_settings(monkeypatch, tmp_path):
+    import ticketlab.data.attention_maps as maps
+
+    monkeypatch.setattr(maps, "load_map_collection", lambda path: None)
+    monkeypatch.setattr(maps, "read_labels", lambda path: None)
+    monkeypatch.setattr(maps, "labelled_maps", lambda *args: (None, None))
+    base = ["--maps", "m", "--labels", "l", "--out", tmp_path / "cnn"]
+    target = "ticketlab.training.attention_classifier.train_pattern_classifier"
+    _check_flags_reach(monkeypatch, "attention-patterns train", base, target, ClassifierSettings, ())
+    assert _capture(monkeypatch, target, ["attention-patterns", "train", *base]) == ClassifierSettings()
+
+
 def _recipe(spec, name):
     return spec.recipe[name]
 
@@ -315,7 +346,7 @@ def test_imp_flags_reach_the_spec(monkeypatch, tmp_path):
 def test_all_winning_flags_reach_the_spec(monkeypatch, tmp_path):
     base = ["--model", "m", "--task", "rte", "--out", tmp_path / "run"]
     target = "ticketlab.experiments.winning_tickets.run_all_winning"
-    set_by_verb = ("model", "task", "recipe", "scope", "scheme", "retrain")
+    set_by_verb = ("model", "task", "recipe", "scope", "scheme")
     _check_flags_reach(monkeypatch, "all-winning", base, target, WinningSpec, set_by_verb)
     spec = _capture(monkeypatch, target, ["all-winning", *base, "--no-retrain", "--protocol", "liu2022"])
     assert spec.retrain is False

@@ -8,7 +8,13 @@ import argparse
 import csv
 from pathlib import Path
 
-from ticketlab.cli.common import add_output_flags, format_table, print_json
+from ticketlab.cli.common import (
+    add_output_flags,
+    add_spec_arguments,
+    format_table,
+    print_json,
+    spec_from_args,
+)
 from ticketlab.errors import TicketlabError
 
 HELP_ORDER = 70
@@ -56,22 +62,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
         ),
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    from ticketlab.training.attention_classifier import ClassifierSettings
 
     a = actions.add_parser("train", help="train the CNN on labelled maps (a stratified validation split)")
     a.add_argument("--maps", required=True, help="maps folder: ticketlab's layout or a folder of .npy maps")
     a.add_argument("--labels", required=True, help="labels file: 'label = name1, name2, ...' lines")
     a.add_argument("--out", required=True, metavar="CLASSIFIER", help="output folder of the classifier")
-    a.add_argument(
-        "--normalised", action="store_true", help="the normalised variant: each map divided by its maximum"
-    )
-    a.add_argument("--epochs", type=int, default=200, help="most epochs (default: 200)")
-    a.add_argument("--batch-size", type=int, default=64, help="default: 64")
-    a.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
-    a.add_argument(
-        "--validation", type=float, default=0.2, help="stratified validation fraction (default: 0.2)"
-    )
-    a.add_argument("--patience", type=int, help="early stopping: epochs without a better validation accuracy")
-    a.add_argument("--seed", type=int, default=0, help="default: 0")
+    add_spec_arguments(a, ClassifierSettings)
     add_output_flags(a)
     a.set_defaults(run=run_train)
 
@@ -171,15 +168,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ticketlab.training.attention_classifier import ClassifierSettings, train_pattern_classifier
 
     collection, labels = labelled_maps(load_map_collection(args.maps), read_labels(args.labels), args.labels)
-    settings = ClassifierSettings(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        validation=args.validation,
-        patience=args.patience,
-        normalised=args.normalised,
-        seed=args.seed,
-    )
+    settings = spec_from_args(args, ClassifierSettings)
     classifier = train_pattern_classifier(collection, labels, settings, quiet=args.quiet)
     classifier.info.update(maps=str(args.maps), labels=str(args.labels))
     classifier.save(args.out)

@@ -13,8 +13,6 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ticketlab.specs import describe
-
 
 def add_output_flags(parser: argparse.ArgumentParser, json_flag: bool = True) -> None:
     if json_flag:
@@ -128,7 +126,11 @@ def add_spec_arguments(
             choices = typing.get_args(hint)
         if origin in (list, tuple):
             item = next(a for a in typing.get_args(hint) if a is not Ellipsis)
-            options["type"] = comma_separated(_converter(item, name), f"{describe(item)} values")
+            if item is int and name.endswith("seeds"):
+                options["type"] = seeds  # each in range, none twice
+            else:
+                what = {int: "integers", float: "numbers"}.get(item, "values")
+                options["type"] = comma_separated(_converter(item, name), what)
         elif hint in (int, float, str):
             options["type"] = _converter(hint, name)
         elif choices is None:

@@ -54,7 +54,13 @@ class ImpSpec:
         default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 10)],
         metadata={"help": "total sparsity after each pruning step, increasing, each in (0, 1)"},
     )
-    head: str = field(default="keep", metadata={"help": "task head at rewinding: keep (the paper) or reinit"})
+    head: str = field(
+        default="keep",
+        metadata={
+            "help": "task head at rewinding: keep (the paper) or reinit",
+            "choices": ("keep", "reinit"),
+        },
+    )
     scope: str = field(default="encoder", metadata={"help": "weights that can be pruned"})
     scheme: str = field(default="global", metadata={"help": "global ranking (the paper) or per-matrix"})
     seed: int = field(default=0, metadata={"help": "seed of training (and of head re-initialisation)"})

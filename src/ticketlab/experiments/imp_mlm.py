@@ -53,6 +53,7 @@ from ticketlab.io import read_json
 from ticketlab.masks import UnstructuredMask
 from ticketlab.models.loading import check_max_length
 from ticketlab.models.mlm_head import EncoderWithMlmHead
+from ticketlab.specs import from_mapping
 from ticketlab.training import loop
 from ticketlab.training.loop import Callback, TrainState
 from ticketlab.training.metrics import json_safe
@@ -98,7 +99,7 @@ class MlmRecipe:
         unknown = sorted(set(recipe) - set(known))
         if unknown:
             raise TicketlabError(f"unknown MLM recipe field {unknown[0]!r} (known: {', '.join(known)})")
-        made = cls(**recipe)
+        made = from_mapping(cls, recipe, "MLM recipe")  # each value of its field's type
         made.validate()
         return made
 

@@ -73,13 +73,24 @@ class WinningSpec:
     )
     method: str = field(
         default="importance",
-        metadata={"help": "importance (heads and FFN layers) or magnitude (global, unstructured)"},
+        metadata={
+            "help": "importance (heads and FFN layers) or magnitude (unstructured weights)",
+            "choices": METHODS,
+        },
     )
     importance: str = field(
-        default="prasanna2020", metadata={"help": "importance variant (prasanna2020: |dL/dgate| per batch)"}
+        default="prasanna2020",
+        metadata={
+            "help": "importance variant (prasanna2020: |dL/dgate| per batch on dev)",
+            "choices": tuple(sorted(IMPORTANCE_VARIANTS)),
+        },
     )
     normalization: str = field(
-        default="l2", metadata={"help": "per-layer normalisation of head scores: l2, minmax or none"}
+        default="l2",
+        metadata={
+            "help": "per-layer normalisation of head scores: l2, minmax or none",
+            "choices": NORMALIZATIONS,
+        },
     )
     head_fraction: float = field(
         default=0.1, metadata={"help": "heads pruned per step: max(1, floor(fraction x all heads))"}

@@ -47,10 +47,12 @@ def _seed(value: Any, label: str) -> str | None:
 
 @dataclass(frozen=True)
 class Setting:
-    """One training setting: what it means (the start of every flag's help) and its valid values."""
+    """One training setting: what it means (the start of every flag's help), its valid values and
+    (when not its name with spaces) its name in prose, for messages."""
 
     meaning: str
     check: Callable[[Any, str], str | None]
+    words: str | None = None
 
 
 SETTINGS: dict[str, Setting] = {
@@ -60,7 +62,7 @@ SETTINGS: dict[str, Setting] = {
     "epochs": Setting("passes over the training data", _at_least(1)),
     "steps": Setting("optimizer steps", _at_least(1)),
     "max_length": Setting("tokens per input", _at_least(1)),
-    "warmup_ratio": Setting("fraction of the steps with a linear warm-up", _ratio),
+    "warmup_ratio": Setting("fraction of the steps with a linear warm-up", _ratio, "warm-up ratio"),
     "weight_decay": Setting("weight decay", _at_least(0)),
     "max_grad_norm": Setting("gradient clipping norm", _above_zero),
     "eval_every": Setting("also evaluate every N steps", _at_least(1)),
@@ -88,13 +90,16 @@ def setting_fields(spec_class: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(spec_class) if "setting" in f.metadata]
 
 
-def check_settings(spec: Any, label: Callable[[str], str] = lambda name: name.replace("_", " ")) -> None:
+def check_settings(spec: Any, label: Callable[[str], str] | None = None) -> None:
     """Raise one :class:`TicketlabError` line for the first training setting of ``spec`` out of its
-    range (a None value means "the default" and passes). ``label`` names a field in the message."""
+    range (a None value means "the default" and passes). ``label`` names a field in the message
+    (default: the setting in words, "warm-up ratio"; TAMT names its flags, "warmup-ratio")."""
     for spec_field in setting_fields(type(spec)):
         value = getattr(spec, spec_field.name)
         if value is None:
             continue
-        problem = SETTINGS[spec_field.metadata["setting"]].check(value, label(spec_field.name))
+        declared = SETTINGS[spec_field.metadata["setting"]]
+        words = label(spec_field.name) if label else declared.words or spec_field.name.replace("_", " ")
+        problem = declared.check(value, words)
         if problem:
             raise TicketlabError(problem)
