@@ -93,7 +93,7 @@ PINNED = [
             tamt={"text": "t", "steps": 5},
             pretrain_loss={"text": "t"},
         ),
-        "7b06acc5024471f5",
+        "33867c44dd808cc1",
         "00543e1c4bd6",
         None,
     ),
@@ -353,6 +353,20 @@ def test_all_winning_flags_reach_the_spec(monkeypatch, tmp_path):
     assert (spec.scope, spec.scheme) == ("encoder+embeddings", "per-matrix")
     spec = _capture(monkeypatch, target, ["all-winning", *base, "--scope", "encoder+embeddings"])
     assert (spec.scope, spec.scheme) == ("encoder+embeddings", "global")  # as before --protocol
+
+
+def test_super_tickets_flags_reach_the_spec(monkeypatch, tmp_path):
+    from ticketlab.experiments.super_tickets import SuperTicketSpec
+
+    base = ["--model", "m", "--task", "rte", "--out", tmp_path / "run"]
+    target = "ticketlab.experiments.super_tickets.run_super_tickets"
+    _check_flags_reach(
+        monkeypatch, "super-tickets", base, target, SuperTicketSpec, ("model", "task", "recipe")
+    )
+    spec = _capture(monkeypatch, target, ["super-tickets", *base, "--normalize", "minmax"])
+    assert spec.normalization == "minmax"  # the flag keeps its name
+    default = _capture(monkeypatch, target, ["super-tickets", *base])
+    assert default == SuperTicketSpec(model="m", task="rte")  # the flags' defaults are the spec's
 
 
 def test_every_verb_with_scope_or_scheme_takes_protocol():

@@ -77,8 +77,8 @@ def add_spec_arguments(
     only: tuple[str, ...] | None = None,
     overrides_only: bool = False,
 ) -> None:
-    """One flag per field of a spec dataclass: ``--field-name``, with the field's help text,
-    default, type and choices (``metadata["choices"]`` or a ``Literal`` hint).
+    """One flag per field of a spec dataclass: ``--field-name`` (or ``metadata["flag"]``), with the
+    field's help text, default, type and choices (``metadata["choices"]`` or a ``Literal`` hint).
 
     A bool field is a switch: ``--name`` when it defaults to False, ``--no-name`` when it defaults
     to True. A list or tuple field takes comma-separated values. Floats are finite and seeds in
@@ -98,7 +98,7 @@ def add_spec_arguments(
         ):
             continue
         name = spec_field.name
-        flag = "--" + name.replace("_", "-")
+        flag = spec_field.metadata.get("flag", "--" + name.replace("_", "-"))  # a flag named otherwise
         hint = _flag_type(hints[name])
         default = _field_default(spec_field)
         required = default is MISSING and not overrides_only
@@ -116,7 +116,11 @@ def add_spec_arguments(
                 )
             else:
                 parser.add_argument(
-                    flag, action="store_true", default=None if overrides_only else False, help=help_text
+                    flag,
+                    dest=name,
+                    action="store_true",
+                    default=None if overrides_only else False,
+                    help=help_text,
                 )
             continue
         options: dict[str, Any] = {"metavar": name.upper()}
@@ -135,12 +139,13 @@ def add_spec_arguments(
             options["type"] = _converter(hint, name)
         elif choices is None:
             raise TypeError(f"{spec_class.__name__}.{name}: no flag for a field of type {hint}; skip it")
-        if choices is not None:
-            options = {"choices": tuple(choices)}
+        if choices is not None and origin not in (list, tuple):
+            options = {"choices": tuple(choices)}  # argparse checks each value against them
         if not required and default not in (None, MISSING, (), []):
             help_text += f" (default: {_shown(default)})"
         parser.add_argument(
             flag,
+            dest=name,
             required=required,
             default=None if required or overrides_only else default,
             help=help_text,
