@@ -122,6 +122,44 @@ def test_all_winning_scheme_leaves_existing_runs_as_they_were():
     assert spec_hash(WinningSpec(model="m", task="rte", scheme="per-matrix")) != spec_hash(plain)
 
 
+def _settings_types() -> list[type]:
+    """Every dataclass of the layers that hold settings whose name says it holds settings."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import ticketlab.experiments
+    import ticketlab.training
+
+    found = []
+    for package in (ticketlab.training, ticketlab.experiments):
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            module = importlib.import_module(info.name)
+            for value in vars(module).values():
+                if (
+                    inspect.isclass(value)
+                    and dataclasses.is_dataclass(value)
+                    and value.__module__ == module.__name__
+                    and value.__name__.endswith(("Spec", "Settings", "Options", "Recipe", "Config"))
+                ):
+                    found.append(value)
+    return found
+
+
+def test_no_settings_type_declares_a_training_setting_of_its_own():
+    """Beyond the specs listed above: a settings type added later (a spec, options, a recipe) that
+    has a field named like a training setting must declare it with ``setting()``."""
+    types = _settings_types()
+    assert set(TRAINING_SPECS) <= set(types) and len(types) > len(TRAINING_SPECS)
+    for spec_class in types:
+        for spec_field in fields(spec_class):
+            if spec_field.name in SETTINGS:
+                assert spec_field.metadata.get("setting") == spec_field.name, (
+                    f"{spec_class.__module__}.{spec_class.__name__}.{spec_field.name}: declare it with "
+                    "ticketlab.training.settings.setting()"
+                )
+
+
 @pytest.mark.parametrize("spec_class", TRAINING_SPECS, ids=lambda c: c.__name__)
 def test_every_training_setting_of_a_spec_is_the_shared_declaration(spec_class):
     """A field named like a training setting is made by ``setting()`` (its help starts with the
@@ -353,6 +391,15 @@ def test_all_winning_flags_reach_the_spec(monkeypatch, tmp_path):
     assert (spec.scope, spec.scheme) == ("encoder+embeddings", "per-matrix")
     spec = _capture(monkeypatch, target, ["all-winning", *base, "--scope", "encoder+embeddings"])
     assert (spec.scope, spec.scheme) == ("encoder+embeddings", "global")  # as before --protocol
+
+
+def test_importance_flags_reach_its_options(monkeypatch, tmp_path):
+    from ticketlab.experiments.importance import ImportanceOptions
+
+    base = ["--model", "m", "--out", tmp_path / "scores.safetensors"]
+    target = "ticketlab.experiments.importance.ImportanceOptions.validate"  # the first use of them
+    _check_flags_reach(monkeypatch, "importance", base, target, ImportanceOptions, ())
+    assert _capture(monkeypatch, target, ["importance", *base]) == ImportanceOptions()
 
 
 def test_super_tickets_flags_reach_the_spec(monkeypatch, tmp_path):

@@ -35,6 +35,7 @@ from ticketlab.models.adapters import EncoderAdapter
 from ticketlab.pruning import prune, validate_sparsity
 from ticketlab.specs import check_value
 from ticketlab.training.distributed import broadcast_from_first
+from ticketlab.training.settings import setting
 
 # train(model, mask, seed, out_dir) -> results dict. It trains ``model`` in place (mask held) and
 # may write its own files (logs, predictions) into ``out_dir``.
@@ -63,7 +64,7 @@ class ImpSpec:
     )
     scope: str = field(default="encoder", metadata={"help": "weights that can be pruned"})
     scheme: str = field(default="global", metadata={"help": "global ranking (the paper) or per-matrix"})
-    seed: int = field(default=0, metadata={"help": "seed of training (and of head re-initialisation)"})
+    seed: int = setting("seed", 0, note="training, and head re-initialisation")
     recipe: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "recipe overrides (fine-tuning, or MLM training for mlm)"}
     )
