@@ -13,6 +13,7 @@ from ticketlab.cli.common import (
     add_spec_arguments,
     format_table,
     print_json,
+    seed,
     spec_from_args,
 )
 from ticketlab.errors import TicketlabError
@@ -47,7 +48,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="local GLUE data in the original layout (default: the hub)")
     p.add_argument("--split", default="dev", help="split of the task to sample (default: dev)")
     p.add_argument("--num-examples", type=int, default=20, help="inputs to sample (default: 20)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sample (default: 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the sample (default: 0)")
     p.add_argument("--max-length", type=int, default=128, help="longest input in tokens (default: 128)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     add_output_flags(p)
@@ -106,7 +107,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     a.add_argument(
         "--noise", type=float, default=0.6, help="standard deviation of the logit noise (default: 0.6)"
     )
-    a.add_argument("--seed", type=int, default=0, help="default: 0")
+    a.add_argument("--seed", type=seed, default=0, help="default: 0")
     a.add_argument("--out", required=True, metavar="DIR", help="output folder")
     add_output_flags(a)
     a.set_defaults(run=run_generate)
@@ -119,7 +120,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     a.add_argument(
         "--limit", type=int, default=64, help="maps on the sheet, sampled with --seed (default: 64)"
     )
-    a.add_argument("--seed", type=int, default=0, help="default: 0")
+    a.add_argument("--seed", type=seed, default=0, help="default: 0")
     a.add_argument("--classifier", help="pre-fill the labels file with this classifier's guesses")
     a.add_argument("--assignments", help="CSV of name,label rows (your labels) to turn into the labels file")
     a.add_argument("--out", required=True, metavar="LABELS", help="labels file to write")
