@@ -36,18 +36,14 @@ SPLITS: tuple[str, ...] = ("train", "dev")
 DEFAULT_SPLIT: dict[str, str] = {"michel2019": "train", "liang2021": "train", "prasanna2020": "dev"}
 
 
-@dataclass
-class ImportanceOptions:
-    """How importance is scored on a task (the defaults follow the variant's paper)."""
+def variant_field(help_text: str) -> Any:
+    """The importance variant of a spec that scores heads (default: liang2021, as super tickets)."""
+    return field(default="liang2021", metadata={"help": help_text, "choices": tuple(IMPORTANCE_VARIANTS)})
 
-    variant: str = field(
-        default="liang2021",
-        metadata={
-            "help": "scoring rule (liang2021: the super tickets' one)",
-            "choices": tuple(IMPORTANCE_VARIANTS),
-        },
-    )
-    normalization: str = field(
+
+def normalization_field() -> Any:
+    """The per-layer scaling of head scores of a spec that scores heads (flag ``--normalize``)."""
+    return field(
         default="l2",
         metadata={
             "help": "per-layer scaling of head scores",
@@ -55,6 +51,14 @@ class ImportanceOptions:
             "flag": "--normalize",
         },
     )
+
+
+@dataclass
+class ImportanceOptions:
+    """How importance is scored on a task (the defaults follow the variant's paper)."""
+
+    variant: str = variant_field("scoring rule (liang2021: the super tickets' one)")
+    normalization: str = normalization_field()
     split: str | None = field(
         default=None,
         metadata={

@@ -32,10 +32,9 @@ from typing import Any
 import numpy as np
 
 from ticketlab.errors import TicketlabError
-from ticketlab.experiments.importance import SPLITS, ImportanceOptions
+from ticketlab.experiments.importance import SPLITS, ImportanceOptions, normalization_field, variant_field
 from ticketlab.experiments.store import RunDirectory
 from ticketlab.io import read_json, write_json
-from ticketlab.pruning.importance import IMPORTANCE_VARIANTS, NORMALIZATIONS
 from ticketlab.pruning.structured import (
     DEFAULT_FFN_RATIO,
     DEFAULT_LEVELS,
@@ -81,18 +80,8 @@ class SuperTicketSpec:
         default_factory=lambda: [0, 1, 2],
         metadata={"help": "seeds: each has its own full fine-tune, importance scores and tickets"},
     )
-    variant: str = field(
-        default="liang2021",
-        metadata={"help": "importance scoring rule", "choices": tuple(IMPORTANCE_VARIANTS)},
-    )
-    normalization: str = field(
-        default="l2",
-        metadata={
-            "help": "per-layer scaling of head scores",
-            "choices": NORMALIZATIONS,
-            "flag": "--normalize",
-        },
-    )
+    variant: str = variant_field("importance scoring rule")
+    normalization: str = normalization_field()
     importance_split: str | None = field(
         default=None,
         metadata={"help": "data to score on: train or dev (default: the variant's paper)", "choices": SPLITS},
