@@ -8,7 +8,14 @@ import argparse
 import csv
 from pathlib import Path
 
-from ticketlab.cli.common import add_output_flags, format_table, print_json
+from ticketlab.cli.common import (
+    add_output_flags,
+    add_spec_arguments,
+    format_table,
+    print_json,
+    seed,
+    spec_from_args,
+)
 from ticketlab.errors import TicketlabError
 
 HELP_ORDER = 70
@@ -41,7 +48,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="local GLUE data in the original layout (default: the hub)")
     p.add_argument("--split", default="dev", help="split of the task to sample (default: dev)")
     p.add_argument("--num-examples", type=int, default=20, help="inputs to sample (default: 20)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sample (default: 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the sample (default: 0)")
     p.add_argument("--max-length", type=int, default=128, help="longest input in tokens (default: 128)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     add_output_flags(p)
@@ -56,22 +63,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
         ),
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    from ticketlab.training.attention_classifier import ClassifierSettings
 
     a = actions.add_parser("train", help="train the CNN on labelled maps (a stratified validation split)")
     a.add_argument("--maps", required=True, help="maps folder: ticketlab's layout or a folder of .npy maps")
     a.add_argument("--labels", required=True, help="labels file: 'label = name1, name2, ...' lines")
     a.add_argument("--out", required=True, metavar="CLASSIFIER", help="output folder of the classifier")
-    a.add_argument(
-        "--normalised", action="store_true", help="the normalised variant: each map divided by its maximum"
-    )
-    a.add_argument("--epochs", type=int, default=200, help="most epochs (default: 200)")
-    a.add_argument("--batch-size", type=int, default=64, help="default: 64")
-    a.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
-    a.add_argument(
-        "--validation", type=float, default=0.2, help="stratified validation fraction (default: 0.2)"
-    )
-    a.add_argument("--patience", type=int, help="early stopping: epochs without a better validation accuracy")
-    a.add_argument("--seed", type=int, default=0, help="default: 0")
+    add_spec_arguments(a, ClassifierSettings)
     add_output_flags(a)
     a.set_defaults(run=run_train)
 
@@ -109,7 +107,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     a.add_argument(
         "--noise", type=float, default=0.6, help="standard deviation of the logit noise (default: 0.6)"
     )
-    a.add_argument("--seed", type=int, default=0, help="default: 0")
+    a.add_argument("--seed", type=seed, default=0, help="default: 0")
     a.add_argument("--out", required=True, metavar="DIR", help="output folder")
     add_output_flags(a)
     a.set_defaults(run=run_generate)
@@ -122,7 +120,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     a.add_argument(
         "--limit", type=int, default=64, help="maps on the sheet, sampled with --seed (default: 64)"
     )
-    a.add_argument("--seed", type=int, default=0, help="default: 0")
+    a.add_argument("--seed", type=seed, default=0, help="default: 0")
     a.add_argument("--classifier", help="pre-fill the labels file with this classifier's guesses")
     a.add_argument("--assignments", help="CSV of name,label rows (your labels) to turn into the labels file")
     a.add_argument("--out", required=True, metavar="LABELS", help="labels file to write")
@@ -171,15 +169,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ticketlab.training.attention_classifier import ClassifierSettings, train_pattern_classifier
 
     collection, labels = labelled_maps(load_map_collection(args.maps), read_labels(args.labels), args.labels)
-    settings = ClassifierSettings(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        validation=args.validation,
-        patience=args.patience,
-        normalised=args.normalised,
-        seed=args.seed,
-    )
+    settings = spec_from_args(args, ClassifierSettings)
     classifier = train_pattern_classifier(collection, labels, settings, quiet=args.quiet)
     classifier.info.update(maps=str(args.maps), labels=str(args.labels))
     classifier.save(args.out)

@@ -52,45 +52,119 @@ def _flag_type(annotation: Any) -> Any:
     return annotation
 
 
+def _field_default(spec_field: Any) -> Any:
+    if spec_field.default_factory is not MISSING:
+        return spec_field.default_factory()
+    return spec_field.default
+
+
+def _converter(kind: Any, name: str) -> Any:
+    """The argparse ``type`` of one value: seeds and numbers checked as every flag checks them."""
+    if kind is int and name.endswith(("seed", "seeds")):
+        return seed
+    return {float: finite}.get(kind, kind)
+
+
+def _shown(value: Any) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, list | tuple) else str(value)
+
+
 def add_spec_arguments(
-    parser: argparse.ArgumentParser,
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     spec_class: type,
     *,
     skip: tuple[str, ...] = (),
+    only: tuple[str, ...] | None = None,
     overrides_only: bool = False,
 ) -> None:
-    """One flag per field of a spec dataclass, with the field's help text and default.
+    """One flag per field of a spec dataclass: ``--field-name`` (or ``metadata["flag"]``), with the
+    field's help text, default, type and choices (``metadata["choices"]`` or a ``Literal`` hint).
 
-    ``overrides_only``: every flag defaults to None (the help still shows the spec's default), so
-    a caller can tell which fields the user set; for recipes stored as overrides.
+    A bool field is a switch: ``--name`` when it defaults to False, ``--no-name`` when it defaults
+    to True. A list or tuple field takes comma-separated values. Floats are finite and seeds in
+    range (:func:`finite`, :func:`seed`). ``skip`` (or ``only``) leaves the fields the verb sets
+    itself; :func:`spec_from_args` builds the spec back. ``overrides_only``: every flag defaults to
+    None (the help still shows the spec's default), so a caller can tell which fields the user
+    set; for recipes stored as overrides (:func:`spec_overrides`).
     """
     hints = typing.get_type_hints(spec_class)
-    for spec_field in fields(spec_class):
-        if spec_field.name in skip:
+    # Required fields first (a subclass's come after its base's), then the rest as declared.
+    ordered = sorted(fields(spec_class), key=lambda f: _field_default(f) is not MISSING)
+    for spec_field in ordered:
+        if (
+            not spec_field.init
+            or spec_field.name in skip
+            or (only is not None and spec_field.name not in only)
+        ):
             continue
-        flag = "--" + spec_field.name.replace("_", "-")
-        kind = _flag_type(hints[spec_field.name])
-        if kind is int and spec_field.name.endswith("seed"):
-            kind = seed
-        elif kind is float:
-            kind = finite
-        help_text = spec_field.metadata.get("help", "")
-        required = spec_field.default is MISSING and not overrides_only
-        if kind is bool:
-            parser.add_argument(
-                flag, action="store_true", default=None if overrides_only else False, help=help_text
-            )
-        else:
-            if not required and spec_field.default is not None:
-                help_text += f" (default: {spec_field.default})"
-            parser.add_argument(
-                flag,
-                type=kind,
-                required=required,
-                default=None if required or overrides_only else spec_field.default,
-                help=help_text,
-                metavar=spec_field.name.upper(),
-            )
+        name = spec_field.name
+        flag = spec_field.metadata.get("flag", "--" + name.replace("_", "-"))  # a flag named otherwise
+        hint = _flag_type(hints[name])
+        default = _field_default(spec_field)
+        required = default is MISSING and not overrides_only
+        # argparse formats help with %: a literal percent sign is written %% there.
+        help_text = spec_field.metadata.get("help", "").replace("%", "%%")
+        if hint is bool:
+            if default is True:
+                parser.add_argument(
+                    "--no-" + name.replace("_", "-"),
+                    dest=name,
+                    action="store_const",
+                    const=False,
+                    default=None if overrides_only else True,
+                    help=f"turn off: {help_text}",
+                )
+            else:
+                parser.add_argument(
+                    flag,
+                    dest=name,
+                    action="store_true",
+                    default=None if overrides_only else False,
+                    help=help_text,
+                )
+            continue
+        options: dict[str, Any] = {"metavar": name.upper()}
+        origin = typing.get_origin(hint)
+        choices = spec_field.metadata.get("choices")
+        if origin is typing.Literal:
+            choices = typing.get_args(hint)
+        if origin in (list, tuple):
+            item = next(a for a in typing.get_args(hint) if a is not Ellipsis)
+            if item is int and name.endswith("seeds"):
+                options["type"] = seeds  # each in range, none twice
+            else:
+                what = {int: "integers", float: "numbers"}.get(item, "values")
+                options["type"] = comma_separated(_converter(item, name), what)
+        elif hint in (int, float, str):
+            options["type"] = _converter(hint, name)
+        elif choices is None:
+            raise TypeError(f"{spec_class.__name__}.{name}: no flag for a field of type {hint}; skip it")
+        if choices is not None and origin not in (list, tuple):
+            options = {"choices": tuple(choices)}  # argparse checks each value against them
+        if not required and default not in (None, MISSING, (), []):
+            help_text += f" (default: {_shown(default)})"
+        parser.add_argument(
+            flag,
+            dest=name,
+            required=required,
+            default=None if required or overrides_only else default,
+            help=help_text,
+            **options,
+        )
+
+
+def spec_from_args(args: argparse.Namespace, spec_class: type, **given: Any) -> Any:
+    """The spec whose flags :func:`add_spec_arguments` added, from the parsed ``args``: each field
+    from the attribute of its name (when the verb has one), ``given`` the fields the verb sets
+    itself. Built by :func:`ticketlab.specs.from_mapping`, the one parser of spec sections."""
+    from ticketlab.specs import from_mapping
+
+    values = {
+        f.name: getattr(args, f.name)
+        for f in fields(spec_class)
+        if f.init and f.name not in given and hasattr(args, f.name)
+    }
+    return from_mapping(spec_class, {**values, **given}, "")
 
 
 def comma_separated(convert: Any = str, what: str = "values") -> Any:
@@ -135,13 +209,18 @@ def seeds(text: str) -> list[int]:
     return values
 
 
-def spec_overrides(args: argparse.Namespace, spec_class: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+def spec_overrides(
+    args: argparse.Namespace,
+    spec_class: type,
+    skip: tuple[str, ...] = (),
+    only: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
     """The fields of ``spec_class`` given on the command line (flags added by
     :func:`add_spec_arguments` with ``overrides_only``, which default to None)."""
     return {
         f.name: getattr(args, f.name)
         for f in fields(spec_class)
-        if f.name not in skip and getattr(args, f.name, None) is not None
+        if f.name not in skip and (only is None or f.name in only) and getattr(args, f.name, None) is not None
     }
 
 

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import fields
 from typing import Any
 
-from ticketlab.cli.common import Output, add_output_flags, add_spec_arguments, declare_output, print_json
+from ticketlab.cli.common import (
+    Output,
+    add_output_flags,
+    add_spec_arguments,
+    declare_output,
+    print_json,
+    spec_from_args,
+)
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -35,20 +41,16 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_finetune_command)
 
 
-def _spec_from_args(args: argparse.Namespace):
-    from ticketlab.experiments.finetune import FinetuneSpec
-
-    return FinetuneSpec(**{f.name: getattr(args, f.name) for f in fields(FinetuneSpec)})
-
-
 def _format_metrics(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
 
 
 def run_finetune_command(args: argparse.Namespace) -> int:
-    from ticketlab.experiments.finetune import run_finetune_step
+    from ticketlab.experiments.finetune import FinetuneSpec, run_finetune_step
 
-    results = run_finetune_step(_spec_from_args(args), args.out, cache_dir=args.cache_dir, quiet=args.quiet)
+    results = run_finetune_step(
+        spec_from_args(args, FinetuneSpec), args.out, cache_dir=args.cache_dir, quiet=args.quiet
+    )
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # in a multi-process launch only the first process reports
     if args.json:

@@ -16,19 +16,7 @@ from ticketlab.cli.common import (
     format_table,
     print_json,
     protocol_of,
-    seed,
-)
-
-# Fields of FinetuneSpec that IMP sets itself rather than taking as recipe overrides.
-_NOT_RECIPE = (
-    "model",
-    "task",
-    "data_dir",
-    "mask",
-    "seed",
-    "predict_test",
-    "allow_fingerprint_mismatch",
-    "save_model",
+    spec_from_args,
 )
 
 
@@ -38,15 +26,9 @@ def _recipe_flags(spec_class: type, skip: tuple[str, ...] = ()) -> list[str]:
     return [f.name for f in fields(spec_class) if f.name not in skip]
 
 
-def _levels(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"levels must be comma-separated numbers, got {text!r}") from None
-
-
 def register(verbs: argparse._SubParsersAction) -> None:
-    from ticketlab.experiments.finetune import FinetuneSpec
+    from ticketlab.experiments.finetune import RECIPE_FIELDS, FinetuneSpec
+    from ticketlab.experiments.imp import ImpSpec
     from ticketlab.experiments.imp_mlm import MlmRecipe
 
     p = verbs.add_parser(
@@ -60,40 +42,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
             "MLM ones (lr 5e-5, batch size 16, 1 epoch, max length 128)."
         ),
     )
-    p.add_argument("--model", required=True, help="hub id or local directory of the pre-trained model")
-    p.add_argument("--task", required=True, help="GLUE task name, squad, or mlm (with --text)")
-    p.add_argument("--data-dir", help="local task data in the original layout (default: the hub)")
-    p.add_argument(
-        "--levels",
-        type=_levels,
-        default=[round(0.1 * i, 1) for i in range(1, 10)],
-        help="total sparsity after each pruning step (default: 0.1,0.2,...,0.9)",
-    )
-    p.add_argument(
-        "--head",
-        choices=("keep", "reinit"),
-        default="keep",
-        help="task head at rewinding: keep the trained one (the paper) or re-initialise",
-    )
+    # ImpSpec's fields are flags of their names (scope and scheme: --protocol; recipe: the recipe flags).
+    add_spec_arguments(p, ImpSpec, only=("model", "task", "data_dir", "levels", "head", "seed", "lr_horizon"))
     add_protocol_flags(p)
-    p.add_argument(
-        "--lr-horizon",
-        choices=("level", "run"),
-        default="level",
-        help="horizon of each level's fresh linear schedule: level (decays to 0 within the level; "
-        "default) or run (all levels' steps, as BERT-Tickets: a level's rate barely decays)",
-    )
-    p.add_argument("--seed", type=seed, default=0)
-    add_spec_arguments(p, FinetuneSpec, skip=_NOT_RECIPE, overrides_only=True)
+    add_spec_arguments(p, FinetuneSpec, only=RECIPE_FIELDS, overrides_only=True)
     mlm = p.add_argument_group("IMP on MLM (--task mlm)")
-    mlm.add_argument("--text", metavar="FILE", help="training text (default: the hub data set's train split)")
-    mlm.add_argument(
-        "--eval-text",
-        metavar="FILE",
-        help="held-out text for the MLM loss (default: the last --eval-fraction of --text, "
-        "or the hub data set's validation split)",
-    )
-    add_spec_arguments(mlm, MlmRecipe, skip=tuple(_recipe_flags(FinetuneSpec)), overrides_only=True)
+    add_spec_arguments(mlm, ImpSpec, only=("text", "eval_text"))
+    add_spec_arguments(mlm, MlmRecipe, skip=RECIPE_FIELDS, overrides_only=True)
     p.add_argument(
         "--cache-dir", help="tokenisation cache (default: $TICKETLAB_CACHE, else ~/.cache/ticketlab)"
     )
@@ -110,20 +65,20 @@ def _set_flags(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
 
 
 def recipe_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The fine-tuning recipe flags the user set (added with ``skip=_NOT_RECIPE, overrides_only=True``)."""
-    from ticketlab.experiments.finetune import FinetuneSpec
+    """The fine-tuning recipe flags the user set (added with ``only=RECIPE_FIELDS, overrides_only=True``)."""
+    from ticketlab.experiments.finetune import RECIPE_FIELDS
 
-    return _set_flags(args, _recipe_flags(FinetuneSpec, _NOT_RECIPE))
+    return _set_flags(args, list(RECIPE_FIELDS))
 
 
 def run_imp_command(args: argparse.Namespace) -> int:
     from ticketlab.errors import TicketlabError
-    from ticketlab.experiments.finetune import FinetuneSpec
+    from ticketlab.experiments.finetune import RECIPE_FIELDS
     from ticketlab.experiments.imp import MLM_TASK, ImpSpec
     from ticketlab.experiments.imp_dispatch import run_imp_on_task
     from ticketlab.experiments.imp_mlm import MlmRecipe
 
-    finetune_flags = _recipe_flags(FinetuneSpec, _NOT_RECIPE)
+    finetune_flags = list(RECIPE_FIELDS)
     mlm_flags = _recipe_flags(MlmRecipe)
     wanted, other = (mlm_flags, finetune_flags) if args.task == MLM_TASK else (finetune_flags, mlm_flags)
     stray = sorted(set(_set_flags(args, other)) - set(wanted))
@@ -133,20 +88,7 @@ def run_imp_command(args: argparse.Namespace) -> int:
         raise TicketlabError(f"{flag} is a flag of {kind}, not of --task {args.task}")
     recipe = _set_flags(args, wanted)
     scope, scheme = protocol_of(args)
-    spec = ImpSpec(
-        model=args.model,
-        task=args.task,
-        data_dir=args.data_dir,
-        levels=args.levels,
-        head=args.head,
-        scope=scope,
-        scheme=scheme,
-        seed=args.seed,
-        recipe=recipe,
-        text=args.text,
-        eval_text=args.eval_text,
-        lr_horizon=args.lr_horizon,
-    )
+    spec = spec_from_args(args, ImpSpec, scope=scope, scheme=scheme, recipe=recipe)
     echo = (lambda _: None) if args.quiet or args.json else print
     if args.redo:
         from ticketlab.experiments.store import RunDirectory

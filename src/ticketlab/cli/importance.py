@@ -9,18 +9,18 @@ from typing import Any
 from ticketlab.cli.common import (
     Output,
     add_output_flags,
+    add_spec_arguments,
     declare_output,
     format_table,
     is_scores_file,
     print_json,
+    spec_from_args,
 )
 from ticketlab.errors import TicketlabError
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
-    from ticketlab.data.subset import TRAIN_SUBSETS
-    from ticketlab.experiments.importance import SPLITS
-    from ticketlab.pruning.importance import IMPORTANCE_VARIANTS, NORMALIZATIONS
+    from ticketlab.experiments.importance import ImportanceOptions
 
     p = verbs.add_parser(
         "importance",
@@ -42,32 +42,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data-dir", help="local task data in the original layout (default: the run's, else the hub)"
     )
-    p.add_argument(
-        "--variant",
-        choices=tuple(IMPORTANCE_VARIANTS),
-        default="liang2021",
-        help="scoring rule (default: liang2021, the super tickets' one)",
-    )
-    p.add_argument(
-        "--split",
-        choices=SPLITS,
-        help="data to score on (default: the variant's paper: dev for prasanna2020, else train)",
-    )
-    p.add_argument("--max-samples", type=int, help="score on N examples of the split only")
-    p.add_argument(
-        "--train-subset",
-        choices=TRAIN_SUBSETS,
-        default="first",
-        help="which N training examples with --max-samples: the first, or the fine-tuning's fixed random draw",
-    )
-    p.add_argument(
-        "--normalize",
-        dest="normalization",
-        choices=NORMALIZATIONS,
-        default="l2",
-        help="per-layer scaling of the head scores (default: l2)",
-    )
-    p.add_argument("--batch-size", type=int, default=32, help="examples per backward pass (default: 32)")
+    add_spec_arguments(p, ImportanceOptions)  # how it scores: one flag per field
     p.add_argument("--max-length", type=int, help="tokens per example (default: the run's, else the task's)")
     p.add_argument(
         "--cache-dir", help="tokenisation cache (default: $TICKETLAB_CACHE, else ~/.cache/ticketlab)"
@@ -101,14 +76,7 @@ def run_importance(args: argparse.Namespace) -> int:
     )
     from ticketlab.training.tasks import get_task
 
-    options = ImportanceOptions(
-        variant=args.variant,
-        normalization=args.normalization,
-        split=args.split,
-        max_samples=args.max_samples,
-        train_subset=args.train_subset,
-        batch_size=args.batch_size,
-    )
+    options = spec_from_args(args, ImportanceOptions)
     options.validate()
     if args.out.endswith(os.sep):
         raise TicketlabError(f"--out {args.out!r} is a directory; give a file name (SCORES.safetensors)")

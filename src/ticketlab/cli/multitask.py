@@ -15,6 +15,7 @@ from ticketlab.cli.common import (
     declare_output,
     format_table,
     print_json,
+    spec_from_args,
 )
 from ticketlab.errors import TicketlabError
 
@@ -116,8 +117,6 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def run_multitask_command(args: argparse.Namespace) -> int:
-    from dataclasses import fields
-
     from ticketlab.experiments.multitask import MultitaskSpec, compare_multitask, run_multitask
 
     if args.from_super_tickets or args.super_tickets:
@@ -129,15 +128,10 @@ def run_multitask_command(args: argparse.Namespace) -> int:
         raise TicketlabError("a task is given two masks")
     if args.compare and not masks:
         raise TicketlabError("--compare needs tickets to compare with: give --mask TASK=FILE")
-    recipe: dict[str, Any] = {
-        f.name: getattr(args, f.name) for f in fields(MultitaskSpec) if f.name not in _SET_BY_VERB
-    }
     echo = (lambda _: None) if args.quiet or args.json else print
 
     def run(with_masks: dict[str, str], out: Path) -> dict[str, Any]:
-        spec = MultitaskSpec(
-            model=args.model, tasks=args.tasks, data_dir=args.data_dir, masks=with_masks, **recipe
-        )
+        spec = spec_from_args(args, MultitaskSpec, masks=with_masks)
         return run_multitask(spec, out, cache_dir=args.cache_dir, quiet=args.quiet, echo=echo)
 
     out = Path(args.out)

@@ -10,36 +10,17 @@ from ticketlab.cli.common import (
     add_output_flags,
     add_spec_arguments,
     declare_output,
-    finite,
     format_table,
     print_json,
-    seeds,
+    spec_from_args,
 )
-from ticketlab.cli.imp import _NOT_RECIPE, recipe_from_args
+from ticketlab.cli.imp import recipe_from_args
 from ticketlab.errors import TicketlabError
 
 
-def _numbers(kind: type, what: str):
-    def parse(text: str) -> list:
-        try:
-            return [kind(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{what} must be comma-separated numbers, got {text!r}"
-            ) from None
-
-    return parse
-
-
-def _words(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
 def register(verbs: argparse._SubParsersAction) -> None:
-    from ticketlab.experiments.finetune import FinetuneSpec
-    from ticketlab.experiments.importance import SPLITS
-    from ticketlab.pruning.importance import IMPORTANCE_VARIANTS, NORMALIZATIONS
-    from ticketlab.pruning.structured import DEFAULT_FFN_RATIO, DEFAULT_LEVELS
+    from ticketlab.experiments.finetune import RECIPE_FIELDS, FinetuneSpec
+    from ticketlab.experiments.super_tickets import SuperTicketSpec
 
     p = verbs.add_parser(
         "super-tickets",
@@ -54,48 +35,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
             "command skips finished steps. Recipe flags default to the fine-tuning defaults."
         ),
     )
-    p.add_argument("--model", required=True, help="hub id or local directory of the pre-trained model")
-    p.add_argument("--task", required=True, help="GLUE task name or squad")
-    p.add_argument("--data-dir", help="local task data in the original layout (default: the hub)")
-    p.add_argument(
-        "--levels",
-        type=_numbers(finite, "levels"),
-        default=list(DEFAULT_LEVELS),
-        help="fractions of the heads to prune (default: 0.1,0.2,...,0.8)",
-    )
-    p.add_argument(
-        "--kinds", type=_words, default=["winning", "random", "losing"], help="default: winning,random,losing"
-    )
-    p.add_argument("--seeds", type=seeds, default=[0, 1, 2], help="default: 0,1,2")
-    p.add_argument(
-        "--variant",
-        choices=tuple(IMPORTANCE_VARIANTS),
-        default="liang2021",
-        help="importance scoring rule (default: liang2021)",
-    )
-    p.add_argument(
-        "--normalize", dest="normalization", choices=NORMALIZATIONS, default="l2", help="default: l2"
-    )
-    p.add_argument(
-        "--importance-split", choices=SPLITS, help="score on train or dev (default: the variant's paper)"
-    )
-    p.add_argument(
-        "--importance-samples",
-        type=int,
-        help="examples to score on (default: the fine-tuning subset of the split, if any)",
-    )
-    p.add_argument(
-        "--ffn-ratio",
-        type=finite,
-        default=DEFAULT_FFN_RATIO,
-        help="FFN layers pruned per level = round(p x ratio x layers) (default: 10/12, the paper's round(10 p))",
-    )
-    p.add_argument(
-        "--save-models",
-        action="store_true",
-        help="keep every fine-tuned ticket's weights (model/ in its step)",
-    )
-    add_spec_arguments(p, FinetuneSpec, skip=_NOT_RECIPE, overrides_only=True)
+    # SuperTicketSpec's fields are flags of their names (normalization: --normalize; recipe: the
+    # recipe flags).
+    add_spec_arguments(p, SuperTicketSpec, skip=("recipe",))
+    add_spec_arguments(p, FinetuneSpec, only=RECIPE_FIELDS, overrides_only=True)
     p.add_argument(
         "--cache-dir", help="tokenisation cache (default: $TICKETLAB_CACHE, else ~/.cache/ticketlab)"
     )
@@ -155,21 +98,7 @@ def run_super_tickets_command(args: argparse.Namespace) -> int:
 
     if args.importance_samples is not None and args.importance_samples < 1:
         raise TicketlabError(f"--importance-samples must be at least 1, got {args.importance_samples}")
-    spec = SuperTicketSpec(
-        model=args.model,
-        task=args.task,
-        data_dir=args.data_dir,
-        levels=args.levels,
-        kinds=args.kinds,
-        seeds=args.seeds,
-        variant=args.variant,
-        normalization=args.normalization,
-        importance_split=args.importance_split,
-        importance_samples=args.importance_samples,
-        ffn_ratio=args.ffn_ratio,
-        recipe=recipe_from_args(args),
-        save_models=args.save_models,
-    )
+    spec = spec_from_args(args, SuperTicketSpec, recipe=recipe_from_args(args))
     echo = (lambda _: None) if args.quiet or args.json else print
     summary = run_super_tickets(spec, args.out, cache_dir=args.cache_dir, quiet=args.quiet, echo=echo)
     if args.json:

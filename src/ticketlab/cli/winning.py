@@ -8,27 +8,23 @@ import argparse
 from ticketlab.cli.common import (
     Output,
     add_output_flags,
+    add_protocol_flags,
     add_spec_arguments,
-    comma_separated,
     declare_output,
-    finite,
     holds,
     print_json,
-    seeds,
+    protocol_of,
+    spec_from_args,
     spec_overrides,
 )
 from ticketlab.errors import TicketlabError
 
 HELP_ORDER = 60
 
-# Fields of FinetuneSpec the pipeline sets itself rather than taking as recipe overrides.
-_NOT_RECIPE = ("model", "task", "data_dir", "mask", "seed", "predict_test", "allow_fingerprint_mismatch")
-
 
 def register(verbs: argparse._SubParsersAction) -> None:
-    from ticketlab.experiments.finetune import FinetuneSpec
-    from ticketlab.experiments.winning_tickets import METHODS, SUBNETWORKS
-    from ticketlab.pruning.importance import IMPORTANCE_VARIANTS, NORMALIZATIONS
+    from ticketlab.experiments.finetune import RECIPE_FIELDS, FinetuneSpec
+    from ticketlab.experiments.winning_tickets import WinningSpec
 
     p = verbs.add_parser(
         "all-winning",
@@ -42,66 +38,11 @@ def register(verbs: argparse._SubParsersAction) -> None:
             "RUN_DIR/results.json and RUN_DIR/report/ (Markdown, PNG, JSON)."
         ),
     )
-    p.add_argument("--model", required=True, help="hub id or local directory of the pre-trained model")
-    p.add_argument("--task", required=True, help="GLUE task name")
-    p.add_argument("--data-dir", help="local GLUE data in the original layout (default: the hub)")
-    p.add_argument(
-        "--seeds",
-        type=seeds,
-        default=[0],
-        help="comma-separated seeds (default: 0)",
-    )
-    p.add_argument("--method", choices=METHODS, default="importance", help="pruning (default: importance)")
-    p.add_argument(
-        "--importance",
-        choices=sorted(IMPORTANCE_VARIANTS),
-        default="prasanna2020",
-        help="importance variant (default: prasanna2020, |dL/dgate| per batch on dev)",
-    )
-    p.add_argument("--normalization", choices=NORMALIZATIONS, default="l2", help="head scores per layer")
-    p.add_argument(
-        "--head-fraction",
-        type=finite,
-        default=0.1,
-        help="heads pruned per step: max(1, floor(fraction x all heads)) (default: 0.1, 14 of 144)",
-    )
-    p.add_argument("--heads-per-step", type=int, help="heads pruned per step (instead of --head-fraction)")
-    p.add_argument(
-        "--ffn-per-step", type=int, default=1, help="whole FFN layers pruned per step (default: 1)"
-    )
-    p.add_argument(
-        "--min-heads-per-layer",
-        type=int,
-        default=0,
-        help="heads every layer keeps (default: 0, a layer may lose all as in the paper)",
-    )
-    p.add_argument(
-        "--magnitude-rate",
-        type=finite,
-        default=0.1,
-        help="magnitude: fraction of the remaining weights pruned per step (default: 0.1)",
-    )
-    p.add_argument(
-        "--scope",
-        choices=("encoder", "encoder+embeddings"),
-        default="encoder",
-        help="magnitude: weights that can be pruned",
-    )
-    p.add_argument(
-        "--threshold",
-        type=finite,
-        default=0.9,
-        help="stop at the first step below this fraction of the full model's dev metric (default: 0.9)",
-    )
-    p.add_argument("--max-steps", type=int, help="at most this many pruning steps")
-    p.add_argument(
-        "--subnetworks",
-        type=comma_separated(),
-        default=list(SUBNETWORKS),
-        help="subnetworks to retrain (default: good,random,bad)",
-    )
-    p.add_argument("--no-retrain", action="store_true", help="stop after pruning and the masked evaluations")
-    add_spec_arguments(p, FinetuneSpec, skip=_NOT_RECIPE, overrides_only=True)
+    # WinningSpec's fields are flags of their names (scope and scheme: --protocol; recipe: the
+    # recipe flags; retrain: --no-retrain).
+    add_spec_arguments(p, WinningSpec, skip=("scope", "scheme", "recipe"))
+    add_protocol_flags(p)  # magnitude: scope and scheme (chen2020: the encoder, one global ranking)
+    add_spec_arguments(p, FinetuneSpec, only=RECIPE_FIELDS, overrides_only=True)
     p.add_argument(
         "--cache-dir", help="tokenisation cache (default: $TICKETLAB_CACHE, else ~/.cache/ticketlab)"
     )
@@ -124,18 +65,14 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def run_all_winning_command(args: argparse.Namespace) -> int:
-    from dataclasses import fields
 
     from ticketlab.analysis.winning import report_run, table_markdown
-    from ticketlab.experiments.finetune import FinetuneSpec
+    from ticketlab.experiments.finetune import RECIPE_FIELDS, FinetuneSpec
     from ticketlab.experiments.winning_tickets import WinningSpec, run_all_winning
 
-    # Every WinningSpec field but these two has a flag of its own name.
-    given = {
-        f.name: getattr(args, f.name) for f in fields(WinningSpec) if f.name not in ("retrain", "recipe")
-    }
-    recipe = spec_overrides(args, FinetuneSpec, skip=_NOT_RECIPE)
-    spec = WinningSpec(**given, retrain=not args.no_retrain, recipe=recipe)
+    recipe = spec_overrides(args, FinetuneSpec, only=RECIPE_FIELDS)
+    scope, scheme = protocol_of(args)
+    spec = spec_from_args(args, WinningSpec, recipe=recipe, scope=scope, scheme=scheme)
     echo = (lambda _: None) if args.quiet or args.json else print
     results = run_all_winning(spec, args.out, cache_dir=args.cache_dir, quiet=args.quiet, echo=echo)
     report = report_run(args.out)

@@ -35,8 +35,8 @@ from ticketlab.data.subset import subset_indices
 from ticketlab.errors import TicketlabError
 from ticketlab.io import atomic_write, read_json, require_path
 from ticketlab.models.loading import check_max_length, max_positions
-from ticketlab.specs import check_seed
 from ticketlab.training.metrics import json_safe
+from ticketlab.training.settings import check_settings, setting
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,26 @@ BASE_RECIPE: dict[str, Any] = {
     "max_length": 128,
     "doc_stride": None,
 }
+
+
+# The fields of FinetuneSpec a pipeline's recipe may override (IMP, super tickets, all tickets
+# winning, a grid's recipe sections, their command lines' recipe flags); the pipeline sets the rest.
+RECIPE_FIELDS = (
+    "lr",
+    "batch_size",
+    "eval_batch_size",
+    "epochs",
+    "max_length",
+    "warmup_ratio",
+    "weight_decay",
+    "max_grad_norm",
+    "eval_every",
+    "max_train_samples",
+    "max_eval_samples",
+    "train_subset",
+    "main_metric",
+    "log_every",
+)
 
 
 @dataclass
@@ -80,44 +100,27 @@ class FinetuneSpec:
     mask: str | None = field(
         default=None, metadata={"help": "ticket mask file: pruned weights start at zero and stay zero"}
     )
-    lr: float | None = field(
-        default=None, metadata={"help": "peak learning rate (AdamW, linear decay; default: 2e-5, SQuAD 3e-5)"}
-    )
-    batch_size: int | None = field(
-        default=None, metadata={"help": "training batch size (per process; default: 32, SQuAD 16)"}
-    )
-    eval_batch_size: int | None = field(
-        default=None, metadata={"help": "evaluation batch size (default: batch size)"}
-    )
-    epochs: int | None = field(
-        default=None, metadata={"help": "passes over the training data (default: 3, SQuAD 2)"}
-    )
-    max_length: int | None = field(
-        default=None,
-        metadata={
-            "help": "tokens per example, longer ones are truncated (default: 128); SQuAD: tokens per "
-            "window, longer contexts get several windows (default: 384)"
-        },
+    lr: float | None = setting("lr", None, note="AdamW, linear decay; default: 2e-5, SQuAD 3e-5")
+    batch_size: int | None = setting("batch_size", None, note="training, per process; default: 32, SQuAD 16")
+    eval_batch_size: int | None = setting("eval_batch_size", None, note="default: the batch size")
+    epochs: int | None = setting("epochs", None, note="default: 3, SQuAD 2")
+    max_length: int | None = setting(
+        "max_length",
+        None,
+        note="longer examples are truncated; default: 128. SQuAD: tokens per window, longer contexts "
+        "get several windows; default: 384",
     )
     doc_stride: int | None = field(
         default=None,
         metadata={"help": "SQuAD only: context tokens shared by consecutive windows (default: 128)"},
     )
-    warmup_ratio: float = field(default=0.0, metadata={"help": "fraction of the steps spent warming up"})
-    weight_decay: float = field(
-        default=0.01, metadata={"help": "AdamW weight decay (not on biases and LayerNorm weights)"}
-    )
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
-    eval_every: int | None = field(
-        default=None, metadata={"help": "also evaluate every N steps (always at each epoch end)"}
-    )
-    seed: int = field(default=0, metadata={"help": "random seed (head initialisation, dropout, shuffling)"})
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "train on the first N training examples only"}
-    )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "evaluate on the first N examples of each dev split only"}
-    )
+    warmup_ratio: float = setting("warmup_ratio", 0.0, note="then a linear decay to 0")
+    weight_decay: float = setting("weight_decay", 0.01, note="AdamW's, not on biases and LayerNorm weights")
+    max_grad_norm: float = setting("max_grad_norm", 1.0)
+    eval_every: int | None = setting("eval_every", None, note="always at each epoch end")
+    seed: int = setting("seed", 0, note="head initialisation, dropout, shuffling")
+    max_train_samples: int | None = setting("max_train_samples", None)
+    max_eval_samples: int | None = setting("max_eval_samples", None)
     train_subset: str = field(
         default="first",
         metadata={
@@ -135,7 +138,7 @@ class FinetuneSpec:
     main_metric: str | None = field(
         default=None, metadata={"help": "metric that picks the best evaluation (default: the task's)"}
     )
-    log_every: int = field(default=10, metadata={"help": "steps per line of the training log"})
+    log_every: int = setting("log_every", 10)
     save_model: bool = field(
         default=False,
         metadata={
@@ -176,22 +179,11 @@ class FinetuneSpec:
 
     def validate(self) -> None:
         """Raise :class:`TicketlabError` on a value that cannot work, before anything is loaded."""
-        counts = {
-            "batch_size": self.batch_size,
-            "log_every": self.log_every,
-            "eval_batch_size": self.eval_batch_size,
-            "max_length": self.max_length,
-            "max_train_samples": self.max_train_samples,
-            "max_eval_samples": self.max_eval_samples,
-        }
         if self.doc_stride is not None and self.doc_stride < 0:
             raise TicketlabError(f"doc stride must be at least 0, got {self.doc_stride}")
-        for name, value in counts.items():
-            if value is not None and value < 1:
-                raise TicketlabError(f"{name.replace('_', ' ')} must be at least 1, got {value}")
-        check_seed(self.seed, "seed")
+        check_settings(self)  # batch sizes, lr, epochs, lengths, warm-up, weight decay, seed, ...
         subset_indices(1, None, self.train_subset)  # an unknown subset is refused here
-        self.train_config().validate()  # lr, epochs, warm-up, weight decay, eval interval
+        self.train_config().validate()
         if self.data_dir is not None:
             require_path(self.data_dir, "data directory", directory=True)
         if self.mask is not None:

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ticketlab.errors import TicketlabError
+from ticketlab.experiments.finetune import RECIPE_FIELDS
 from ticketlab.experiments.store import RunDirectory
 from ticketlab.io import read_json, write_json
 from ticketlab.masks import UnstructuredMask, load_mask, save_mask
@@ -34,6 +35,7 @@ from ticketlab.models.adapters import EncoderAdapter
 from ticketlab.pruning import prune, validate_sparsity
 from ticketlab.specs import check_value
 from ticketlab.training.distributed import broadcast_from_first
+from ticketlab.training.settings import setting
 
 # train(model, mask, seed, out_dir) -> results dict. It trains ``model`` in place (mask held) and
 # may write its own files (logs, predictions) into ``out_dir``.
@@ -54,10 +56,16 @@ class ImpSpec:
         default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 10)],
         metadata={"help": "total sparsity after each pruning step, increasing, each in (0, 1)"},
     )
-    head: str = field(default="keep", metadata={"help": "task head at rewinding: keep (the paper) or reinit"})
+    head: str = field(
+        default="keep",
+        metadata={
+            "help": "task head at rewinding: keep (the paper) or reinit",
+            "choices": ("keep", "reinit"),
+        },
+    )
     scope: str = field(default="encoder", metadata={"help": "weights that can be pruned"})
     scheme: str = field(default="global", metadata={"help": "global ranking (the paper) or per-matrix"})
-    seed: int = field(default=0, metadata={"help": "seed of training (and of head re-initialisation)"})
+    seed: int = setting("seed", 0, note="training, and head re-initialisation")
     recipe: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "recipe overrides (fine-tuning, or MLM training for mlm)"}
     )
@@ -76,7 +84,8 @@ class ImpSpec:
         metadata={
             "help": "horizon of each level's linear schedule: level (the rate decays to zero within "
             "each level; ticketlab) or run (the whole run's steps, all levels: BERT-Tickets, whose "
-            "levels' rates barely decay)"
+            "levels' rates barely decay)",
+            "choices": ("level", "run"),
         },
     )
 
@@ -264,25 +273,6 @@ def run_imp(
     }
     write_json(run.path / "results.json", summary)
     return summary
-
-
-# Recipe fields an IMP (or grid) spec may override; the rest of FinetuneSpec is set by the pipeline.
-RECIPE_FIELDS = (
-    "lr",
-    "batch_size",
-    "eval_batch_size",
-    "epochs",
-    "max_length",
-    "warmup_ratio",
-    "weight_decay",
-    "max_grad_norm",
-    "eval_every",
-    "max_train_samples",
-    "max_eval_samples",
-    "train_subset",
-    "main_metric",
-    "log_every",
-)
 
 
 def check_recipe(recipe: Any, where: str = "recipe") -> None:

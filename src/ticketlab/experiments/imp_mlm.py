@@ -53,10 +53,12 @@ from ticketlab.io import read_json
 from ticketlab.masks import UnstructuredMask
 from ticketlab.models.loading import check_max_length
 from ticketlab.models.mlm_head import EncoderWithMlmHead
+from ticketlab.specs import from_mapping
 from ticketlab.training import loop
 from ticketlab.training.loop import Callback, TrainState
 from ticketlab.training.metrics import json_safe
 from ticketlab.training.objectives import MlmMasking, mlm_loss_sum
+from ticketlab.training.settings import check_settings, setting
 
 HEAD_STEP = "mlm_head"
 
@@ -65,38 +67,27 @@ HEAD_STEP = "mlm_head"
 class MlmRecipe:
     """How each IMP level trains on MLM (``ImpSpec.recipe`` holds the fields set by the user)."""
 
-    steps: int | None = field(
-        default=None, metadata={"help": "optimizer steps per level (default: --epochs passes over the text)"}
-    )
-    epochs: int = field(default=1, metadata={"help": "passes over the training text per level"})
-    lr: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW, linear decay)"})
-    batch_size: int = field(default=16, metadata={"help": "text blocks per step"})
-    eval_batch_size: int | None = field(default=None, metadata={"help": "blocks per held-out batch"})
-    max_length: int = field(default=128, metadata={"help": "block length in tokens ([CLS], [SEP] included)"})
-    max_sequences: int | None = field(
-        default=None, metadata={"help": "use only the first N blocks of the training text"}
-    )
-    max_eval_sequences: int | None = field(
-        default=None, metadata={"help": "evaluate on at most N held-out blocks"}
-    )
+    steps: int | None = setting("steps", None, note="per level; default: --epochs passes over the text")
+    epochs: int = setting("epochs", 1, note="of the training text, per level")
+    lr: float = setting("lr", 5e-5, note="AdamW, linear decay")
+    batch_size: int = setting("batch_size", 16, note="text blocks per step")
+    eval_batch_size: int | None = setting("eval_batch_size", None, note="blocks per held-out batch")
+    max_length: int = setting("max_length", 128, note="block length, [CLS] and [SEP] included")
+    max_sequences: int | None = setting("max_sequences", None, note="of the training text")
+    max_eval_sequences: int | None = setting("max_eval_sequences", None)
     eval_fraction: float = field(
         default=0.05,
         metadata={"help": "without --eval-text: share of the training text's blocks (the last) held out"},
     )
     dataset: str = field(default=DEFAULT_DATASET, metadata={"help": "hub text data set when no --text"})
     dataset_config: str | None = field(default=DEFAULT_DATASET_CONFIG, metadata={"help": "its configuration"})
-    warmup_ratio: float = field(default=0.0, metadata={"help": "fraction of the steps spent warming up"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (matrices only)"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
-    eval_every: int | None = field(
-        default=None, metadata={"help": "also evaluate the held-out loss every N steps"}
-    )
-    log_every: int = field(default=10, metadata={"help": "steps per line of the training log"})
+    warmup_ratio: float = setting("warmup_ratio", 0.0)
+    weight_decay: float = setting("weight_decay", 0.01, note="AdamW's, matrices only")
+    max_grad_norm: float = setting("max_grad_norm", 1.0)
+    eval_every: int | None = setting("eval_every", None, note="the held-out loss")
+    log_every: int = setting("log_every", 10)
     mlm_probability: float = field(default=0.15, metadata={"help": "share of the tokens that are targets"})
-    head_steps: int = field(
-        default=100,
-        metadata={"help": "model without MLM head: steps training the new head first, encoder frozen"},
-    )
+    head_steps: int = setting("head_steps", 100, note="the encoder frozen, before the level trains")
     eval_seed: int = field(
         default=0, metadata={"help": "seed of the held-out corruption (fixed: losses compare across runs)"}
     )
@@ -108,22 +99,12 @@ class MlmRecipe:
         unknown = sorted(set(recipe) - set(known))
         if unknown:
             raise TicketlabError(f"unknown MLM recipe field {unknown[0]!r} (known: {', '.join(known)})")
-        made = cls(**recipe)
+        made = from_mapping(cls, recipe, "MLM recipe")  # each value of its field's type
         made.validate()
         return made
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "max_length", "log_every"):
-            if getattr(self, name) < 1:
-                raise TicketlabError(
-                    f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}"
-                )
-        for name in ("steps", "eval_batch_size", "max_sequences", "max_eval_sequences", "eval_every"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise TicketlabError(f"{name.replace('_', ' ')} must be at least 1, got {value}")
-        if self.head_steps < 0:
-            raise TicketlabError(f"head steps must be at least 0, got {self.head_steps}")
+        check_settings(self)
         if not 0.0 < self.eval_fraction < 1.0:
             raise TicketlabError(f"eval fraction must be in (0, 1), got {self.eval_fraction}")
         if not 0.0 < self.mlm_probability < 1.0:
@@ -132,9 +113,6 @@ class MlmRecipe:
             raise TicketlabError(
                 f"max length must be at least 3 (CLS, one token, SEP), got {self.max_length}"
             )
-        loop.TrainConfig(
-            lr=self.lr, weight_decay=self.weight_decay, warmup_ratio=self.warmup_ratio
-        ).validate()
 
 
 def check_mlm_recipe(recipe: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from ticketlab.data.subset import subset_indices
+from ticketlab.data.subset import TRAIN_SUBSETS, subset_indices
 from ticketlab.errors import TicketlabError
 from ticketlab.masks.structured import StructuredMask
 from ticketlab.models.loading import check_max_length, max_positions
@@ -28,6 +28,7 @@ from ticketlab.pruning.importance import (
     question_answering_losses,
     sequence_classification_losses,
 )
+from ticketlab.training.settings import check_settings, setting
 
 SPLITS: tuple[str, ...] = ("train", "dev")
 # Where each paper scored: super tickets on the training set, all tickets winning on the dev set.
@@ -35,28 +36,48 @@ SPLITS: tuple[str, ...] = ("train", "dev")
 DEFAULT_SPLIT: dict[str, str] = {"michel2019": "train", "liang2021": "train", "prasanna2020": "dev"}
 
 
+def variant_field(help_text: str) -> Any:
+    """The importance variant of a spec that scores heads (default: liang2021, as super tickets)."""
+    return field(default="liang2021", metadata={"help": help_text, "choices": tuple(IMPORTANCE_VARIANTS)})
+
+
+def normalization_field() -> Any:
+    """The per-layer scaling of head scores of a spec that scores heads (flag ``--normalize``)."""
+    return field(
+        default="l2",
+        metadata={
+            "help": "per-layer scaling of head scores",
+            "choices": NORMALIZATIONS,
+            "flag": "--normalize",
+        },
+    )
+
+
 @dataclass
 class ImportanceOptions:
     """How importance is scored on a task (the defaults follow the variant's paper)."""
 
-    variant: str = field(
-        default="liang2021", metadata={"help": f"scoring rule: {', '.join(IMPORTANCE_VARIANTS)}"}
-    )
-    normalization: str = field(
-        default="l2", metadata={"help": f"per-layer scaling of head scores: {', '.join(NORMALIZATIONS)}"}
-    )
+    variant: str = variant_field("scoring rule (liang2021: the super tickets' one)")
+    normalization: str = normalization_field()
     split: str | None = field(
         default=None,
-        metadata={"help": "train or dev (default: the variant's paper: dev for prasanna2020, else train)"},
+        metadata={
+            "help": "data to score on (default: the variant's paper: dev for prasanna2020, else train)",
+            "choices": SPLITS,
+        },
     )
     max_samples: int | None = field(
         default=None, metadata={"help": "score on N examples of the split only (dev: the first N)"}
     )
     train_subset: str = field(
         default="first",
-        metadata={"help": "which N training examples with max_samples: first, or random (as fine-tuning's)"},
+        metadata={
+            "help": "which N training examples with max_samples: the first, or the fine-tuning's fixed "
+            "random draw",
+            "choices": TRAIN_SUBSETS,
+        },
     )
-    batch_size: int = field(default=32, metadata={"help": "examples per backward pass"})
+    batch_size: int = setting("batch_size", 32, note="examples per backward pass")
 
     def resolved_split(self) -> str:
         return self.split or DEFAULT_SPLIT.get(self.variant, "train")
@@ -73,10 +94,9 @@ class ImportanceOptions:
         if self.resolved_split() not in SPLITS:
             raise TicketlabError(f"split must be one of {', '.join(SPLITS)}, not {self.split!r}")
         subset_indices(1, None, self.train_subset)  # an unknown subset is refused here
-        for name in ("max_samples", "batch_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise TicketlabError(f"{name.replace('_', ' ')} must be at least 1, got {value}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise TicketlabError(f"max samples must be at least 1, got {self.max_samples}")
+        check_settings(self)
 
 
 def task_loss(task: Any) -> LossFn:

@@ -35,6 +35,7 @@ from ticketlab.experiments.store import RunDirectory
 from ticketlab.io import read_json, write_json
 from ticketlab.masks import StructuredGates, StructuredMask, load_mask
 from ticketlab.training.metrics import json_safe
+from ticketlab.training.settings import check_settings, setting
 
 AVERAGE = "average"  # the main metric of a multi-task run: the mean of the tasks' main metrics
 
@@ -50,19 +51,17 @@ class MultitaskSpec:
         default_factory=dict,
         metadata={"help": "task -> structured mask file (its ticket); empty: plain multi-task training"},
     )
-    seed: int = field(default=0, metadata={"help": "seed of the heads, dropout and the batch order"})
-    lr: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW, linear decay)"})
-    batch_size: int = field(default=32, metadata={"help": "batch size (every batch from one task)"})
-    eval_batch_size: int | None = field(default=None, metadata={"help": "default: batch size"})
-    epochs: int = field(default=3, metadata={"help": "passes over every task's training data"})
-    max_length: int = field(default=128, metadata={"help": "tokens per example"})
-    warmup_ratio: float = field(default=0.0, metadata={"help": "fraction of the steps warming up"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "the first N training examples of each task"}
-    )
-    max_eval_samples: int | None = field(default=None, metadata={"help": "the first N dev examples"})
+    seed: int = setting("seed", 0, note="the heads, dropout and the batch order")
+    lr: float = setting("lr", 5e-5, note="AdamW, linear decay")
+    batch_size: int = setting("batch_size", 32, note="every batch from one task")
+    eval_batch_size: int | None = setting("eval_batch_size", None, note="default: the batch size")
+    epochs: int = setting("epochs", 3, note="of every task's training data")
+    max_length: int = setting("max_length", 128, note="longer examples are truncated")
+    warmup_ratio: float = setting("warmup_ratio", 0.0)
+    weight_decay: float = setting("weight_decay", 0.01, note="AdamW's")
+    max_grad_norm: float = setting("max_grad_norm", 1.0)
+    max_train_samples: int | None = setting("max_train_samples", None, note="of each task")
+    max_eval_samples: int | None = setting("max_eval_samples", None)
 
     run_prefix = "multitask"
 
@@ -81,11 +80,7 @@ class MultitaskSpec:
         for task, path in self.masks.items():
             if not Path(path).is_file():
                 raise TicketlabError(f"mask file {path!r} (task {task}) does not exist")
-        for name in ("batch_size", "epochs", "max_length"):
-            if getattr(self, name) < 1:
-                raise TicketlabError(f"{name.replace('_', ' ')} must be at least 1")
-        if not self.lr > 0:
-            raise TicketlabError(f"learning rate must be positive, got {self.lr}")
+        check_settings(self)
 
 
 # -- model ---------------------------------------------------------------------------------------
@@ -705,7 +700,7 @@ def run_super_ticket_sweeps(
 ) -> list[Path]:
     """Each task's super-ticket sweep into ``out/<task>`` (resumable), fine-tuned with the same
     optimisation settings as the multi-task run (the paper's advice); returns the run folders."""
-    from ticketlab.experiments.imp import RECIPE_FIELDS
+    from ticketlab.experiments.finetune import RECIPE_FIELDS
     from ticketlab.experiments.super_tickets import SuperTicketSpec, run_super_tickets
     from ticketlab.training.tasks import get_task
 

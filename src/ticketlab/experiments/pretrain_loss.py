@@ -27,6 +27,7 @@ from ticketlab.errors import TicketlabError
 from ticketlab.models.loading import check_max_length
 from ticketlab.models.mlm_head import MlmHead, head_from_checkpoint, load_mlm_head, word_embeddings
 from ticketlab.training.objectives import KD_LOSSES, MlmMasking, kd_loss_sum, mlm_loss_sum
+from ticketlab.training.settings import check_settings, setting
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +44,21 @@ class PretrainLossSettings:
     dataset: str = field(default=DEFAULT_DATASET, metadata={"help": "hub text data set when no --text"})
     dataset_config: str | None = field(default=DEFAULT_DATASET_CONFIG, metadata={"help": "its configuration"})
     split: str = field(default="validation", metadata={"help": "its split"})
-    max_sequences: int | None = field(default=None, metadata={"help": "use only the first N blocks"})
-    max_length: int = field(
-        default=128, metadata={"help": "block length in tokens ([CLS] and [SEP] included)"}
+    max_sequences: int | None = setting("max_sequences", None)
+    max_length: int = setting(
+        "max_length", 128, note="block length, [CLS] and [SEP] included; the paper: 512"
     )
-    batch_size: int = field(
-        default=16, metadata={"help": "blocks per forward pass (does not change the losses)"}
+    batch_size: int = setting(
+        "batch_size", 16, note="blocks per forward pass; the losses do not depend on it"
     )
     kd_loss: str = field(
-        default="mse", metadata={"help": "distillation loss: mse (TAMT's evaluation) or cosine"}
+        default="mse",
+        metadata={"help": "distillation loss: mse (TAMT's evaluation) or cosine", "choices": KD_LOSSES},
     )
     mlm_head: str | None = field(
         default=None, metadata={"help": "MLM head: a saved head (dir/file), or 'auto' to build one if needed"}
     )
-    head_steps: int = field(default=100, metadata={"help": "training steps of an 'auto' head"})
+    head_steps: int = setting("head_steps", 100, note="--mlm-head auto")
     head_text: str | None = field(
         default=None, metadata={"help": "text file to train an 'auto' head on (default: the evaluation text)"}
     )
@@ -69,8 +71,7 @@ class PretrainLossSettings:
             raise TicketlabError(
                 f"unknown distillation loss {self.kd_loss!r} (choose from {', '.join(KD_LOSSES)})"
             )
-        if self.batch_size < 1:
-            raise TicketlabError(f"batch size must be at least 1, got {self.batch_size}")
+        check_settings(self)
 
 
 @dataclass(kw_only=True)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ticketlab.errors import TicketlabError
-from ticketlab.experiments.importance import ImportanceOptions
+from ticketlab.experiments.importance import SPLITS, ImportanceOptions, normalization_field, variant_field
 from ticketlab.experiments.store import RunDirectory
 from ticketlab.io import read_json, write_json
 from ticketlab.pruning.structured import (
@@ -80,10 +80,11 @@ class SuperTicketSpec:
         default_factory=lambda: [0, 1, 2],
         metadata={"help": "seeds: each has its own full fine-tune, importance scores and tickets"},
     )
-    variant: str = field(default="liang2021", metadata={"help": "importance scoring rule"})
-    normalization: str = field(default="l2", metadata={"help": "per-layer scaling of head scores"})
+    variant: str = variant_field("importance scoring rule")
+    normalization: str = normalization_field()
     importance_split: str | None = field(
-        default=None, metadata={"help": "data to score on: train or dev (default: the variant's paper)"}
+        default=None,
+        metadata={"help": "data to score on: train or dev (default: the variant's paper)", "choices": SPLITS},
     )
     importance_samples: int | None = field(
         default=None,

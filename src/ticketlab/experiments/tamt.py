@@ -58,8 +58,11 @@ from ticketlab.pruning.tamt import DEFAULT_SCORE_SCALE, LearnedMask
 from ticketlab.training.distributed import average_gradients, barrier, broadcast_from_first, rank_and_world
 from ticketlab.training.loop import Callback, TrainConfig, TrainState, train
 from ticketlab.training.objectives import KD_LOSSES, MlmMasking
+from ticketlab.training.settings import check_settings, setting
 from ticketlab.training.tamt import (
     LR_SCHEDULE,
+    OBJECTIVES,
+    OPTIMIZERS,
     TamtObjective,
     check_objective,
     check_optimizer,
@@ -83,7 +86,7 @@ OPTIMIZER_HELP = (
     "bertadam (BERT's Adam, the paper's: no bias correction, epsilon 1e-6, each tensor's gradient "
     "clipped to norm 1, lr decaying linearly to 0 over the steps; the default of new runs) or adamw "
     "(torch's at a constant lr, what ticketlab ran before: on TAMT's tiny score gradients it is sign "
-    "descent, which swaps 7-19%% of a matrix's kept weights at once, blind to magnitude)"
+    "descent, which swaps 7-19% of a matrix's kept weights at once, blind to magnitude)"
 )
 
 
@@ -100,41 +103,41 @@ class TamtSettings:
     the model, sparsity, scope, scheme and step budgets for one ``ticketlab tamt`` run.
     """
 
-    objective: str = field(default="kd", metadata={"help": "mlm, kd or mlm+kd"})
+    objective: str = field(default="kd", metadata={"help": "mlm, kd or mlm+kd", "choices": OBJECTIVES})
     text: str | None = field(default=None, metadata={"help": "training text file (none: the hub data set)"})
     dataset: str = field(default=DEFAULT_DATASET, metadata={"help": "hub text data set when no text file"})
     dataset_config: str | None = field(default=DEFAULT_DATASET_CONFIG, metadata={"help": "its configuration"})
     split: str = field(default="train", metadata={"help": "its split"})
-    max_sequences: int | None = field(default=None, metadata={"help": "use only the first N blocks"})
-    steps: int = field(default=1000, metadata={"help": "training steps (batches)"})
+    max_sequences: int | None = setting("max_sequences", None)
+    steps: int = setting("steps", 1000, note="one batch each")
     init: str = field(
-        default="omp", metadata={"help": "initial mask: omp (the paper) or random (its ablation)"}
+        default="omp",
+        metadata={"help": "initial mask: omp (the paper) or random (its ablation)", "choices": INITS},
     )
-    seed: int = field(default=0, metadata={"help": "seed of data order, corruption, dropout and random init"})
-    batch_size: int = field(default=16, metadata={"help": "blocks per step (the paper: 16)"})
-    max_length: int = field(default=128, metadata={"help": "block length in tokens (the paper: 512)"})
-    lr: float | None = field(default=None, metadata={"help": "learning rate (default: MLM 5e-5, KD 2e-5)"})
-    weight_decay: float | None = field(
-        default=None, metadata={"help": "on the scores (default: MLM 0, KD 0.01)"}
+    seed: int = setting("seed", 0, note="data order, MLM corruption, dropout, random init")
+    batch_size: int = setting("batch_size", 16, note="text blocks per step; the paper: 16")
+    max_length: int = setting(
+        "max_length", 128, note="block length, [CLS] and [SEP] included; the paper: 512"
+    )
+    lr: float | None = setting("lr", None, note="of the scores; default: mlm 5e-5, kd and mlm+kd 2e-5")
+    weight_decay: float | None = setting(
+        "weight_decay", None, note="on the scores; default: mlm 0, kd and mlm+kd 0.01"
     )
     kd_loss: str = field(
-        default="cosine", metadata={"help": "distillation loss while training (TAMT: cosine)"}
+        default="cosine",
+        metadata={"help": "distillation loss while training (TAMT: cosine)", "choices": KD_LOSSES},
     )
     score_scale: float = field(
         default=DEFAULT_SCORE_SCALE, metadata={"help": "c: initial scores 2c kept, 0 pruned"}
     )
     dropout: bool = field(default=True, metadata={"help": "dropout in the student (train mode)"})
-    head_steps: int = field(
-        default=100, metadata={"help": "head pre-training steps for a model without MLM head"}
-    )
-    checkpoint_every: int = field(default=100, metadata={"help": "steps between resumable checkpoints"})
+    head_steps: int = setting("head_steps", 100, note="the encoder frozen, before the mask trains")
+    checkpoint_every: int = setting("checkpoint_every", 100)
     optimizer: str = field(
         default=LEGACY_VALUES["optimizer"],
-        metadata={"help": OPTIMIZER_HELP.replace("%%", "%") + "; grid files default to bertadam"},
+        metadata={"help": OPTIMIZER_HELP + "; grid files default to bertadam", "choices": OPTIMIZERS},
     )
-    warmup_ratio: float = field(
-        default=0.0, metadata={"help": "bertadam: fraction of the steps with a linear warm-up (original: 0)"}
-    )
+    warmup_ratio: float = setting("warmup_ratio", 0.0, note="bertadam only; the original: 0")
     teacher_dropout: bool = field(
         default=False,
         metadata={"help": "kd: run the dense teacher with dropout, as the original did (default: eval mode)"},
@@ -143,8 +146,6 @@ class TamtSettings:
     def validate(self) -> None:
         check_objective(self.objective)
         check_optimizer(self.optimizer)
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise TicketlabError(f"warm-up ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.warmup_ratio and self.optimizer != "bertadam":
             raise TicketlabError("a warm-up needs --optimizer bertadam (adamw runs at a constant rate)")
         if self.init not in INITS:
@@ -153,17 +154,7 @@ class TamtSettings:
             raise TicketlabError(
                 f"unknown distillation loss {self.kd_loss!r} (choose from {', '.join(KD_LOSSES)})"
             )
-        for name in ("steps", "batch_size", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise TicketlabError(
-                    f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
-                )
-        if self.head_steps < 0:
-            raise TicketlabError(f"head-steps must be at least 0, got {self.head_steps}")
-        if self.weight_decay is not None and self.weight_decay < 0:
-            raise TicketlabError(f"weight-decay must be at least 0, got {self.weight_decay}")
-        if self.lr is not None and not self.lr > 0:
-            raise TicketlabError(f"lr must be above 0, got {self.lr}")
+        check_settings(self, label=lambda name: name.replace("_", "-"))  # as the flags name them
 
 
 @dataclass(kw_only=True)
@@ -171,14 +162,18 @@ class TamtSpec(TamtSettings):
     """A TAMT run (each field is a ``ticketlab tamt`` flag)."""
 
     model: str = field(metadata={"help": "hub id or local directory of the dense pre-trained model"})
-    objective: str = field(metadata={"help": "mlm, kd or mlm+kd"})
+    objective: str = field(metadata={"help": "mlm, kd (distillation) or their sum", "choices": OBJECTIVES})
     sparsity: float = field(metadata={"help": "fraction of the weights in scope to prune, in [0, 1)"})
     scope: str = field(
         default="encoder+embeddings", metadata={"help": "weights that can be pruned (TAMT: with embeddings)"}
     )
     scheme: str = field(default="per-matrix", metadata={"help": "per-matrix (TAMT) or global top-k"})
-    save_at: tuple[int, ...] = field(default=(), metadata={"help": "also save the mask after these steps"})
-    optimizer: str = field(default=NEW_RUN_DEFAULTS["optimizer"], metadata={"help": OPTIMIZER_HELP})
+    save_at: tuple[int, ...] = field(
+        default=(), metadata={"help": "also save the mask after these steps, e.g. 500,1000,2000"}
+    )
+    optimizer: str = field(
+        default=NEW_RUN_DEFAULTS["optimizer"], metadata={"help": OPTIMIZER_HELP, "choices": OPTIMIZERS}
+    )
 
     def validate(self) -> None:
         super().validate()

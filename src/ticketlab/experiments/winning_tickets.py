@@ -11,7 +11,7 @@ Per seed (``RUN_DIR/seed_<s>/``, each folder a finished step of the run store):
   on the dev set under the current mask (``prasanna2020``: ``|dL/dgate|`` per batch) and prunes
   the least important 10% of all heads (``max(1, floor(0.1 x heads))``, 14 of BERT-base's 144, as
   the paper's code) and one FFN layer. ``magnitude``: each step prunes 10% of the remaining weights
-  of the scope by global magnitude of the fine-tuned weights. The dev metric of the pruned
+  of the scope by magnitude of the fine-tuned weights (one global ranking, the paper's, or per matrix). The dev metric of the pruned
   fine-tuned model decides when to stop: the ticket is the step before the first below 0.9 x the
   full model's;
 - ``subnetworks/``: the good (the ticket), random and bad masks of the same size
@@ -47,6 +47,8 @@ from ticketlab.experiments.store import RunDirectory, spec_to_dict
 from ticketlab.experiments.task_probe import TaskProbe
 from ticketlab.io import read_json, write_json
 from ticketlab.masks import StructuredMask, UnstructuredMask, apply_structured_mask, load_mask, save_mask
+from ticketlab.models.adapters import SCOPES
+from ticketlab.pruning import SCHEMES
 from ticketlab.pruning.importance import IMPORTANCE_VARIANTS, NORMALIZATIONS
 from ticketlab.pruning.structured import DEFAULT_FFN_RATIO, good_random_bad
 from ticketlab.training.metrics import json_safe
@@ -71,13 +73,24 @@ class WinningSpec:
     )
     method: str = field(
         default="importance",
-        metadata={"help": "importance (heads and FFN layers) or magnitude (global, unstructured)"},
+        metadata={
+            "help": "importance (heads and FFN layers) or magnitude (unstructured weights)",
+            "choices": METHODS,
+        },
     )
     importance: str = field(
-        default="prasanna2020", metadata={"help": "importance variant (prasanna2020: |dL/dgate| per batch)"}
+        default="prasanna2020",
+        metadata={
+            "help": "importance variant (prasanna2020: |dL/dgate| per batch on dev)",
+            "choices": tuple(sorted(IMPORTANCE_VARIANTS)),
+        },
     )
     normalization: str = field(
-        default="l2", metadata={"help": "per-layer normalisation of head scores: l2, minmax or none"}
+        default="l2",
+        metadata={
+            "help": "per-layer normalisation of head scores: l2, minmax or none",
+            "choices": NORMALIZATIONS,
+        },
     )
     head_fraction: float = field(
         default=0.1, metadata={"help": "heads pruned per step: max(1, floor(fraction x all heads))"}
@@ -93,6 +106,11 @@ class WinningSpec:
         default=0.1, metadata={"help": "magnitude: fraction of the remaining weights pruned per step"}
     )
     scope: str = field(default="encoder", metadata={"help": "magnitude: weights that can be pruned"})
+    # Added with --protocol: at its default (the paper's global ranking) it stays out of the run's
+    # hash, so run directories made before keep their names and open as they did.
+    scheme: str = field(
+        default="global", metadata={"help": "magnitude: one global ranking (the paper) or per-matrix"}
+    )
     threshold: float = field(
         default=0.9,
         metadata={"help": "stop at the first step below this fraction of the full model's metric"},
@@ -139,6 +157,11 @@ class WinningSpec:
             raise TicketlabError(f"magnitude rate must be in (0, 1), got {self.magnitude_rate}")
         if not 0.0 < self.threshold <= 1.0:
             raise TicketlabError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.scope not in SCOPES or self.scheme not in SCHEMES:
+            raise TicketlabError(
+                f"scope must be one of {', '.join(SCOPES)} and scheme one of {', '.join(SCHEMES)}, "
+                f"got {self.scope!r} and {self.scheme!r}"
+            )
         if self.max_steps is not None and self.max_steps < 0:
             raise TicketlabError(f"max steps must be at least 0, got {self.max_steps}")
         unknown = [s for s in self.subnetworks if s not in SUBNETWORKS]
@@ -313,7 +336,7 @@ def _schedule(spec: WinningSpec, seed: int, probe: TaskProbe, build_model: Calla
             "omp",
             sparsity,
             scope=spec.scope,
-            scheme="global",
+            scheme=spec.scheme,
             seed=seed,
             source_model=spec.model,
             pretrained=pretrained[0],

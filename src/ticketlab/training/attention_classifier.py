@@ -35,6 +35,7 @@ from torch import nn
 from ticketlab.data.attention_maps import PATTERN_CLASSES, MapCollection, read_format_file
 from ticketlab.errors import TicketlabError
 from ticketlab.io import atomic_write
+from ticketlab.training.settings import check_settings, setting
 
 MIN_SIZE = 32  # the smallest input the unpadded convolutions and two poolings reduce to >= 1 pixel
 WEIGHTS_FILE = "model.safetensors"
@@ -99,21 +100,20 @@ def prepare_maps(maps: Sequence[np.ndarray], size: int, normalised: bool) -> tor
 class ClassifierSettings:
     """How the CNN is trained (defaults: the original's)."""
 
-    epochs: int = field(default=200, metadata={"help": "most epochs"})
-    batch_size: int = field(default=64, metadata={"help": "maps per batch"})
-    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate (constant)"})
+    epochs: int = setting("epochs", 200, note="at most; fewer with --patience")
+    batch_size: int = setting("batch_size", 64, note="maps per batch")
+    lr: float = setting("lr", 1e-3, note="Adam's, constant")
     validation: float = field(default=0.2, metadata={"help": "stratified validation fraction (0: none)"})
     patience: int | None = field(
         default=None, metadata={"help": "stop after this many epochs without a better validation accuracy"}
     )
-    normalised: bool = field(default=False, metadata={"help": "train on maps divided by their maximum"})
-    seed: int = field(default=0, metadata={"help": "seed of the split, initialisation and batch order"})
+    normalised: bool = field(
+        default=False, metadata={"help": "the normalised variant: train on maps divided by their maximum"}
+    )
+    seed: int = setting("seed", 0, note="the split, initialisation and batch order")
 
     def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise TicketlabError("epochs and batch size must be at least 1")
-        if not self.lr > 0:
-            raise TicketlabError(f"learning rate must be positive, got {self.lr}")
+        check_settings(self)
         if not 0.0 <= self.validation < 1.0:
             raise TicketlabError(f"validation fraction must be in [0, 1), got {self.validation}")
         if self.patience is not None and self.patience < 1:

@@ -26,6 +26,7 @@ from torch import nn
 
 from ticketlab.errors import TicketlabError
 from ticketlab.training.metrics import is_better
+from ticketlab.training.settings import check_settings, setting
 
 LR_SCHEDULES = ("linear", "constant")
 EvaluateFn = Callable[[nn.Module, Any], dict[str, float]]
@@ -40,17 +41,13 @@ class NonFiniteLossError(TicketlabError):
 class TrainConfig:
     """The optimisation recipe of one training run."""
 
-    lr: float = field(default=2e-5, metadata={"help": "peak learning rate of AdamW"})
-    epochs: int = field(default=3, metadata={"help": "passes over the training data"})
+    lr: float = setting("lr", 2e-5, note="AdamW's")
+    epochs: int = setting("epochs", 3)
     max_steps: int | None = field(
         default=None, metadata={"help": "stop after this many optimizer steps (overrides epochs)"}
     )
-    weight_decay: float = field(
-        default=0.01, metadata={"help": "AdamW weight decay (not on biases and LayerNorm weights)"}
-    )
-    warmup_ratio: float = field(
-        default=0.0, metadata={"help": "fraction of the steps with a linear warm-up before the linear decay"}
-    )
+    weight_decay: float = setting("weight_decay", 0.01, note="AdamW's, not on biases and LayerNorm weights")
+    warmup_ratio: float = setting("warmup_ratio", 0.0, note="before the linear decay")
     lr_schedule: str = field(
         default="linear",
         metadata={"help": "linear (warm-up, then decay to 0) or constant (mask training: budgets nest)"},
@@ -62,15 +59,10 @@ class TrainConfig:
             "over a horizon of schedule_start + the steps of this call"
         },
     )
-    max_grad_norm: float | None = field(
-        default=1.0, metadata={"help": "clip the gradient norm to this (None: no clipping)"}
-    )
-    eval_every: int | None = field(
-        default=None,
-        metadata={"help": "evaluate every N steps (and at each epoch end; None: epoch ends only)"},
-    )
+    max_grad_norm: float | None = setting("max_grad_norm", 1.0, note="None: no clipping")
+    eval_every: int | None = setting("eval_every", None, note="and at each epoch end; None: epoch ends only")
     eval_at_epoch_end: bool = field(default=True, metadata={"help": "evaluate at the end of each epoch"})
-    seed: int = field(default=0, metadata={"help": "seed of Python, NumPy and torch (dropout, shuffling)"})
+    seed: int = setting("seed", 0, note="of Python, NumPy and torch: dropout, shuffling")
     main_metric: str | None = field(
         default=None, metadata={"help": "metric that picks the best evaluation (default: the first one)"}
     )
@@ -86,26 +78,17 @@ class TrainConfig:
     )
 
     def validate(self) -> None:
-        if not self.lr > 0:
-            raise TicketlabError(f"learning rate must be positive, got {self.lr}")
-        if self.max_steps is None and self.epochs < 1:
-            raise TicketlabError(f"epochs must be at least 1, got {self.epochs}")
+        check_settings(self)  # lr, epochs, weight decay, warm-up, clipping, eval interval, seed
         if self.max_steps is not None and self.max_steps < 1:
             raise TicketlabError(f"max steps must be at least 1, got {self.max_steps}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise TicketlabError(
                 f"unknown learning-rate schedule {self.lr_schedule!r} (choose from {', '.join(LR_SCHEDULES)})"
             )
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise TicketlabError(f"warm-up ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.schedule_start < 0:
             raise TicketlabError(f"schedule start must be >= 0, got {self.schedule_start}")
         if self.horizon_factor < 1:
             raise TicketlabError(f"schedule horizon factor must be at least 1, got {self.horizon_factor}")
-        if self.weight_decay < 0:
-            raise TicketlabError(f"weight decay must be >= 0, got {self.weight_decay}")
-        if self.eval_every is not None and self.eval_every < 1:
-            raise TicketlabError(f"eval every must be at least 1 step, got {self.eval_every}")
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from ticketlab.errors import TicketlabError
+from ticketlab.training.settings import setting
 
 # Modules that register tasks when imported (kept lazy so that importing ticketlab stays cheap).
 TASK_MODULES: list[str] = ["ticketlab.training.glue_task", "ticketlab.training.squad_finetune"]
@@ -32,15 +33,15 @@ _plugins_loaded = False
 class DataOptions:
     """How a task loads its data (the same for every split)."""
 
-    max_length: int = 128
+    max_length: int = setting("max_length", 128)
     doc_stride: int | None = None  # tokens shared by consecutive windows (SQuAD); None: the task's
     data_dir: str | os.PathLike | None = None  # local files; None: the hub
     cache_dir: str | os.PathLike | None = (
         None  # tokenisation cache; None: $TICKETLAB_CACHE or ~/.cache/ticketlab
     )
-    max_train_samples: int | None = None
+    max_train_samples: int | None = setting("max_train_samples", None)
     train_subset: str = "first"  # which max_train_samples examples: see ticketlab.data.subset
-    max_eval_samples: int | None = None  # per evaluation split; test splits are never cut
+    max_eval_samples: int | None = setting("max_eval_samples", None, note="test splits are never cut")
     quiet: bool = False
 
 
