@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from ticketlab.errors import MaskMismatchError, TicketlabError
 from ticketlab.masks.fingerprint import BLAKE2B, tensor_digest
@@ -142,7 +143,8 @@ class MaskEnforcer:
             # tensor per step, and clipping and Adam's moments see the sparse network's gradient.
             def zero_pruned_gradient(param: torch.Tensor, name: str = name) -> None:
                 if param.grad is not None:
-                    param.grad.mul_(self._keep_like(name, param.grad))
+                    with record_function("ticketlab.mask_gradient"):  # named in profiles
+                        param.grad.mul_(self._keep_like(name, param.grad))
 
             self._handles.append(param.register_post_accumulate_grad_hook(zero_pruned_gradient))
 
@@ -150,8 +152,9 @@ class MaskEnforcer:
     def enforce(self) -> None:
         """Set every pruned weight to exactly zero (finite weights: a NaN stays NaN, and the
         training loop's NaN guard stops the run)."""
-        for name, param in self.parameters.items():
-            if name in self._keep:
+        with record_function("ticketlab.rezero_weights"):
+            for name in self._keep:
+                param = self.parameters[name]
                 param.mul_(self._keep_like(name, param))
 
     def attach(self, optimizer: torch.optim.Optimizer) -> MaskEnforcer:
