@@ -274,6 +274,10 @@ def main() -> int:
             "post_step_rezero_float_keep_mask": summary(float_times),
             "fraction_of_dense_step": (statistics.median(hook_times) + statistics.median(enforce_times))
             / dense,
+            "fraction_of_dense_step_cpu_time": (
+                statistics.median(hook_times) + statistics.median(enforce_times)
+            )
+            / statistics.median(cpu_times["dense"]),
         },
         "extra_bytes_per_masked_weight": {
             "ticketlab": enforcer.keep_mask_bytes() / masked_weights,

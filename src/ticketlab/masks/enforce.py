@@ -13,9 +13,15 @@ widened inside the vectorised multiply. Slower forms measured alike: a ``bool`` 
 bool operands take a slower casting path), ``masked_fill_`` (34.5 ms: it branches per element,
 so its cost grows with the sparsity; this made short-sequence fine-tuning steps, CoLA at batch 16,
 25-30% slower than dense), ``torch.where(..., out=param)`` (35.5 ms), and converting a bool mask
-chunk by chunk (18.5 ms). Timed in whole training steps, one run measured the uint8 form slower
-than the float one (paired ratio to dense 1.10 against 1.04), not yet explained; see
-docs/BENCHMARKS.md.
+chunk by chunk (18.5 ms).
+
+In whole training steps the two multiplies are the whole cost: MiniLM-L6 at 32 x 128 tokens, one
+thread, the masked step's CPU time is the dense step's within noise (paired ratio 0.98), and
+the profiler finds 30 ms in the gradient hooks and 11 ms re-zeroing, 0.7% of a 6 s step. Zeroing
+the gradients once after ``backward()`` instead of in per-tensor hooks measured the same (0.99),
+so the hooks stay: they cost nothing measurable inside backward and work in any loop. An earlier
+wall-time ratio of 1.10 on two threads did not reproduce in CPU time; most likely the load of a
+shared machine (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -65,9 +65,17 @@ def keep_bits(scores: Mapping[str, torch.Tensor], sparsity: float, scheme: str) 
     """
     if scheme not in SCHEMES:
         raise TicketlabError(f"unknown scheme {scheme!r} (choose from {', '.join(SCHEMES)})")
+    if all(score.device.type == "cpu" for score in scores.values()):
+        return lowest_k_mask({n: s.detach() for n, s in scores.items()}, sparsity, scheme)
+    return keep_bits_on_device(scores, sparsity, scheme)
+
+
+def keep_bits_on_device(
+    scores: Mapping[str, torch.Tensor], sparsity: float, scheme: str
+) -> dict[str, torch.Tensor]:
+    """:func:`keep_bits` without leaving the scores' device: one ``kthvalue`` per matrix (or one
+    over all, globally), as :func:`keep_lowest_k_pruned` computes it."""
     names = list(scores)
-    if all(scores[n].device.type == "cpu" for n in names):
-        return lowest_k_mask({n: scores[n].detach() for n in names}, sparsity, scheme)
     flats = [scores[n].detach().reshape(-1).float() for n in names]
     if scheme == "global":
         keeps = keep_lowest_k_pruned(flats, num_to_prune(sum(f.numel() for f in flats), sparsity))
