@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 import torch
 import torch.nn.utils.prune as torch_prune
@@ -35,7 +36,7 @@ from bench_common import markdown_table, summary, timed, write_results
 from ticketlab.masks.fingerprint import fingerprint
 from ticketlab.masks.unstructured import UnstructuredMask
 from ticketlab.models import EncoderAdapter
-from ticketlab.pruning import MagnitudePruning, num_to_prune, prune
+from ticketlab.pruning import MagnitudePruning, num_to_prune, prune, selection
 
 
 def bert_base(seed: int = 0) -> nn.Module:
@@ -159,6 +160,7 @@ def main() -> None:
         "--cli", action="store_true", help="also time `ticketlab prune` against loading alone"
     )
     parser.add_argument("--cli-repeats", type=int, default=3)
+    parser.add_argument("--results-name", default="global_magnitude")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -190,19 +192,37 @@ def main() -> None:
     ours_bits = method.select(weights, args.sparsity, "global", 0)  # warm-up, and the mask to check
     ours_mask = UnstructuredMask(ours_bits)
     times: dict[str, list[float]] = {name: [] for name in variants}
+    cpu_times: dict[str, list[float]] = {name: [] for name in variants}
+    loads = []
     theirs_bits = None
     names = list(variants)
     for repeat in range(args.repeats):
         for name in names[repeat % len(names) :] + names[: repeat % len(names)]:  # rotate the order
             if name == torch_name and repeat >= args.torch_repeats:
                 continue
+            cpu_start = time.process_time()
             seconds, result = timed(variants[name])
+            cpu_times[name].append(time.process_time() - cpu_start)
             times[name].append(seconds)
             if name == torch_name and theirs_bits is None:
                 theirs_bits = result
             del result
+        loads.append(round(os.getloadavg()[0], 2))
         done = [v for v in names if len(times[v]) == repeat + 1]
-        print(f"repeat {repeat + 1}: " + ", ".join(f"{v[:14]} {times[v][-1]:.3f}s" for v in done), flush=True)
+        print(
+            f"repeat {repeat + 1} (load {loads[-1]}): "
+            + ", ".join(f"{v[:14]} {times[v][-1]:.3f}s" for v in done),
+            flush=True,
+        )
+    # The per-matrix bits against the exact path (one kthvalue per matrix, ties in index order).
+    per_matrix = method.select(weights, args.sparsity, "per-matrix", 0)
+    per_matrix_exact = {
+        name: selection._prune_lowest_exact(
+            [selection._Scores(name, weight, True)], num_to_prune(weight.numel(), args.sparsity)
+        )[0].reshape(weight.shape)
+        for name, weight in weights.items()
+    }
+    per_matrix_same = all(torch.equal(per_matrix[n], per_matrix_exact[n]) for n in weights)
 
     pruned = sum(int((~b).sum()) for b in ours_bits.values())
     assert pruned == k, (pruned, k)
@@ -212,7 +232,11 @@ def main() -> None:
         "num_weights": n,
         "sparsity": args.sparsity,
         "k": k,
+        "load_average_1min_per_repeat": loads,
         "timings": {name: summary(t) for name, t in times.items()},
+        # CPU seconds of the process, all its threads together (the work, less the waiting for a core).
+        "cpu_timings": {name: summary(t) for name, t in cpu_times.items()},
+        "per_matrix_equals_one_kthvalue_per_matrix": per_matrix_same,
     }
     select_name = names[0]
     if theirs_bits is not None:
@@ -230,14 +254,22 @@ def main() -> None:
             )
     if args.cli:
         results["cli"] = time_cli(model, args.sparsity, args.cli_repeats, args.threads)
-    path = write_results("global_magnitude", results)
+    path = write_results(args.results_name, results)
 
     rows = [
-        [name, f"{s['median_s']:.3f}", f"{s['min_s']:.3f}", f"{s['max_s']:.3f}", s["repeats"]]
+        [
+            name,
+            f"{s['median_s']:.3f}",
+            f"{s['min_s']:.3f}",
+            f"{s['max_s']:.3f}",
+            f"{results['cpu_timings'][name]['median_s']:.3f}",
+            s["repeats"],
+        ]
         for name, s in results["timings"].items()
     ]
     print()
-    print(markdown_table(rows, ["variant", "median s", "min s", "max s", "repeats"]))
+    print(markdown_table(rows, ["variant", "median s", "min s", "max s", "median CPU s", "repeats"]))
+    print(f"per-matrix bits equal one kthvalue per matrix: {per_matrix_same}; load per repeat: {loads}")
     if theirs_bits is not None:
         print(
             f"\ntorch / ticketlab select: {results['torch_over_ticketlab_select']:.1f}x; "

@@ -158,3 +158,27 @@ def test_bertadam_swaps_far_fewer_kept_weights_than_adamw_at_the_same_lr(tmp_pat
         TicketlabError, match="finished TAMT run of other settings \\(optimizer 'adamw', not 'bertadam'"
     ):
         run_tamt(spec, tmp_path / "adamw", progress=False)
+
+
+def test_the_one_temporary_update_is_bit_for_bit_the_expression():
+    # BertAdam forms m / (sqrt(v) + eps) in one temporary (speed); the bits must be those of the
+    # plain expression it replaced, step after step, with weight decay and clipping at work.
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randn(300, 70, generator=generator)
+    grads = [torch.randn(300, 70, generator=generator) * scale for scale in (1e-6, 1e-3, 0.5, 3.0)]
+    param = nn.Parameter(start.clone())
+    optimizer = BertAdam([param], lr=1e-2, weight_decay=0.01)
+    p, m, v = start.clone(), torch.zeros_like(start), torch.zeros_like(start)
+    for grad in grads:
+        param.grad = grad.clone()
+        optimizer.step()
+        holder = nn.Parameter(torch.zeros_like(start))
+        holder.grad = grad.clone()
+        torch.nn.utils.clip_grad_norm_([holder], 1.0, foreach=False)  # torch's per-tensor clipping
+        g = holder.grad
+        m.mul_(0.9).add_(g, alpha=0.1)
+        v.mul_(0.999).addcmul_(g, g, value=0.001)
+        update = m / (v.sqrt() + 1e-6)
+        update.add_(p, alpha=0.01)
+        p.add_(update, alpha=-1e-2)
+        assert torch.equal(param.detach(), p)

@@ -110,11 +110,12 @@ def tensor_digest(weight: torch.Tensor, keep: torch.Tensor | None = None, algori
     return digest_pair(weight, keep, algorithm, dense=False)[1]
 
 
-def _run_all(jobs: Iterable[tuple[str, Callable[[], Any]]]) -> dict[str, Any]:
-    """Run per-tensor jobs on two threads (NumPy's loops release the GIL; the hashers mostly do not,
-    so more threads than two buy nothing)."""
+def run_jobs(jobs: Iterable[tuple[str, Callable[[], Any]]], workers: int = 2) -> dict[str, Any]:
+    """Run named per-tensor jobs on up to ``workers`` threads (no more than the CPUs), results by
+    name. NumPy's loops release the GIL; the hashers mostly do not, so for fingerprints more
+    threads than two buy nothing. One job, or one worker, runs in the calling thread."""
     jobs = list(jobs)
-    workers = min(len(jobs), os.cpu_count() or 1, 2)
+    workers = min(len(jobs), os.cpu_count() or 1, workers)
     if workers <= 1:
         return {name: job() for name, job in jobs}
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -125,7 +126,7 @@ def _run_all(jobs: Iterable[tuple[str, Callable[[], Any]]]) -> dict[str, Any]:
 def kept_digests(
     weights: Mapping[str, torch.Tensor], keep: Mapping[str, torch.Tensor], algorithm: str = ALGORITHM
 ) -> dict[str, str]:
-    return _run_all(
+    return run_jobs(
         (name, lambda name=name: tensor_digest(weights[name], keep[name], algorithm)) for name in keep
     )
 
@@ -148,7 +149,7 @@ def fingerprint(mask, source, algorithm: str = ALGORITHM) -> dict:
     from ticketlab.models.adapters import EncoderAdapter
 
     adapter = EncoderAdapter(source)
-    pairs = _run_all(
+    pairs = run_jobs(
         (n, lambda n=n, bits=bits: digest_pair(adapter.parameter(n), bits, algorithm))
         for n, bits in mask.tensors.items()
     )

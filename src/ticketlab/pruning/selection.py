@@ -7,19 +7,24 @@ pruned first, so the same scores give the same bits on any machine.
 
 Speed (BERT-base, 85M scores, global): the threshold is bracketed from a sample, and the scores are
 then read once, in cache-sized chunks, to write the keep-bits outside the bracket and collect the
-few entries inside it. Magnitude pruning passes the weights themselves with ``absolute=True``, so
-no full-size copy of |W| is ever made.
+few entries inside it; ties at either end of the bracket are counted per chunk, not collected, so
+scores with huge tie groups (TAMT's start at two values) cost about one more pass, not a sort.
+Magnitude pruning passes the weights themselves with ``absolute=True``, so no full-size copy of |W|
+is ever made. Matrices are scanned (global) or selected (per matrix) on up to
+``torch.get_num_threads()`` threads: NumPy's loops release the GIL.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ticketlab.errors import TicketlabError
+from ticketlab.masks.fingerprint import run_jobs
 
 SCHEMES: tuple[str, ...] = ("global", "per-matrix")
 
@@ -67,12 +72,12 @@ class _Scores:
     def whole(self) -> torch.Tensor:
         return self.prepare(self.flat)
 
-    def sample(self, picks: torch.Tensor) -> np.ndarray:
+    def sample(self, picks: np.ndarray) -> np.ndarray:
         """The float32 scores at positions ``picks``."""
         if self.flat.dtype == torch.float32:
-            values = self.flat.numpy()[picks.numpy()]
+            values = self.flat.numpy()[picks]
             return np.abs(values, out=values) if self.absolute else values
-        return self.prepare(self.flat[picks]).numpy()
+        return self.prepare(self.flat[torch.from_numpy(picks)]).numpy()
 
     def chunks(self, buffer: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """(start, float32 scores) of consecutive chunks of at most ``buffer.size`` entries.
@@ -139,68 +144,177 @@ def _kth_smallest(values: np.ndarray, k: int) -> np.float32:
 
 def _sample_bracket(scores: list[_Scores], k: int, total: int) -> tuple[np.float32, np.float32]:
     """A narrow interval [lo, hi] that holds the k-th smallest score with near certainty."""
-    generator = torch.Generator().manual_seed(0)
+    generator = np.random.default_rng(0)
     size = max(1, min(_SAMPLE_SIZE, total // _SAMPLE_DIVISOR))
     sample = []
     for score in scores:
         count = max(1, int(size * score.numel() / total))
-        sample.append(score.sample(torch.randint(score.numel(), (count,), generator=generator)))
+        picks = generator.integers(0, score.numel(), count)
+        sample.append(score.sample(picks))
     sample = np.concatenate(sample)
     q = k / total
     margin = _BRACKET_MARGIN * math.sqrt(_SAMPLE_SIZE / sample.size)
     lo_i = int(max(0.0, q - margin) * (sample.size - 1))
     hi_i = int(math.ceil(min(1.0, q + margin) * (sample.size - 1)))
-    # The (i+1)-th smallest is sorted(sample)[i].
-    return _kth_smallest(sample, lo_i + 1), _kth_smallest(sample, hi_i + 1)
+    # sorted(sample)[i] for both ends from one partition.
+    ends = np.partition(sample, [lo_i, hi_i])
+    return ends[lo_i], ends[hi_i]
+
+
+@dataclass
+class _Scan:
+    """What one pass over one score tensor found for a bracket [lo, hi]."""
+
+    keep: torch.Tensor  # v >= hi
+    at_most_lo: int
+    below_hi: int
+    inside_positions: np.ndarray  # lo < v < hi, in order
+    inside_values: np.ndarray
+
+
+def _scan(score: _Scores, lo: np.float32, hi: np.float32) -> _Scan:
+    """One chunked pass over ``score`` (its own buffers: tensors are scanned on parallel threads)."""
+    size = min(_CHUNK_SIZE, score.numel())
+    buffer = np.empty(size, dtype=np.float32)
+    above_lo = np.empty(size, dtype=bool)
+    inside = np.empty(size, dtype=bool)
+    at_most_lo = below_hi = 0
+    keep = torch.empty(score.numel(), dtype=torch.bool)
+    keep_bits = keep.numpy()
+    positions, values_inside = [], []
+    for start, values in score.chunks(buffer):
+        size = values.size
+        score.check_no_nan(values)
+        at_least_hi = np.greater_equal(values, hi, out=keep_bits[start : start + size])
+        below_hi += size - int(np.count_nonzero(at_least_hi))
+        greater = np.greater(values, lo, out=above_lo[:size])
+        at_most_lo += size - int(np.count_nonzero(greater))
+        # lo < v < hi is "above lo and not at least hi"; for bools, a > b is a and not b.
+        index = np.flatnonzero(np.greater(greater, at_least_hi, out=inside[:size]))
+        positions.append(index + start)
+        values_inside.append(values[index])  # a copy: the buffer is reused
+    return _Scan(keep, at_most_lo, below_hi, np.concatenate(positions), np.concatenate(values_inside))
+
+
+def _workers() -> int:
+    """Threads for work over several tensors: torch's setting (NumPy's loops release the GIL)."""
+    return max(1, torch.get_num_threads())
 
 
 def _prune_lowest_bracketed(scores: list[_Scores], k: int, total: int) -> list[torch.Tensor] | None:
-    """As :func:`_prune_lowest_exact`, reading every score once; None if the bracket missed.
+    """As :func:`_prune_lowest_exact`, reading every score once or twice; None if the bracket missed.
 
-    A seeded sample brackets the k-th smallest score in [lo, hi]. One chunked pass then writes the
-    keep-bits of everything above the bracket, counts what lies below it, and collects the positions
-    and values inside it (about 1% of the scores); the exact threshold is found among those, and
-    only they are revisited. The sample decides the bracket, never the answer.
+    A seeded sample brackets the k-th smallest score in [lo, hi]. One chunked pass writes the
+    keep-bits ``v >= hi``, counts what lies at or below ``lo``, and collects the positions and
+    values strictly inside the bracket (about 1% of the scores). The threshold is then one of three
+    kinds, and only what it needs is revisited:
+
+    - strictly inside: found among the collected entries, which alone are revisited;
+    - equal to ``hi``: the first ties at ``hi`` (in order) are unset, chunk by chunk up to the one
+      where the needed count is reached;
+    - equal to ``lo`` (``lo < hi``): one more pass counts the entries below and at ``lo`` per chunk,
+      then the ties beyond the needed count are set, chunk by chunk.
+
+    Counting ties per chunk instead of collecting their positions keeps scores with huge tie
+    groups cheap: TAMT's scores start at two values (``2c`` kept, 0 pruned) and the rows that get
+    no gradient keep them, so the sample's bracket often ends exactly on one of those values. The
+    sample decides the bracket, never the answer.
 
     All of it runs in NumPy: single-threaded loops over cache-sized chunks are as fast as torch's
-    threaded kernels here, and they do not stall when other processes hold the cores.
+    threaded kernels here, and they do not stall when other processes hold the cores. Several
+    tensors are scanned on up to ``torch.get_num_threads()`` threads at once.
     """
     lo, hi = _sample_bracket(scores, k, total)
-    buffer = np.empty(min(_CHUNK_SIZE, total), dtype=np.float32)
-    at_least_lo = np.empty(buffer.shape, dtype=bool)
-    in_band = np.empty(buffer.shape, dtype=bool)
-    below = 0
-    keeps, band_positions, band_values = [], [], []
-    for score in scores:
-        keep = torch.empty(score.numel(), dtype=torch.bool)
+    scans = run_jobs(
+        ((str(i), lambda score=score: _scan(score, lo, hi)) for i, score in enumerate(scores)),
+        workers=_workers(),
+    )
+    keeps = [scans[str(i)].keep for i in range(len(scores))]
+    inside_positions = [scans[str(i)].inside_positions for i in range(len(scores))]
+    inside_values = [scans[str(i)].inside_values for i in range(len(scores))]
+    at_most_lo = sum(scan.at_most_lo for scan in scans.values())
+    below_hi = sum(scan.below_hi for scan in scans.values())
+    buffer = np.empty(min(_CHUNK_SIZE, total), dtype=np.float32)  # for the tie passes below
+    if lo < hi and at_most_lo < k <= below_hi:
+        band = np.concatenate(inside_values)
+        threshold = _kth_smallest(band, k - at_most_lo)
+        below = at_most_lo + int(np.count_nonzero(band < threshold))
+        needed = k - below  # entries equal to the threshold still to prune, first ones first
+        for keep, position, value in zip(keeps, inside_positions, inside_values):
+            keep_bits = keep.numpy()
+            keep_bits[position[value > threshold]] = True
+            ties = position[value == threshold]
+            if ties.size > needed:
+                keep_bits[ties[max(needed, 0) :]] = True
+            needed -= ties.size
+        return keeps
+    if k > below_hi:
+        return _prune_ties_at_hi(scores, keeps, buffer, hi, k - below_hi)
+    if lo < hi:
+        return _prune_ties_at_lo(scores, keeps, inside_positions, buffer, lo, k)
+    return None
+
+
+def _prune_ties_at_hi(
+    scores: list[_Scores], keeps: list[torch.Tensor], buffer: np.ndarray, hi: np.float32, needed: int
+) -> list[torch.Tensor] | None:
+    """The threshold is ``hi`` and everything below it is pruned: of the entries equal to ``hi``
+    (kept so far), prune the first ``needed``; None if there are fewer (the bracket missed)."""
+    ties = np.empty(buffer.shape, dtype=bool)
+    for score, keep in zip(scores, keeps):
         keep_bits = keep.numpy()
-        positions, values_in_band = [], []
         for start, values in score.chunks(buffer):
             size = values.size
-            score.check_no_nan(values)
-            above = np.greater(values, hi, out=keep_bits[start : start + size])  # kept
-            at_least = np.greater_equal(values, lo, out=at_least_lo[:size])
-            below += size - int(np.count_nonzero(at_least))
-            # lo <= v <= hi is "at least lo and not above hi"; for bools, a > b is a and not b.
-            index = np.flatnonzero(np.greater(at_least, above, out=in_band[:size]))
-            positions.append(index + start)
-            values_in_band.append(values[index])  # a copy: the buffer is reused
-        keeps.append(keep)
-        band_positions.append(np.concatenate(positions))
-        band_values.append(np.concatenate(values_in_band))
-    band = np.concatenate(band_values)
-    if not below < k <= below + band.size:
+            at_hi = np.equal(values, hi, out=ties[:size])
+            count = int(np.count_nonzero(at_hi))
+            if count <= needed:
+                np.greater(values, hi, out=keep_bits[start : start + size])
+                needed -= count
+            else:
+                keep_bits[start + np.flatnonzero(at_hi)[:needed]] = False
+                return keeps
+            if needed == 0:
+                return keeps
+    return None
+
+
+def _prune_ties_at_lo(
+    scores: list[_Scores],
+    keeps: list[torch.Tensor],
+    inside_positions: list[np.ndarray],
+    buffer: np.ndarray,
+    lo: np.float32,
+    k: int,
+) -> list[torch.Tensor] | None:
+    """The threshold is ``lo`` (``lo < hi``): the entries inside the bracket are kept, and of the
+    entries equal to ``lo`` the first ``k - #(v < lo)`` are pruned, the rest kept. None when the
+    threshold is below ``lo`` after all (``k`` or more entries below it: the bracket missed)."""
+    for keep, position in zip(keeps, inside_positions):
+        keep.numpy()[position] = True
+    flags = np.empty(buffer.shape, dtype=bool)
+    below, ties_per_chunk = 0, []
+    for score in scores:
+        for _, values in score.chunks(buffer):
+            size = values.size
+            below += int(np.count_nonzero(np.less(values, lo, out=flags[:size])))
+            ties_per_chunk.append(int(np.count_nonzero(np.equal(values, lo, out=flags[:size]))))
+    needed = k - below
+    if not 0 < needed <= sum(ties_per_chunk):
         return None
-    threshold = _kth_smallest(band, k - below)
-    below += int(np.count_nonzero(band < threshold))
-    needed = k - below  # entries equal to the threshold still to prune, first ones first
-    for keep, position, value in zip(keeps, band_positions, band_values):
+    counts = iter(ties_per_chunk)
+    for score, keep in zip(scores, keeps):
         keep_bits = keep.numpy()
-        keep_bits[position[value > threshold]] = True
-        ties = position[value == threshold]
-        if ties.size > needed:
-            keep_bits[ties[max(needed, 0) :]] = True
-        needed -= ties.size
+        for start, values in score.chunks(buffer):
+            count = next(counts)
+            if count == 0:
+                continue
+            size = values.size
+            at_lo = np.equal(values, lo, out=flags[:size])
+            if needed <= 0:  # every tie from here on is kept
+                np.logical_or(keep_bits[start : start + size], at_lo, out=keep_bits[start : start + size])
+            elif count > needed:
+                keep_bits[start + np.flatnonzero(at_lo)[needed:]] = True
+            needed -= count
     return keeps
 
 
@@ -234,5 +348,10 @@ def lowest_k_mask(
     if scheme == "global":
         keeps = _prune_lowest(flats, num_to_prune(sum(f.numel() for f in flats), sparsity))
     else:
-        keeps = [_prune_lowest([f], num_to_prune(f.numel(), sparsity))[0] for f in flats]
+        # Matrices are independent: on up to torch.get_num_threads() threads, each one single-threaded.
+        found = run_jobs(
+            ((f.name, lambda f=f: _prune_lowest([f], num_to_prune(f.numel(), sparsity))[0]) for f in flats),
+            workers=_workers(),
+        )
+        keeps = [found[name] for name in names]
     return {name: keep.reshape(scores[name].shape) for name, keep in zip(names, keeps)}

@@ -95,7 +95,11 @@ class BertAdam(torch.optim.Optimizer):
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
                 exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
                 exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                update = exp_avg / (exp_avg_sq.sqrt() + group["eps"])  # no bias correction
+                # m / (sqrt(v) + eps), no bias correction: the same arithmetic as the expression,
+                # in one temporary instead of three full-size ones per tensor and step.
+                update = torch.sqrt(exp_avg_sq)
+                update.add_(group["eps"])
+                torch.div(exp_avg, update, out=update)
                 if group["weight_decay"] > 0:
                     update.add_(p, alpha=group["weight_decay"])
                 p.add_(update, alpha=-group["lr"])
