@@ -8,12 +8,13 @@ SHARED ?= $(abspath ../shared)
 .PHONY: venv demo test test-fast lint bench clean
 
 # The venv is built once; torch goes in first so pip takes the local CPU build
-# instead of resolving the CUDA wheels from the registry.
+# instead of resolving the CUDA wheels from the registry. The ray extra is there so
+# the tests of `grid --executor ray` run (they skip where Ray is not installed).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,ray]"
 	touch $@
 
 venv: $(VENV)/.installed

@@ -33,3 +33,76 @@ def test_two_local_workers_give_the_serial_results(tmp_path):
         assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
     again = run_grid_locally(spec, tmp_path / "local", 2, quiet=True, echo=lambda _: None)
     assert again["steps"]["computed"] == 0  # resumed: nothing left to do
+
+
+def test_a_failing_step_is_recorded_and_the_others_go_on(tmp_path):
+    """A worker records a failed step (error line, traceback, log), leaves out the steps that
+    need it, makes the rest; the live view ends with the summary naming each failed step."""
+    import io
+
+    from ticketlab.experiments.grid.executors import unfinished_error, work_through
+    from ticketlab.experiments.grid.failures import read_failures
+    from ticketlab.experiments.grid.view import GridView
+
+    path = tiny_grid_spec(tmp_path, ["full", "omp", "random"], sparsities=[0.5])
+    spec = GridSpec.from_file(path)
+    runner = GridRunner(spec, tmp_path / "grid", quiet=True, echo=lambda _: None)
+    plan = plan_steps(spec)
+    omp = tmp_path / "grid" / "tickets" / "omp-0.50.safetensors"
+    omp.parent.mkdir(parents=True)
+    omp.write_bytes(b"not a mask")  # "finished", but nothing can read it
+    stream = io.StringIO()
+    view = GridView(runner, plan, stream=stream)
+    assert work_through(runner, plan, poll_seconds=0.01) == 1  # the full model's cell alone
+    failures = read_failures(runner.root)
+    assert set(failures) == {"cells/mrpc/omp-0.50-seed0", "tickets/random-0.50-seed0.safetensors"}
+    for failure in failures.values():
+        assert failure.error and (runner.root / failure.traceback).is_file()
+        assert "Traceback" in (runner.root / failure.traceback).read_text()
+    assert view.poll() == {"done": 2, "running": 0, "failed": 2, "blocked": 1, "waiting": 0}
+    summary = view.close()
+    text = stream.getvalue()
+    assert "1 of 5 steps already done" in text and "[2/5] done cells/mrpc/full-0.00-seed0" in text
+    assert "2 step(s) failed:" in text and "1 step(s) not run" in text
+    for failure in summary:
+        assert f"{failure.step}: {failure.error} (traceback {failure.traceback}" in text
+    error = str(unfinished_error(summary))
+    assert "2 step(s) failed" in error and "\n" not in error
+
+
+def test_the_live_view_shows_each_workers_step_on_a_terminal(tmp_path):
+    import io
+
+    from ticketlab.experiments.grid.failures import this_worker
+    from ticketlab.experiments.grid.view import GridView
+    from ticketlab.experiments.steps import StepStore
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    spec = GridSpec.from_file(tiny_grid_spec(tmp_path, ["full", "omp"], sparsities=[0.5]))
+    runner = GridRunner(spec, tmp_path / "grid", quiet=True, echo=lambda _: None)
+    plan = plan_steps(spec)
+    stream = Terminal()
+    view = GridView(runner, plan, stream=stream)
+    with StepStore(tmp_path / "grid" / "cells" / "mrpc").hold("full-0.00-seed0", lambda: False):
+        assert view.poll()["running"] == 1
+        assert view.running == {this_worker(): "cells/mrpc/full-0.00-seed0"}
+    assert f"{this_worker()}: cells/mrpc/full-0.00-seed0" in stream.getvalue()  # the bar's line
+    assert "done " not in stream.getvalue()  # a bar, not lines
+    quiet = Terminal()
+    GridView(runner, plan, quiet=True, stream=quiet).close()
+    assert quiet.getvalue() == ""  # --quiet: no bar even on a terminal (and nothing finished here)
+
+
+def test_the_ray_executor_without_ray_names_the_extra(tmp_path, monkeypatch, capsys):
+    from ticketlab.cli import main
+
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # as if not installed
+    path = tiny_grid_spec(tmp_path, ["full"])
+    code = main(["grid", str(path), "--executor", "ray", "--out", str(tmp_path / "grid")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "pip install 'ticketlab[ray]'" in err[0], err
+    assert main(["grid", str(path), "--gpus-per-step", "0.5", "--out", str(tmp_path / "grid")]) == 2
+    assert "--gpus-per-step: only for --executor ray" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ticketlab.cli.common import (
     Output,
@@ -14,6 +15,7 @@ from ticketlab.cli.common import (
     holds,
     print_json,
 )
+from ticketlab.errors import TicketlabError
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -32,12 +34,35 @@ def register(verbs: argparse._SubParsersAction) -> None:
     add_redo_flag(p)
     p.add_argument(
         "--executor",
-        choices=("serial", "local"),
+        choices=("serial", "local", "ray"),
         default="serial",
         help="serial: one process, step after step; local: --workers processes on this machine sharing "
-        "the run directory (one GPU each, round robin, when there are GPUs); the same results either way",
+        "the run directory (one GPU each, round robin, when there are GPUs); ray: the steps as Ray tasks "
+        "with their dependencies (pip install 'ticketlab[ray]'), on a local Ray or on the cluster at "
+        "--address; the same results either way",
     )
-    p.add_argument("--workers", type=int, default=2, help="local executor: worker processes (default: 2)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="local executor: worker processes (default: 2); ray executor without --address: steps at "
+        "a time on the Ray it starts (default: one per core)",
+    )
+    p.add_argument(
+        "--address",
+        help="ray executor: the running cluster to use (auto, or HOST:PORT of its head); its nodes must "
+        "share the file system of --out (default: start a Ray on this machine)",
+    )
+    p.add_argument(
+        "--cpus-per-step",
+        type=float,
+        help="ray executor: CPUs each step asks for, also its torch threads (default: 1)",
+    )
+    p.add_argument(
+        "--gpus-per-step",
+        type=float,
+        help="ray executor: GPUs each step asks for; a fraction shares a card (0.25: four steps on one "
+        "GPU; default: 0)",
+    )
     p.add_argument(
         "--store",
         metavar="DIR",
@@ -99,12 +124,26 @@ def run_grid_command(args: argparse.Namespace) -> int:
     if args.status:
         return _print_status(runner.step_states(), args.json)
     apply_redo(args.out, args.redo, echo)
+    ray_only = [f for f in ("address", "cpus_per_step", "gpus_per_step") if getattr(args, f) is not None]
+    if ray_only and args.executor != "ray":
+        flags = ", ".join("--" + f.replace("_", "-") for f in ray_only)
+        raise TicketlabError(f"{flags}: only for --executor ray (the executor is {args.executor})")
+    # The live view of the parallel executors; under --json stdout holds the JSON alone.
+    view = {"quiet": args.quiet, "echo": echo, "stream": sys.stderr if args.json else sys.stdout}
     if args.executor == "local":
         from ticketlab.experiments.grid.executors import run_grid_locally
 
-        summary = run_grid_locally(
-            spec, args.out, args.workers, cache_dir=args.cache_dir, quiet=args.quiet, echo=echo
+        summary = run_grid_locally(spec, args.out, args.workers or 2, cache_dir=args.cache_dir, **view)
+    elif args.executor == "ray":
+        from ticketlab.experiments.grid.ray_executor import RayOptions, run_grid_on_ray
+
+        options = RayOptions(
+            address=args.address,
+            workers=args.workers,
+            cpus_per_step=1.0 if args.cpus_per_step is None else args.cpus_per_step,
+            gpus_per_step=args.gpus_per_step or 0.0,
         )
+        summary = run_grid_on_ray(spec, args.out, options, cache_dir=args.cache_dir, **view)
     else:
         summary = runner.run_all()
     report = write_report([runner.root], runner.root / "report")

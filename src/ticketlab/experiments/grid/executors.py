@@ -1,10 +1,13 @@
-"""Executors: who runs the steps of a grid's plan. ``serial`` (one process, in order) and ``local``
-(N worker processes on this machine, sharing the run directory through the step protocol).
+"""Executors: who runs the steps of a grid's plan. ``serial`` (one process, in order), ``local``
+(N worker processes on this machine, sharing the run directory through the step protocol) and
+``ray`` (tasks on a Ray cluster or a local Ray: ``ray_executor``).
 
 A worker repeatedly takes a step whose inputs are finished and that nobody holds, and makes it;
 claims keep two workers off one step, so the results are those of the serial run (fine-tuning is
-deterministic given its spec and the number of threads, which every worker is given). The driver
-waits for the workers and writes the summary.
+deterministic given its spec and the number of threads, which every worker is given). A step that
+fails is recorded (``failures``) and skipped by every worker, with the steps that need it; the
+others go on. The driver shows the live view (``view``) while it waits, then the failure summary,
+and writes the summary of results.
 """
 
 from __future__ import annotations
@@ -16,25 +19,62 @@ import traceback
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ticketlab.errors import TicketlabError
+from ticketlab.experiments.grid.failures import (
+    WORKERS_DIR,
+    StepFailure,
+    blocked_steps,
+    clear_failures,
+    read_failures,
+    record_failure,
+    this_worker,
+)
 from ticketlab.experiments.grid.plan import GridStep, plan_steps
 from ticketlab.experiments.grid.run import GridRunner
 from ticketlab.experiments.grid.spec import GridSpec
+from ticketlab.experiments.grid.view import GridView
 from ticketlab.io import read_json, write_json
 
-EXECUTORS = ("serial", "local")
-WORKERS_DIR = ".workers"  # each worker's account of what it did, read by the driver
+EXECUTORS = ("serial", "local", "ray")
+VIEW_SECONDS = 0.5  # how often the driver looks at the run directory for its live view
+
+
+def run_one(runner: GridRunner, step: GridStep) -> dict[str, Any]:
+    """Make one step (its inputs finished) and say how it went: ``ok``, its ``error`` line (the
+    failure recorded for every worker to see), what it ``computed`` by kind, whether it ``made``
+    anything (False when another worker had made it), and its own ``seconds``."""
+    before = Counter(runner.computed)
+    started = time.time()
+    error = None
+    try:
+        runner.run_step(step)
+    except Exception as failure:  # noqa: BLE001 - recorded with its traceback, the grid goes on
+        error = record_failure(runner.root, step, failure).error
+    computed = runner.computed - before
+    return {
+        "step": step.key,
+        "ok": error is None,
+        "error": error,
+        "computed": dict(computed),
+        "made": error is None and bool(computed),
+        "seconds": time.time() - started,
+        "finished": time.time(),
+        "worker": this_worker(),
+    }
 
 
 def work_through(runner: GridRunner, plan: list[GridStep], poll_seconds: float = 0.5) -> int:
     """Make every step of ``plan`` that is not finished, taking only steps whose inputs are
-    finished and that no other live process holds; returns how many steps this process made."""
+    finished and that no other live process holds, and leaving out the steps that failed (here
+    or in another worker) and those that need them; returns how many steps this process made."""
     by_key = {step.key: step for step in plan}
     made = 0
     while True:
-        pending = [step for step in plan if not runner.step_done(step)]
+        failed = set(read_failures(runner.root))
+        left_out = failed | blocked_steps(plan, failed)
+        pending = [step for step in plan if step.key not in left_out and not runner.step_done(step)]
         if not pending:
             return made
         ready = [
@@ -46,9 +86,19 @@ def work_through(runner: GridRunner, plan: list[GridStep], poll_seconds: float =
         if not ready:  # everything left is held by others, or waits for what they hold
             time.sleep(poll_seconds)
             continue
-        before = sum(runner.computed.values())
-        runner.run_step(ready[0])  # another worker may take it first: then this waits for it
-        made += sum(runner.computed.values()) > before
+        made += run_one(runner, ready[0])["made"]  # another worker may take it first: then this waits
+
+
+def unfinished_error(failures: list[StepFailure], also: list[str] = ()) -> TicketlabError:
+    """The one-line error of a grid run that left steps unfinished (the view listed them)."""
+    causes = list(also)
+    if failures:
+        named = ", ".join(f.step for f in failures[:3]) + (", ..." if len(failures) > 3 else "")
+        causes.insert(0, f"{len(failures)} step(s) failed ({named})")
+    return TicketlabError(
+        f"the grid did not finish: {'; '.join(causes)}; see the summary above, then rerun the same "
+        "command to resume (failed steps are retried)"
+    )
 
 
 def _worker(index: int, spec_data: dict[str, Any], out: str, options: dict[str, Any]) -> None:
@@ -57,13 +107,8 @@ def _worker(index: int, spec_data: dict[str, Any], out: str, options: dict[str, 
 
     torch.set_num_threads(options["threads"])
     report = Path(out) / WORKERS_DIR / f"worker-{index}.json"
-    runner = GridRunner(
-        GridSpec(**spec_data),
-        out,
-        cache_dir=options["cache_dir"],
-        quiet=True,
-        echo=lambda line: print(f"[worker {index}] {line}", flush=True) if not options["quiet"] else None,
-    )
+    # The driver's live view tells what each worker does: the workers themselves stay silent.
+    runner = GridRunner(GridSpec(**spec_data), out, cache_dir=options["cache_dir"], quiet=True, echo=_silent)
     try:
         made = work_through(runner, plan_steps(runner.spec))
         write_json(report, {"made": made, "computed": dict(runner.computed), "error": None})
@@ -89,9 +134,11 @@ def run_grid_locally(
     cache_dir: str | None = None,
     quiet: bool = False,
     echo: Callable[[str], None] = print,
+    stream: TextIO | None = None,
 ) -> dict[str, Any]:
     """The grid with ``workers`` processes on this machine (each pinned to one GPU, round robin,
-    when the machine has GPUs); the same results as the serial run, its summary returned."""
+    when the machine has GPUs); the same results as the serial run, its summary returned. The live
+    view goes to ``stream`` (default: standard output)."""
     import torch
 
     if workers < 1:
@@ -105,11 +152,13 @@ def run_grid_locally(
     reports.mkdir(exist_ok=True)
     for old in reports.glob("worker-*.json"):
         old.unlink()
-    options = {"threads": torch.get_num_threads(), "cache_dir": cache_dir, "quiet": quiet}
+    clear_failures(runner.root)
+    options = {"threads": torch.get_num_threads(), "cache_dir": cache_dir}
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     context = multiprocessing.get_context("spawn")  # no forked torch state, as on every platform
     processes = []
     saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    view = GridView(runner, plan, quiet=quiet, stream=stream)
     try:
         for index in range(workers):
             if gpus:
@@ -121,12 +170,15 @@ def run_grid_locally(
             processes.append(process)
         echo(f"grid: {len(plan)} steps on {workers} local workers")
         for process in processes:
-            process.join()
+            while process.is_alive():
+                process.join(timeout=VIEW_SECONDS)
+                view.poll()
     except KeyboardInterrupt:  # the workers got the same signal: they release their claims
         for process in processes:
             process.join(timeout=30)
             if process.is_alive():
                 process.terminate()
+        view.close()
         raise
     finally:
         if gpus:
@@ -134,20 +186,22 @@ def run_grid_locally(
                 os.environ.pop("CUDA_VISIBLE_DEVICES", None)
             else:
                 os.environ["CUDA_VISIBLE_DEVICES"] = saved
+    failures = view.close()
     accounts = [read_json(p) for p in sorted(reports.glob("worker-*.json"))]
-    failures = [f"worker {i}: {a['error']}" for i, a in enumerate(accounts) if a.get("error")]
+    crashes = [f"worker {i}: {a['error']}" for i, a in enumerate(accounts) if a.get("error")]
     missing = workers - len(accounts)
-    if failures or missing:
+    if failures or crashes or missing:
         lost = [f"{missing} worker(s) died without a report (killed?)"] if missing else []
-        raise TicketlabError(
-            "the grid did not finish: "
-            + "; ".join(failures + lost)
-            + f" (tracebacks in {reports}); rerun the same command to resume"
-        )
+        where = [f"tracebacks in {reports}"] if crashes else []
+        raise unfinished_error(failures, crashes + lost + where)
     computed: Counter[str] = Counter()
     for account in accounts:
         computed.update(account["computed"])
     return runner.summarize(plan, pending, computed)
+
+
+def _silent(_: str) -> None:
+    return None
 
 
 def _spec_data(spec: GridSpec) -> dict[str, Any]:
