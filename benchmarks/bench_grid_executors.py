@@ -1,20 +1,24 @@
-"""The same tiny grid run serially and by the local executor with 2 workers, side by side.
+"""The same tiny grid run serially, by the local executor and by the Ray executor (2 workers each).
 
 A tiny BERT (built from a config, with the demo's word-level tokenizer) and the demo's two
 generated tasks; methods full, omp and matched random at two sparsities, two seeds: 20 fine-tuning
-cells plus their tickets (26 steps). Reports the wall times, the ratio local / serial (target for
-2 workers: <= 0.6), whether both gave the same metrics, and the executor's own cost per step
-(the local run's wall time beyond the steps' own fine-tuning seconds, spread over its steps).
+cells plus their tickets (26 steps). Reports the wall times, the ratios local / serial and
+ray / serial measured in one run (target for 2 workers: <= 0.6), whether all gave the same
+metrics, and each executor's own cost per step (its wall time beyond the steps' own fine-tuning
+seconds, spread over its steps). For the Ray path also the cost of one step's trip alone
+(scheduling + the result's hand-back): a finished step submitted as a task, against the same
+step read by the driver itself, and Ray's start (a local Ray, then its workers' first imports).
 
-    PYTHONPATH=src python benchmarks/bench_grid_executors.py [--workers 2] [--train 2400]
+    PYTHONPATH=src python benchmarks/bench_grid_executors.py [--workers 2] [--train 2400] [--no-ray]
 
-Each process runs on one thread (both executors), so 2 workers can use the two cores.
+Each process runs on one thread (every executor), so 2 workers can use the two cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -52,6 +56,44 @@ def fine_tuning_seconds(root: Path) -> float:
     )
 
 
+def ray_trip_seconds(spec, root: Path, cache_dir: str, workers: int) -> dict[str, float]:
+    """Ray's own cost of one step: each finished step of ``root`` submitted as a task, one at a
+    time (its trip: scheduling, the task reading the finished step, the record handed back),
+    against the same read done by the driver; and the seconds Ray takes to start and to warm
+    its workers (their first task imports ticketlab and torch)."""
+    import ray
+
+    from ticketlab.experiments.grid import GridRunner
+    from ticketlab.experiments.grid.executors import run_one
+    from ticketlab.experiments.grid.plan import plan_steps
+    from ticketlab.experiments.grid.ray_executor import RayOptions, start_ray, step_task
+    from ticketlab.experiments.store import spec_to_dict
+
+    plan = plan_steps(spec)
+    start_s, _ = timed(lambda: start_ray(RayOptions(workers=workers)))
+    try:
+        task = ray.remote(max_retries=0)(step_task)
+        spec_ref = ray.put(spec_to_dict(spec))
+        options = {"threads": 1, "cache_dir": cache_dir, "cwd": None, "run": "bench"}
+        warm_s, _ = timed(
+            lambda: ray.get([task.remote(spec_ref, str(root), plan[0], options) for _ in range(workers)])
+        )
+        trips = [
+            timed(lambda s=step: ray.get(task.remote(spec_ref, str(root), s, options)))[0] for step in plan
+        ]
+    finally:
+        ray.shutdown()
+    runner = GridRunner(spec, root, cache_dir=cache_dir, quiet=True, echo=lambda _: None)
+    reads = [timed(lambda s=step: run_one(runner, s))[0] for step in plan]
+    return {
+        "ray_start_s": start_s,
+        "ray_workers_warm_s": warm_s,
+        "ray_trip_s_per_step": sum(trips) / len(trips),
+        "same_step_in_driver_s": sum(reads) / len(reads),
+        "ray_overhead_s_per_step": (sum(trips) - sum(reads)) / len(trips),
+    }
+
+
 def main() -> None:
     import torch
 
@@ -62,6 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--train", type=int, default=2400, help="training examples per task")
+    parser.add_argument("--no-ray", action="store_true", help="serial and local only")
     args = parser.parse_args()
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="bench_grid_executors."))
@@ -69,29 +112,47 @@ def main() -> None:
         model_dir, data = build_world(work, args.train)
         spec = grid_spec(model_dir, data)
         steps = len(plan_steps(spec))
+        cells = sum(1 for s in plan_steps(spec) if s.kind == "cell")
+        # The live view of the parallel executors, one line per finished step, is not timed output.
         quiet = {"quiet": True, "echo": lambda _: None, "cache_dir": str(work / "cache")}
-        # Warm the tokenisation cache once so neither run pays for it.
+        parallel = {**quiet, "stream": open(os.devnull, "w")}  # noqa: SIM115 - closed with the process
+        # Warm the tokenisation cache once so no run pays for it.
         warm = GridRunner(spec, work / "warm", **quiet)
         for step in plan_steps(spec):
             if step.kind == "cell" and step.cell.method == "full" and step.cell.seed == 0:
                 warm.run_cell(step.cell)
         serial_s, serial = timed(lambda: GridRunner(spec, work / "serial", **quiet).run_all())
-        local_s, local = timed(lambda: run_grid_locally(spec, work / "local", args.workers, **quiet))
-        same = [c["values"] for c in serial["cells"]] == [c["values"] for c in local["cells"]]
+        local_s, local = timed(lambda: run_grid_locally(spec, work / "local", args.workers, **parallel))
         own_seconds = fine_tuning_seconds(work / "local")
-        overhead = max(0.0, local_s * args.workers - own_seconds) / steps
         result = {
             "steps": steps,
-            "cells": sum(1 for s in plan_steps(spec) if s.kind == "cell"),
+            "cells": cells,
             "workers": args.workers,
+            "train_examples_per_task": args.train,
             "serial_s": serial_s,
             "local_s": local_s,
             "local_over_serial": local_s / serial_s,
             "target": 0.6,
-            "same_metrics": same,
-            "fine_tuning_s_per_cell": own_seconds / 20,
-            "local_overhead_s_per_step": overhead,
+            "local_same_metrics": [c["values"] for c in serial["cells"]]
+            == [c["values"] for c in local["cells"]],
+            "fine_tuning_s_per_cell": own_seconds / cells,
+            "local_overhead_s_per_step": max(0.0, local_s * args.workers - own_seconds) / steps,
         }
+        if not args.no_ray:
+            from ticketlab.experiments.grid.ray_executor import RayOptions, run_grid_on_ray
+
+            options = RayOptions(workers=args.workers)
+            ray_s, ray = timed(lambda: run_grid_on_ray(spec, work / "ray", options, **parallel))
+            own_seconds = fine_tuning_seconds(work / "ray")
+            result |= {
+                "ray_s": ray_s,
+                "ray_over_serial": ray_s / serial_s,
+                "ray_same_metrics": [c["values"] for c in serial["cells"]]
+                == [c["values"] for c in ray["cells"]],
+                "ray_overhead_s_per_step": max(0.0, ray_s * args.workers - own_seconds) / steps,
+                "ray_path": ray_trip_seconds(spec, work / "ray", quiet["cache_dir"], args.workers),
+            }
+        result["load_average_after"] = list(os.getloadavg())
         print(json.dumps(result, indent=2))
         print(f"results written to {write_results('grid_executors', result)}")
     finally:

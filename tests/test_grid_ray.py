@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.glue_fixtures import TINY_RECIPE, tiny_grid_spec, tiny_model_dir, write_glue_task
+from ticketlab.cli import main
 from ticketlab.errors import TicketlabError
 from ticketlab.experiments.grid import GridRunner, GridSpec
 from ticketlab.experiments.grid.plan import plan_steps
@@ -58,12 +59,16 @@ def same_masks(a_root, b_root, names):
 
 def test_a_grid_on_two_ray_workers_gives_the_serial_results(local_ray, tmp_path, capsys):
     path = tiny_grid_spec(tmp_path, ["full", "omp", "random"], sparsities=[0.5, 0.7])
-    spec = GridSpec(**{**json.loads(path.read_text()), "seeds": [0, 1]})
+    path.write_text(json.dumps({**json.loads(path.read_text()), "seeds": [0, 1]}))
+    spec = GridSpec.from_file(path)
     plan = plan_steps(spec)
     # OMP -> matched random -> their cells: a graph of 16 steps, 12 with inputs.
     assert len(plan) == 16 and sum(bool(s.inputs) for s in plan) == 12
     serial = serial_run(spec, tmp_path / "serial")
-    parallel = run_grid_on_ray(spec, tmp_path / "ray", RayOptions(), **QUIET)
+    # The command line, on the module's Ray (a Ray already started is used as it is).
+    assert main(["grid", str(path), "--executor", "ray", "--out", str(tmp_path / "ray"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    parallel = json.loads(out)
     assert parallel["steps"]["computed"] == 16 and parallel["steps"]["computed_by_kind"] == {
         "cell": 10,
         "omp": 2,
@@ -83,8 +88,8 @@ def test_a_grid_on_two_ray_workers_gives_the_serial_results(local_ray, tmp_path,
         if (folder / DONE).is_file()
     }
     assert len(publishers) == 2 and os.getpid() not in publishers
-    # Quiet (and not a terminal): one line per finished step, no bar.
-    lines = [line for line in capsys.readouterr().out.splitlines() if " done " in line]
+    # Not a terminal: one line per finished step, no bar (on stderr: stdout holds the JSON).
+    lines = [line for line in err.splitlines() if " done " in line]
     assert len(lines) == 16 and lines[-1].startswith("[16/16] done ")
     again = run_grid_on_ray(spec, tmp_path / "ray", RayOptions(), **QUIET)
     assert again["steps"]["computed"] == 0  # resumed: nothing left to do

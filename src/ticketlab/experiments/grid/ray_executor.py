@@ -50,8 +50,8 @@ CANCEL_GRACE_SECONDS = 20.0  # after Ctrl-C: how long interrupted steps get to r
 
 @dataclass(frozen=True)
 class RayOptions:
-    """Where and how the steps run. ``address``: None starts a local Ray with ``workers`` steps at a
-    time (default: one per core); ``"auto"`` or ``HOST:PORT`` connects to a running cluster, whose
+    """Where and how the steps run. ``address``: None starts a local Ray with room for ``workers``
+    steps at a time (default: as many CPUs as the machine has cores); ``"auto"`` or ``HOST:PORT`` connects to a running cluster, whose
     size is its own. Each step asks for ``cpus_per_step`` CPUs (its torch threads: the whole part,
     at least 1) and ``gpus_per_step`` GPUs (fractions share a card)."""
 
@@ -104,9 +104,10 @@ def start_ray(options: RayOptions) -> bool:
             _check_reachable(options.address)
             ray.init(address=options.address, **common)
         else:
-            workers = options.workers or os.cpu_count() or 1
+            # --workers N: room for N steps; else the machine's cores (cores / cpus-per-step steps).
+            cpus = math.ceil(options.workers * options.cpus_per_step) if options.workers else os.cpu_count()
             ray.init(
-                num_cpus=math.ceil(workers * options.cpus_per_step),
+                num_cpus=cpus or 1,
                 include_dashboard=False,
                 object_store_memory=100 * 1024 * 1024,
                 **common,
@@ -194,17 +195,19 @@ def check_run_directory(ray: Any, root: Path, nodes: list[dict[str, Any]], *, wr
         )
 
 
-# Each worker process keeps one runner per grid: Ray reuses workers, and a runner is cheap to keep.
-_RUNNERS: dict[tuple[str, str], GridRunner] = {}
+# Each worker process keeps the runner of the command it works for: Ray reuses workers across a
+# command's tasks (a cluster's, across commands too: a new command gets a new runner).
+_RUNNER: dict[str, GridRunner] = {}
 
 
-def _runner_for(spec_data: dict[str, Any], root: str, cache_dir: str | None) -> GridRunner:
-    import json
-
-    key = (root, json.dumps(spec_data, sort_keys=True))
-    if key not in _RUNNERS:
-        _RUNNERS[key] = GridRunner(GridSpec(**spec_data), root, cache_dir=cache_dir, quiet=True, echo=_silent)
-    return _RUNNERS[key]
+def _runner_for(spec_data: dict[str, Any], root: str, options: dict[str, Any]) -> GridRunner:
+    run = options.get("run", "")
+    if run not in _RUNNER:
+        _RUNNER.clear()
+        _RUNNER[run] = GridRunner(
+            GridSpec(**spec_data), root, cache_dir=options["cache_dir"], quiet=True, echo=_silent
+        )
+    return _RUNNER[run]
 
 
 def _silent(_: str) -> None:
@@ -224,7 +227,7 @@ def step_task(
     if options.get("cwd") and os.path.isdir(options["cwd"]):
         os.chdir(options["cwd"])  # relative paths of the spec (model, data) mean what they mean to the driver
     torch.set_num_threads(options["threads"])
-    return run_one(_runner_for(spec_data, root, options["cache_dir"]), step)
+    return run_one(_runner_for(spec_data, root, options), step)
 
 
 def run_grid_on_ray(
@@ -254,7 +257,8 @@ def run_grid_on_ray(
             nodes = step_nodes(ray, options)
             check_run_directory(ray, root, nodes)
             echo(f"grid: {len(todo)} of {len(plan)} steps to run as Ray tasks on {len(nodes)} node(s)")
-            records = _submit_and_wait(ray, spec, root, plan, todo, options, cache_dir, quiet, stream)
+            view = GridView(runner, plan, quiet=quiet, stream=stream)
+            records = _submit_and_wait(ray, spec, root, plan, todo, options, cache_dir, view)
         finally:
             if started:
                 ray.shutdown()
@@ -277,18 +281,20 @@ def _submit_and_wait(
     todo: list[GridStep],
     options: RayOptions,
     cache_dir: str | None,
-    quiet: bool,
-    stream: TextIO | None,
+    view: GridView,
 ) -> list[dict[str, Any]]:
-    """Submit ``todo`` (in plan order, each after its inputs) and wait, showing the live view;
+    """Submit ``todo`` (in plan order, each after its inputs) and wait, showing ``view``;
     returns the tasks' records. A task lost for good (its retries spent) is recorded as failed."""
     from ticketlab.experiments.store import spec_to_dict
 
-    view_runner = GridRunner(spec, root, cache_dir=cache_dir, quiet=True, echo=_silent)
-    view = GridView(view_runner, plan, quiet=quiet, stream=stream)
     task = ray.remote(max_retries=options.max_retries, retry_exceptions=False)(step_task)
     spec_ref = ray.put(spec_to_dict(spec))
-    task_options = {"threads": options.threads, "cache_dir": cache_dir, "cwd": os.getcwd()}
+    task_options = {
+        "threads": options.threads,
+        "cache_dir": cache_dir,
+        "cwd": os.getcwd(),
+        "run": uuid.uuid4().hex,  # this command: its tasks share a runner in each worker
+    }
     refs: dict[str, Any] = {}
     for step in todo:
         after = [refs[key] for key in step.inputs if key in refs]  # inputs done already are not waited on
