@@ -96,8 +96,9 @@ def _failed_log(root: Path, step: GridStep) -> str | None:
     path = root / step.key
     kept = StepStore(path.parent).failed_path(path.name)
     for candidate in (kept / LOG_FILE, kept):
-        if candidate.exists():
-            return str(candidate.relative_to(root))
+        if candidate.exists():  # in the grid's store: inside the grid's folder, or elsewhere
+            inside = candidate.absolute().is_relative_to(root.absolute())
+            return str(candidate.absolute().relative_to(root.absolute()) if inside else candidate)
     return None
 
 

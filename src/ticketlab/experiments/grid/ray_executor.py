@@ -32,7 +32,6 @@ from typing import Any, TextIO
 from ticketlab.errors import TicketlabError, strip_ansi
 from ticketlab.experiments.grid.executors import VIEW_SECONDS, run_one, unfinished_error
 from ticketlab.experiments.grid.failures import (
-    WORKERS_DIR,
     clear_failures,
     read_failures,
     record_failure,
@@ -153,14 +152,16 @@ def step_nodes(ray: Any, options: RayOptions) -> list[dict[str, Any]]:
     return nodes
 
 
-def check_run_directory(ray: Any, root: Path, nodes: list[dict[str, Any]], *, write: bool = True) -> None:
+def check_run_directory(
+    ray: Any, root: Path, nodes: list[dict[str, Any]], *, what: str = "run directory", write: bool = True
+) -> None:
     """Refuse (one line) unless a worker on every node of ``nodes`` reads the token file the
-    driver writes in the run directory ``root`` (``write=False`` writes none: what a worker on
-    another file system sees)."""
+    driver writes in the folder ``root`` (the run directory, or the ``what`` named: the grid's
+    store); ``write=False`` writes none: what a worker on another file system sees."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     token = uuid.uuid4().hex
-    file = root / WORKERS_DIR / f"ray-check-{token}"
+    file = root / f".ray-check-{token}"
     if write:
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_text(token)
@@ -184,14 +185,14 @@ def check_run_directory(ray: Any, root: Path, nodes: list[dict[str, Any]], *, wr
             except ray.exceptions.GetTimeoutError:
                 raise TicketlabError(
                     f"the Ray worker on {node} did not answer within {CHECK_SECONDS:.0f} s whether it sees "
-                    f"the run directory {root}"
+                    f"the {what} {root}"
                 ) from None
     finally:
         file.unlink(missing_ok=True)
     if blind:
         raise TicketlabError(
-            f"the Ray workers on {', '.join(sorted(blind))} cannot see the run directory {root}: every "
-            "node must share the output file system at the same path (give --out a folder on it)"
+            f"the Ray workers on {', '.join(sorted(blind))} cannot see the {what} {root}: every node "
+            "must share the output file system at the same path (give --out and --store folders on it)"
         )
 
 
@@ -256,6 +257,9 @@ def run_grid_on_ray(
         try:
             nodes = step_nodes(ray, options)
             check_run_directory(ray, root, nodes)
+            store = runner.store.path.resolve() if runner.store is not None else None
+            if store is not None and not store.is_relative_to(root):
+                check_run_directory(ray, store, nodes, what="grid's step store")
             echo(f"grid: {len(todo)} of {len(plan)} steps to run as Ray tasks on {len(nodes)} node(s)")
             view = GridView(runner, plan, quiet=quiet, stream=stream)
             records = _submit_and_wait(ray, spec, root, plan, todo, options, cache_dir, view)
