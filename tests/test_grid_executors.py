@@ -88,7 +88,7 @@ def test_the_live_view_shows_each_workers_step_on_a_terminal(tmp_path):
     view = GridView(runner, plan, stream=stream)
     with StepStore(tmp_path / "grid" / "cells" / "mrpc").hold("full-0.00-seed0", lambda: False):
         assert view.poll()["running"] == 1
-        assert view.running == {this_worker(): "cells/mrpc/full-0.00-seed0"}
+        assert view.running == {"cells/mrpc/full-0.00-seed0": this_worker()}
     assert f"{this_worker()}: cells/mrpc/full-0.00-seed0" in stream.getvalue()  # the bar's line
     assert "done " not in stream.getvalue()  # a bar, not lines
     quiet = Terminal()

@@ -32,7 +32,7 @@ class GridView:
         self.live = not quiet and _is_terminal(self.stream)
         self.done = {step.key for step in plan if runner.step_done(step)}
         self.failures: dict[str, StepFailure] = {}
-        self.running: dict[str, str] = {}  # worker -> the step it holds
+        self.running: dict[str, str] = {}  # step -> the worker that holds it
         self.counts: dict[str, int] = {}
         self._bar = tqdm(
             total=len(plan),
@@ -69,7 +69,7 @@ class GridView:
                     self._line(f"[{len(self.done)}/{len(self.plan)}] done {step.key}")
                 continue
             if step.key not in failures and (holder := self.runner.step_holder(step)):
-                running[holder] = step.key
+                running[step.key] = holder
         # A step that failed once and was then made (a retry) counts as done.
         failures = {key: f for key, f in failures.items() if key not in self.done}
         for key, failure in failures.items():
@@ -88,7 +88,9 @@ class GridView:
         }
         if self.live:
             counts = ", ".join(f"{v} {k}" for k, v in self.counts.items() if v and k != "done")
-            workers = "; ".join(f"{worker}: {key}" for worker, key in sorted(running.items()))
+            workers = "; ".join(
+                f"{worker}: {key}" for key, worker in sorted(running.items(), key=lambda kv: kv[1])
+            )
             self._bar.set_postfix_str(" | ".join(p for p in (counts, workers) if p), refresh=True)
         return self.counts
 
