@@ -11,6 +11,7 @@ from ticketlab.cli.common import (
     add_redo_flag,
     apply_redo,
     declare_output,
+    finite,
     format_table,
     holds,
     print_json,
@@ -54,12 +55,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--cpus-per-step",
-        type=float,
+        type=finite,
         help="ray executor: CPUs each step asks for, also its torch threads (default: 1)",
     )
     p.add_argument(
         "--gpus-per-step",
-        type=float,
+        type=finite,
         help="ray executor: GPUs each step asks for; a fraction shares a card (0.25: four steps on one "
         "GPU; default: 0)",
     )

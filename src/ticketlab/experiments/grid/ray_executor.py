@@ -61,6 +61,8 @@ class RayOptions:
     max_retries: int = 3
 
     def validate(self) -> None:
+        if not (math.isfinite(self.cpus_per_step) and math.isfinite(self.gpus_per_step)):
+            raise TicketlabError("--cpus-per-step and --gpus-per-step must be finite numbers")
         if self.cpus_per_step <= 0:
             raise TicketlabError(f"--cpus-per-step must be positive, got {self.cpus_per_step}")
         if self.gpus_per_step < 0 or (self.gpus_per_step > 1 and not float(self.gpus_per_step).is_integer()):
