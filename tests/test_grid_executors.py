@@ -1,6 +1,8 @@
 """The local executor: two worker processes on one grid give the serial run's results."""
 
+import contextlib
 import json
+import threading
 
 import pytest
 import torch
@@ -86,14 +88,36 @@ def test_the_live_view_shows_each_workers_step_on_a_terminal(tmp_path):
     plan = plan_steps(spec)
     stream = Terminal()
     view = GridView(runner, plan, stream=stream)
-    with StepStore(tmp_path / "grid" / "cells" / "mrpc").hold("full-0.00-seed0", lambda: False):
+    # This process holds the full model's cell (a step whose body waits, then gives up unpublished).
+    cell = next(step for step in plan if step.key == "cells/mrpc/full-0.00-seed0")
+    runner.place(cell)
+    place = tmp_path / "grid" / cell.key
+    claimed, release = threading.Event(), threading.Event()
+
+    def body(_tmp):
+        claimed.set()
+        release.wait(30)
+        raise RuntimeError("given up")
+
+    holder = threading.Thread(target=lambda: _swallow(lambda: StepStore(place.parent).run(place.name, body)))
+    holder.start()
+    try:
+        assert claimed.wait(30)
         assert view.poll()["running"] == 1
         assert view.running == {"cells/mrpc/full-0.00-seed0": this_worker()}
+    finally:
+        release.set()
+        holder.join()
     assert f"{this_worker()}: cells/mrpc/full-0.00-seed0" in stream.getvalue()  # the bar's line
     assert "done " not in stream.getvalue()  # a bar, not lines
     quiet = Terminal()
     GridView(runner, plan, quiet=True, stream=quiet).close()
     assert quiet.getvalue() == ""  # --quiet: no bar even on a terminal (and nothing finished here)
+
+
+def _swallow(call):
+    with contextlib.suppress(RuntimeError):  # the held step's body gives up on purpose
+        call()
 
 
 def test_the_ray_executor_without_ray_names_the_extra(tmp_path, monkeypatch, capsys):
