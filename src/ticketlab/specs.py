@@ -148,7 +148,7 @@ def check_value(value: Any, hint: Any, where: str, ignore_unknown: bool = False)
         checked = {}
         for key, item in value.items():
             check_value(key, key_hint, f"{where} key {_short(key)}")
-            checked[key] = check_value(item, value_hint, f"{where}.{key}", ignore_unknown)
+            checked[key] = check_value(item, value_hint, f"{where}.{_shown(key)}", ignore_unknown)
         return checked
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         return from_mapping(hint, value, where, ignore_unknown=ignore_unknown)
@@ -207,3 +207,10 @@ def check_seed(seed: Any, where: str = "seed") -> int:
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
         raise TicketlabError(f"{where}: a seed is an integer from 0 to {MAX_SEED}, got {_short(seed)}")
     return seed
+
+
+def _shown(key: Any) -> str:
+    """A mapping key as a message names it: as written, unless it would break the one line (a
+    newline, a control character), then quoted."""
+    text = str(key)
+    return text if text.isprintable() else repr(text)
