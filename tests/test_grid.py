@@ -112,6 +112,28 @@ def test_bad_grid_specs_are_refused(tmp_path):
         GridSpec.from_file(path)
 
 
+def test_a_protocol_in_a_grid_file_sets_scope_and_scheme(tmp_path):
+    from ticketlab.experiments.store import spec_hash
+
+    path = tmp_path / "g.yaml"
+    path.write_text("model: m\ntasks: [rte]\nmethods: [omp]\nprotocol: liu2022\n")
+    spec = GridSpec.from_file(path)
+    assert (spec.scope, spec.scheme) == ("encoder+embeddings", "per-matrix")
+    explicit = tmp_path / "e.yaml"
+    explicit.write_text(
+        "model: m\ntasks: [rte]\nmethods: [omp]\nscope: encoder+embeddings\nscheme: per-matrix\n"
+    )
+    assert spec_hash(spec) == spec_hash(GridSpec.from_file(explicit))  # a shorthand, not a field
+    path.write_text("model: m\ntasks: [rte]\nmethods: [omp]\nprotocol: liu2022\nscheme: global\n")
+    assert (GridSpec.from_file(path).scope, GridSpec.from_file(path).scheme) == (
+        "encoder+embeddings",
+        "global",
+    )
+    path.write_text("model: m\ntasks: [rte]\nprotocol: chen2021\n")
+    with pytest.raises(TicketlabError, match=r"g.yaml: protocol: 'chen2021' is not one of chen2020, liu2022"):
+        GridSpec.from_file(path)
+
+
 def test_plan_counts_cells():
     spec = GridSpec(
         model="m",

@@ -13,7 +13,7 @@ from ticketlab.experiments.grid.methods import active_methods, method_of, regist
 from ticketlab.experiments.imp import MLM_TASK
 from ticketlab.experiments.pretrain_loss import PretrainLossSettings
 from ticketlab.experiments.tamt import TamtSettings, with_new_run_defaults
-from ticketlab.pruning import validate_sparsity
+from ticketlab.pruning import PROTOCOLS, validate_sparsity
 from ticketlab.pruning.structured import DEFAULT_FFN_RATIO
 from ticketlab.specs import check_seed, from_mapping, refuse_duplicates
 
@@ -214,6 +214,11 @@ class GridSpec:
             raise TicketlabError(f"{path}: cannot parse the grid spec ({error})") from error
         if not isinstance(data, dict):
             raise TicketlabError(f"{path}: a grid spec is a mapping of fields")
+        if "protocol" in data:
+            try:
+                data = _with_protocol(data)
+            except TicketlabError as error:
+                raise TicketlabError(f"{path}: {error}") from None
         if isinstance(data.get("tamt"), dict):
             # A file the user wrote: its tamt section gets the defaults of new runs (bertadam),
             # which therefore count in the hash (spec.json, read back as GridSpec(**...), keeps its own).
@@ -224,6 +229,22 @@ class GridSpec:
         except TicketlabError as error:
             raise TicketlabError(f"{path}: {error}") from None
         return spec
+
+
+def _with_protocol(data: dict[str, Any]) -> dict[str, Any]:
+    """A file's ``protocol: chen2020|liu2022`` as the scope and scheme it stands for.
+
+    As ``--protocol`` on the command line: an explicit ``scope`` or ``scheme`` beside it wins. The
+    key is a shorthand of the file, not a field, so a grid's hash (and run directory) is that of the
+    scope and scheme it sets, written out or not.
+    """
+    data = dict(data)
+    name = data.pop("protocol")
+    if name not in PROTOCOLS:
+        raise TicketlabError(f"protocol: {name!r} is not one of {', '.join(sorted(PROTOCOLS))}")
+    for key in ("scope", "scheme"):
+        data.setdefault(key, PROTOCOLS[name][key])
+    return data
 
 
 def _check_file(path: str | None, setting: str) -> None:
