@@ -62,6 +62,17 @@ def machine() -> dict[str, Any]:
     }
 
 
+def quiet_run(threads: int | None = None) -> None:
+    """As the CLI runs: no load report or progress bar per model load; ``threads`` torch threads."""
+    import torch
+    import transformers
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
 def relative_path(path: str | Path) -> str:
     """``path`` relative to the working directory when it lies under it, else ``~/...`` when it lies
     under the home folder (run directories in the ticketlab cache): results name no folders of this

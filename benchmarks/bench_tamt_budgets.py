@@ -53,7 +53,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_common import markdown_table, require_shared, shared_dir, write_results
+from bench_common import markdown_table, quiet_run, require_shared, shared_dir, write_results
 
 MODEL = "models/all-MiniLM-L6-v2"
 GLUE = "data/glue"
@@ -599,12 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     require_shared("bench_tamt_budgets.py", MODEL, GLUE, TAMT_TEXT, EVAL_TEXT)
     shared = shared_dir()
-    import torch
-    import transformers
-
-    torch.set_num_threads(args.threads)
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
+    quiet_run(args.threads)
     bench = Bench(args, shared)
     if args.probe:
         probe(bench)

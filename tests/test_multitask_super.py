@@ -100,6 +100,8 @@ def test_one_command_sweeps_choose_and_compare_then_resume(tmp_path, capsys, mon
         "0.25,0.5",
         "--super-seeds",
         "0",
+        "--super-variant",
+        "michel2019",
         *RECIPE,
         "--out",
         str(out),
@@ -113,6 +115,7 @@ def test_one_command_sweeps_choose_and_compare_then_resume(tmp_path, capsys, mon
     for task in ("mrpc", "rte"):
         sweep = json.loads((out / "sweeps" / task / "results.json").read_text())
         assert [p["kind"] for p in sweep["points"]] == ["winning", "winning"]  # only what the choice needs
+        assert sweep["variant"] == "michel2019"  # a generated --super-* flag reached the sweep
         assert tickets[task]["full"]["mean"] == sweep["full"]["mean"]
         best = max(sweep["points"], key=lambda p: p["mean"])
         expected = best["level"] if best["mean"] > sweep["full"]["mean"] else None

@@ -8,7 +8,7 @@ import math
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,8 @@ def add_spec_arguments(
     skip: tuple[str, ...] = (),
     only: tuple[str, ...] | None = None,
     overrides_only: bool = False,
+    prefix: str = "",
+    defaults: Mapping[str, Any] | None = None,
 ) -> None:
     """One flag per field of a spec dataclass: ``--field-name`` (or ``metadata["flag"]``), with the
     field's help text, default, type and choices (``metadata["choices"]`` or a ``Literal`` hint).
@@ -85,9 +87,13 @@ def add_spec_arguments(
     range (:func:`finite`, :func:`seed`). ``skip`` (or ``only``) leaves the fields the verb sets
     itself; :func:`spec_from_args` builds the spec back. ``overrides_only``: every flag defaults to
     None (the help still shows the spec's default), so a caller can tell which fields the user
-    set; for recipes stored as overrides (:func:`spec_overrides`).
+    set; for recipes stored as overrides (:func:`spec_overrides`). ``prefix``: the flags of a spec
+    nested in a verb's own (``prefix="super"``: ``--super-levels``, stored as ``super_levels``).
+    ``defaults``: this verb's defaults of some fields, in place of the spec's (and in the help).
     """
     hints = typing.get_type_hints(spec_class)
+    defaults = defaults or {}
+    lead = f"{prefix}-" if prefix else ""
     # Required fields first (a subclass's come after its base's), then the rest as declared.
     ordered = sorted(fields(spec_class), key=lambda f: _field_default(f) is not MISSING)
     for spec_field in ordered:
@@ -97,17 +103,19 @@ def add_spec_arguments(
             or (only is not None and spec_field.name not in only)
         ):
             continue
-        name = spec_field.name
-        flag = spec_field.metadata.get("flag", "--" + name.replace("_", "-"))  # a flag named otherwise
-        hint = _flag_type(hints[name])
-        default = _field_default(spec_field)
+        field_name = spec_field.name
+        name = f"{prefix}_{field_name}" if prefix else field_name
+        # (a flag named otherwise in its metadata keeps that name, prefixed)
+        flag = "--" + lead + spec_field.metadata.get("flag", "--" + field_name.replace("_", "-"))[2:]
+        hint = _flag_type(hints[field_name])
+        default = defaults.get(field_name, _field_default(spec_field))
         required = default is MISSING and not overrides_only
         # argparse formats help with %: a literal percent sign is written %% there.
         help_text = spec_field.metadata.get("help", "").replace("%", "%%")
         if hint is bool:
             if default is True:
                 parser.add_argument(
-                    "--no-" + name.replace("_", "-"),
+                    "--no-" + lead + field_name.replace("_", "-"),
                     dest=name,
                     action="store_const",
                     const=False,
@@ -123,7 +131,7 @@ def add_spec_arguments(
                     help=help_text,
                 )
             continue
-        options: dict[str, Any] = {"metavar": name.upper()}
+        options: dict[str, Any] = {"metavar": field_name.upper()}
         origin = typing.get_origin(hint)
         choices = spec_field.metadata.get("choices")
         if origin is typing.Literal:
@@ -138,7 +146,9 @@ def add_spec_arguments(
         elif hint in (int, float, str):
             options["type"] = _converter(hint, name)
         elif choices is None:
-            raise TypeError(f"{spec_class.__name__}.{name}: no flag for a field of type {hint}; skip it")
+            raise TypeError(
+                f"{spec_class.__name__}.{field_name}: no flag for a field of type {hint}; skip it"
+            )
         if choices is not None and origin not in (list, tuple):
             options = {"choices": tuple(choices)}  # argparse checks each value against them
         if not required and default not in (None, MISSING, (), []):
@@ -214,13 +224,18 @@ def spec_overrides(
     spec_class: type,
     skip: tuple[str, ...] = (),
     only: tuple[str, ...] | None = None,
+    prefix: str = "",
 ) -> dict[str, Any]:
     """The fields of ``spec_class`` given on the command line (flags added by
-    :func:`add_spec_arguments` with ``overrides_only``, which default to None)."""
+    :func:`add_spec_arguments` with ``overrides_only``, which default to None), by field name;
+    ``prefix`` as given to it."""
+    lead = f"{prefix}_" if prefix else ""
     return {
-        f.name: getattr(args, f.name)
+        f.name: getattr(args, lead + f.name)
         for f in fields(spec_class)
-        if f.name not in skip and (only is None or f.name in only) and getattr(args, f.name, None) is not None
+        if f.name not in skip
+        and (only is None or f.name in only)
+        and getattr(args, lead + f.name, None) is not None
     }
 
 

@@ -16,6 +16,7 @@ from ticketlab.cli.common import (
     format_table,
     print_json,
     spec_from_args,
+    spec_overrides,
 )
 from ticketlab.errors import TicketlabError
 
@@ -86,15 +87,19 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mask-seed", type=int, help="the sweep seed whose masks are used (default: --seed if swept)"
     )
-    p.add_argument(
-        "--super-levels", type=comma_separated(float, "levels"), help="sweep levels (default: 0.1,...,0.8)"
+    from ticketlab.experiments.multitask import SWEEP_DEFAULTS, SWEEP_FIELDS
+    from ticketlab.experiments.super_tickets import SuperTicketSpec
+
+    sweep = p.add_argument_group(
+        "the super-ticket sweeps of --super-tickets (the fields of 'ticketlab super-tickets', prefixed)"
     )
-    p.add_argument("--super-seeds", type=comma_separated(int, "seeds"), help="sweep seeds (default: 0,1,2)")
-    p.add_argument(
-        "--super-kinds",
-        type=comma_separated(),
-        default=["winning"],
-        help="sweep ticket kinds (default: winning, all the choice needs)",
+    add_spec_arguments(
+        sweep,
+        SuperTicketSpec,
+        only=SWEEP_FIELDS,
+        overrides_only=True,
+        prefix="super",
+        defaults=SWEEP_DEFAULTS,
     )
     p.add_argument("--data-dir", help="local GLUE data in the original layout (default: the hub)")
     p.add_argument(
@@ -169,10 +174,12 @@ def _from_super_tickets(args: argparse.Namespace) -> int:
 
     from ticketlab.experiments.multitask import (
         COMPARISON_TABLE,
+        SWEEP_FIELDS,
         MultitaskSpec,
         run_multitask_from_super_tickets,
         run_super_ticket_sweeps,
     )
+    from ticketlab.experiments.super_tickets import SuperTicketSpec
 
     if args.mask:
         raise TicketlabError("--mask and super-ticket sweeps exclude each other: the sweeps give the tickets")
@@ -196,9 +203,7 @@ def _from_super_tickets(args: argparse.Namespace) -> int:
             args.tasks,
             out / "sweeps",
             recipe=recipe,
-            levels=args.super_levels,
-            seeds=args.super_seeds,
-            kinds=args.super_kinds,
+            settings=spec_overrides(args, SuperTicketSpec, only=SWEEP_FIELDS, prefix="super"),
             data_dir=args.data_dir,
             cache_dir=args.cache_dir,
             quiet=args.quiet,

@@ -383,6 +383,19 @@ def compare_multitask(plain: Mapping[str, Any], tickets: Mapping[str, Any]) -> l
 
 
 # -- tickets from super-ticket sweeps --------------------------------------------------------------
+# The settings of the super-ticket sweeps ``multitask --super-tickets`` runs (SuperTicketSpec's
+# fields but those the multi-task run sets: model, task, data, recipe), and its defaults of them.
+SWEEP_FIELDS = (
+    "levels",
+    "kinds",
+    "seeds",
+    "variant",
+    "normalization",
+    "importance_split",
+    "importance_samples",
+    "ffn_ratio",
+)
+SWEEP_DEFAULTS: dict[str, Any] = {"kinds": ["winning"]}  # all the choice of a ticket needs
 TICKETS_FILE = "tickets.json"
 COMPARISON_FILE = "comparison.json"
 COMPARISON_TABLE = "comparison.md"
@@ -690,29 +703,31 @@ def run_super_ticket_sweeps(
     out: str | Path,
     *,
     recipe: Mapping[str, Any],
-    levels: list[float] | None = None,
-    seeds: list[int] | None = None,
-    kinds: list[str] | None = None,
+    settings: Mapping[str, Any] | None = None,
     data_dir: str | None = None,
     cache_dir: str | None = None,
     quiet: bool = False,
     echo: Callable[[str], None] = print,
 ) -> list[Path]:
     """Each task's super-ticket sweep into ``out/<task>`` (resumable), fine-tuned with the same
-    optimisation settings as the multi-task run (the paper's advice); returns the run folders."""
+    optimisation settings as the multi-task run (the paper's advice); returns the run folders.
+
+    ``settings``: fields of :class:`SuperTicketSpec` among :data:`SWEEP_FIELDS` (levels, seeds,
+    kinds, the importance rule, ...); unset ones are :data:`SWEEP_DEFAULTS`' (winning tickets only:
+    all the choice of a ticket needs), else the spec's own defaults.
+    """
     from ticketlab.experiments.finetune import RECIPE_FIELDS
     from ticketlab.experiments.super_tickets import SuperTicketSpec, run_super_tickets
     from ticketlab.training.tasks import get_task
 
+    stray = sorted(set(settings or {}) - set(SWEEP_FIELDS))
+    if stray:
+        raise TicketlabError(f"sweep setting {stray[0]!r} is not one of {', '.join(SWEEP_FIELDS)}")
+    options = {**SWEEP_DEFAULTS, **(settings or {})}
     sweep_recipe = {k: v for k, v in recipe.items() if k in RECIPE_FIELDS and v is not None}
     folders = []
     for name in tasks:
         task = get_task(name).name
-        options: dict[str, Any] = {"kinds": list(kinds or ["winning"])}
-        if levels is not None:
-            options["levels"] = list(levels)
-        if seeds is not None:
-            options["seeds"] = list(seeds)
         spec = SuperTicketSpec(model=model, task=task, data_dir=data_dir, recipe=sweep_recipe, **options)
         folder = Path(out) / task
         run_super_tickets(spec, folder, cache_dir=cache_dir, quiet=quiet, echo=echo)
