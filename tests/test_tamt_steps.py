@@ -150,6 +150,42 @@ def test_two_gloo_ranks_train_one_mask_equal_to_one_process(setup):
 
 
 @pytest.mark.slow
+def test_accelerate_launch_of_the_tamt_verb_on_two_processes_writes_the_one_process_run(setup):
+    """The command a user types: ``accelerate launch --multi_gpu --num_processes 2 -m ticketlab
+    tamt ...``. Accelerate starts the processes through torchrun (on a machine without GPUs too,
+    which is how this test runs it); the run directory and mask bits are one process's."""
+    spec = spec_for(setup)
+    reference = run(setup, setup / "one")
+    flags = ["--model", spec.model, "--objective", spec.objective, "--sparsity", "0.5", "--text", spec.text]
+    flags += ["--steps", "6", "--batch-size", "4", "--max-length", "16", "--lr", "2e-2", "--save-at", "3"]
+    flags += [
+        "--checkpoint-every",
+        "2",
+        "--no-dropout",
+        "--seed",
+        "1",
+        "--out",
+        str(setup / "two"),
+        "--quiet",
+    ]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ticketlab"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
+    completed = subprocess.run(
+        [*launch, "tamt", *flags], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    two = json.loads((setup / "two" / "results.json").read_text())
+    assert two["num_processes"] == 2
+    assert two["mask_digest"] == reference["mask_digest"]
+    assert load_mask(setup / "two" / "mask.safetensors") == load_mask(reference["mask"])
+    assert load_mask(setup / "two" / "mask-step3.safetensors") == load_mask(
+        setup / "one" / "mask-step3.safetensors"
+    )
+    assert listing(setup / "two") == listing(setup / "one")
+
+
+@pytest.mark.slow
 def test_a_run_killed_with_kill_9_is_taken_over_and_resumed_from_its_checkpoint(setup):
     """A process killed inside the training leaves its claimed folder (with the checkpoint); the
     next process takes the dead claim over, continues from the checkpoint and ends with the masks
