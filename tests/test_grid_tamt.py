@@ -304,8 +304,12 @@ def test_grid_with_tamt_and_pretrain_losses_end_to_end(tmp_path, capsys):
     loss_files = sorted(out.rglob("*.pretrain_loss.json"))
     # omp, random x2 seeds, tamt, imp x2 seeds
     assert len(loss_files) == 1 + 2 + 1 + 2
-    assert (out / "tickets" / "mlm_head" / "mlm_head.safetensors").exists()
+    head = out / "tickets" / "mlm_head"
+    assert (head / "mlm_head.safetensors").exists() and (head / "DONE").is_file()  # a published step
+    assert head.is_symlink() and head.resolve().parent.name == "mlm_head"  # kept in the store
     measured = [json.loads(p.read_text()) for p in loss_files]
+    assert {m["mlm_head"]["source"] for m in measured} == {"file"}  # every ticket scored with that head
+    assert all(m["mlm_head"]["built"] for m in measured)
     assert all(m["mlm_loss"] is not None and m["kd_loss"] > 0 for m in measured)
     assert len({json.dumps(m["mlm_loss_dense"]) for m in measured}) == 1  # the same head for all
 
@@ -338,3 +342,19 @@ def test_grid_with_tamt_and_pretrain_losses_end_to_end(tmp_path, capsys):
     assert main(["grid", str(spec_path), "--out", str(out), "--quiet", "--json"]) == 0
     capsys.readouterr()
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
+
+    # A second grid on the same store, with one more seed, measures only its new tickets (a random
+    # one, an IMP run's) and builds no second head: its place links to the first grid's.
+    other = tmp_path / "other"
+    head_file = head.resolve() / "mlm_head.safetensors"
+    stamp = head_file.stat().st_mtime_ns
+    grown = tmp_path / "grown.yaml"
+    grown.write_text(yaml.safe_dump({**spec, "seeds": [*spec["seeds"], 7]}))
+    argv = ["grid", str(grown), "--out", str(other), "--store", str(out / "steps"), "--quiet", "--json"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert (other / "tickets" / "mlm_head").resolve() == head.resolve()
+    assert head_file.stat().st_mtime_ns == stamp
+    assert len([p for p in (out / "steps" / "mlm_head").iterdir() if not p.name.startswith(".")]) == 1
+    new = json.loads((other / "pretrain_loss" / "tickets--random-0.50-seed7.pretrain_loss.json").read_text())
+    assert new["mlm_head"]["path"] == str(other / "tickets" / "mlm_head")

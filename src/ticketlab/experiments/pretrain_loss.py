@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -245,6 +246,23 @@ def resolve_mlm_head(
     if not spec.head_text:
         record["caveat"] = "the head was trained on the evaluation text itself (same head for every ticket)"
     return head, {"source": "auto", **record}
+
+
+def build_mlm_head(spec: PretrainLossSpec, directory: str | os.PathLike, progress: bool = True) -> bool:
+    """Build the head ``mlm_head: auto`` would build for ``spec`` (one that every ticket of a grid
+    is then scored with) into ``directory``; False, writing nothing, when the model has its own."""
+    from ticketlab.models import load_encoder, load_tokenizer
+
+    spec.validate()
+    tokenizer = load_tokenizer(spec.model)
+    encoder = load_encoder(spec.model).to(_device())
+    if head_from_checkpoint(spec.model, encoder)[0] is not None:
+        return False
+    text = load_spec_text(spec, tokenizer, progress)
+    masking = MlmMasking.for_tokenizer(tokenizer, vocab_size=word_embeddings(encoder).weight.shape[0])
+    auto = replace(spec, mlm_head="auto", save_head=str(directory))
+    resolve_mlm_head(auto, encoder, tokenizer, text, masking, progress)
+    return True
 
 
 def run_pretrain_loss(spec: PretrainLossSpec, progress: bool = True) -> dict[str, Any]:

@@ -62,6 +62,8 @@ def pretrain_loss_path(mask_path: Path) -> Path:
 
 
 PRETRAIN_LOSS_DIR = "pretrain_loss"
+# The MLM head ``pretrain_loss: {mlm_head: auto}`` builds once per grid (or store): tickets/mlm_head.
+MLM_HEAD_STEP = "mlm_head"
 
 
 def pretrain_loss_place(root: Path, key: str, in_store: bool) -> Path:

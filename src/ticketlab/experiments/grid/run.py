@@ -13,6 +13,7 @@ from torch import nn
 from ticketlab.analysis.aggregate import FULL_MODEL
 from ticketlab.errors import TicketlabError
 from ticketlab.experiments.grid.layout import (
+    MLM_HEAD_STEP,
     Cell,
     cell_key,
     cell_step,
@@ -83,7 +84,6 @@ class GridRunner:
     def pretrain_loss(self, cell: Cell) -> dict[str, Any]:
         """MLM and KD loss of a cell's ticket (measured once per mask: see ``pretrain_loss_place``)."""
         from ticketlab.experiments.pretrain_loss import PretrainLossSpec, run_pretrain_loss
-        from ticketlab.models.mlm_head import HEAD_FILE
 
         mask_path = self.ticket(cell)
         assert mask_path is not None and self.spec.pretrain_loss is not None
@@ -91,16 +91,11 @@ class GridRunner:
 
         def measure(file: Path) -> dict[str, Any]:
             settings = asdict(self.spec.pretrain_loss)
-            save_head = None
-            if settings["mlm_head"] == "auto":  # build the head once and reuse it for every ticket
-                head_dir = self.root / "tickets" / "mlm_head"
-                if (head_dir / HEAD_FILE).exists():
-                    settings["mlm_head"] = str(head_dir)
-                else:
-                    save_head = str(head_dir)
-            spec = PretrainLossSpec(
-                model=self.spec.model, mask=str(mask_path), save_head=save_head, **settings
-            )
+            if settings["mlm_head"] == "auto":  # one head, built once, scores every ticket
+                head = self.mlm_head()
+                if head is not None:
+                    settings["mlm_head"] = str(head)
+            spec = PretrainLossSpec(model=self.spec.model, mask=str(mask_path), **settings)
             self.echo(f"pre-training losses of {mask_path.relative_to(self.root)}")
             results = run_pretrain_loss(spec, progress=not self.quiet)
             write_json(file, results)
@@ -108,6 +103,35 @@ class GridRunner:
             return results
 
         return StepStore(out.parent).run_file(out.name, measure, load=read_json)
+
+    def mlm_head(self) -> Path | None:
+        """The MLM head that ``pretrain_loss: {mlm_head: auto}`` builds for a model without one:
+        a step (``tickets/mlm_head``, in the store when the grid has one, named by the hash of the
+        model and the pre-training-loss settings), so concurrent workers build it once and grids
+        sharing a store share it; None when the model has a head of its own."""
+        from ticketlab.experiments.pretrain_loss import PretrainLossSpec, build_mlm_head
+        from ticketlab.models.mlm_head import HEAD_FILE
+
+        assert self.spec.pretrain_loss is not None
+        settings = asdict(self.spec.pretrain_loss)
+        place = self.root / "tickets" / MLM_HEAD_STEP
+        if self.store is not None:
+            determinants = {"model": self.spec.model, **{k: v for k, v in settings.items() if k != "kd_loss"}}
+            entry = self.store.entry(MLM_HEAD_STEP, f"tickets/{MLM_HEAD_STEP}", digest_of(determinants))
+            self.store.link(place, entry)
+        no_head = "no_head_needed.json"
+
+        def build(folder: Path) -> None:
+            self.echo("building the MLM head for the pre-training losses (the model has none)")
+            spec = PretrainLossSpec(model=self.spec.model, **{**settings, "mlm_head": "auto"})
+            if not build_mlm_head(spec, folder, progress=not self.quiet):
+                write_json(folder / no_head, {"reason": "the model's checkpoint has an MLM head"})
+            self.computed["mlm head"] += 1
+
+        steps = StepStore(place.parent)
+        # (a head a grid built before this was a step: its file is there, its DONE marker is not)
+        steps.run(place.name, build, adopt=lambda folder: (folder / HEAD_FILE).is_file())
+        return None if (place / no_head).exists() else place
 
     def _pretrain_loss_key(self, cell: Cell) -> str:
         return str(pretrain_loss_path(ticket_path(self.spec, Path("."), cell)))
