@@ -72,6 +72,33 @@ def test_a_failing_step_is_recorded_and_the_others_go_on(tmp_path):
     assert "2 step(s) failed" in error and "\n" not in error
 
 
+def test_workers_started_together_take_different_first_steps(tmp_path, monkeypatch):
+    """Worker i takes the i-th ready step (round robin), so two workers started at once do not
+    both go for the first and one wait for the other's whole step."""
+    from ticketlab.experiments.grid import executors
+
+    path = tiny_grid_spec(tmp_path, ["full", "omp"], sparsities=[0.5])
+    spec = GridSpec(**{**json.loads(path.read_text()), "seeds": [0, 1]})
+    runner = GridRunner(spec, tmp_path / "grid", quiet=True, echo=lambda _: None)
+    plan = plan_steps(spec)
+    ready = [s.key for s in plan if not s.inputs]
+    assert len(ready) == 3  # two full-model cells and the OMP ticket
+
+    class Taken(Exception):
+        pass
+
+    def first(_runner, step):
+        raise Taken(step.key)
+
+    monkeypatch.setattr(executors, "run_one", first)
+    taken = []
+    for worker in range(4):
+        with pytest.raises(Taken) as caught:
+            executors.work_through(runner, plan, worker=worker)
+        taken.append(str(caught.value))
+    assert taken == [ready[0], ready[1], ready[2], ready[0]]
+
+
 def test_the_live_view_shows_each_workers_step_on_a_terminal(tmp_path):
     import io
 

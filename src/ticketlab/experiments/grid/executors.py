@@ -65,10 +65,15 @@ def run_one(runner: GridRunner, step: GridStep) -> dict[str, Any]:
     }
 
 
-def work_through(runner: GridRunner, plan: list[GridStep], poll_seconds: float = 0.5) -> int:
+def work_through(runner: GridRunner, plan: list[GridStep], poll_seconds: float = 0.5, worker: int = 0) -> int:
     """Make every step of ``plan`` that is not finished, taking only steps whose inputs are
     finished and that no other live process holds, and leaving out the steps that failed (here
-    or in another worker) and those that need them; returns how many steps this process made."""
+    or in another worker) and those that need them; returns how many steps this process made.
+
+    ``worker`` (this worker's index) staggers the first choice: workers started together see the
+    same ready steps, and worker ``i`` takes the ``i``-th of them (round robin) rather than all
+    the first, which all but one would then wait for; afterwards a step held by a live worker is
+    never chosen, so they rarely meet."""
     by_key = {step.key: step for step in plan}
     made = 0
     while True:
@@ -86,7 +91,8 @@ def work_through(runner: GridRunner, plan: list[GridStep], poll_seconds: float =
         if not ready:  # everything left is held by others, or waits for what they hold
             time.sleep(poll_seconds)
             continue
-        made += run_one(runner, ready[0])["made"]  # another worker may take it first: then this waits
+        # Another worker may still take it first: then this one waits for it, and goes on.
+        made += run_one(runner, ready[worker % len(ready)])["made"]
 
 
 def unfinished_error(failures: list[StepFailure], also: list[str] = ()) -> TicketlabError:
@@ -110,7 +116,7 @@ def _worker(index: int, spec_data: dict[str, Any], out: str, options: dict[str, 
     # The driver's live view tells what each worker does: the workers themselves stay silent.
     runner = GridRunner(GridSpec(**spec_data), out, cache_dir=options["cache_dir"], quiet=True, echo=_silent)
     try:
-        made = work_through(runner, plan_steps(runner.spec))
+        made = work_through(runner, plan_steps(runner.spec), worker=index)
         write_json(report, {"made": made, "computed": dict(runner.computed), "error": None})
     except BaseException as error:  # noqa: BLE001 - the driver reports every worker's failure
         line = str(error).splitlines()[0] if str(error) else type(error).__name__
