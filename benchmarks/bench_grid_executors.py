@@ -9,7 +9,11 @@ seconds, spread over its steps). For the Ray path also the cost of one step's tr
 (scheduling + the result's hand-back): a finished step submitted as a task, against the same
 step read by the driver itself, and Ray's start (a local Ray, then its workers' first imports).
 
-    PYTHONPATH=src python benchmarks/bench_grid_executors.py [--workers 2] [--train 2400] [--no-ray]
+    PYTHONPATH=src python benchmarks/bench_grid_executors.py [--workers 2] [--train 2400] [--repeats 3] [--no-ray]
+
+The executors run interleaved (serial, local, ray, serial, ...), each repeat in a fresh folder,
+and the ratios are of the medians: the machine's speed drifts from one minute to the next (a
+serial run took 38 s and 50 s ten minutes apart on the same two idle cores).
 
 Each process runs on one thread (every executor), so 2 workers can use the two cores.
 """
@@ -20,8 +24,10 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from bench_common import timed, write_results
 
@@ -105,6 +111,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--train", type=int, default=2400, help="training examples per task")
     parser.add_argument("--no-ray", action="store_true", help="serial and local only")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every executor")
     args = parser.parse_args()
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="bench_grid_executors."))
@@ -121,37 +128,62 @@ def main() -> None:
         for step in plan_steps(spec):
             if step.kind == "cell" and step.cell.method == "full" and step.cell.seed == 0:
                 warm.run_cell(step.cell)
-        serial_s, serial = timed(lambda: GridRunner(spec, work / "serial", **quiet).run_all())
-        local_s, local = timed(lambda: run_grid_locally(spec, work / "local", args.workers, **parallel))
-        own_seconds = fine_tuning_seconds(work / "local")
+        # Interleaved repeats (serial, local, ray, serial, ...), each in a fresh folder: the
+        # machine's speed drifts between minutes, so the ratios are of medians over the repeats.
+        times: dict[str, list[float]] = {"serial": [], "local": [], "ray": []}
+        outcomes: dict[str, Any] = {}
+        own: dict[str, list[float]] = {"local": [], "ray": []}
+        executors = ["serial", "local"] + ([] if args.no_ray else ["ray"])
+        for repeat in range(args.repeats):
+            for name in executors:
+                folder = work / f"{name}-{repeat}"
+                if name == "serial":
+                    seconds, outcome = timed(lambda f=folder: GridRunner(spec, f, **quiet).run_all())
+                elif name == "local":
+                    seconds, outcome = timed(
+                        lambda f=folder: run_grid_locally(spec, f, args.workers, **parallel)
+                    )
+                else:
+                    from ticketlab.experiments.grid.ray_executor import RayOptions, run_grid_on_ray
+
+                    seconds, outcome = timed(
+                        lambda f=folder: run_grid_on_ray(
+                            spec, f, RayOptions(workers=args.workers), **parallel
+                        )
+                    )
+                times[name].append(seconds)
+                outcomes.setdefault(name, []).append([c["values"] for c in outcome["cells"]])
+                if name != "serial":
+                    own[name].append(fine_tuning_seconds(folder))
+                print(
+                    f"repeat {repeat + 1} {name}: {seconds:.1f} s (load {os.getloadavg()[0]:.2f})", flush=True
+                )
+        serial_s = statistics.median(times["serial"])
+        reference = outcomes["serial"][0]
         result = {
             "steps": steps,
             "cells": cells,
             "workers": args.workers,
             "train_examples_per_task": args.train,
+            "repeats": args.repeats,
+            "times_s": {k: v for k, v in times.items() if v},
             "serial_s": serial_s,
-            "local_s": local_s,
-            "local_over_serial": local_s / serial_s,
             "target": 0.6,
-            "local_same_metrics": [c["values"] for c in serial["cells"]]
-            == [c["values"] for c in local["cells"]],
-            "fine_tuning_s_per_cell": own_seconds / cells,
-            "local_overhead_s_per_step": max(0.0, local_s * args.workers - own_seconds) / steps,
+            "serial_same_metrics_every_repeat": all(o == reference for o in outcomes["serial"]),
         }
-        if not args.no_ray:
-            from ticketlab.experiments.grid.ray_executor import RayOptions, run_grid_on_ray
-
-            options = RayOptions(workers=args.workers)
-            ray_s, ray = timed(lambda: run_grid_on_ray(spec, work / "ray", options, **parallel))
-            own_seconds = fine_tuning_seconds(work / "ray")
+        for name in executors[1:]:
+            median = statistics.median(times[name])
             result |= {
-                "ray_s": ray_s,
-                "ray_over_serial": ray_s / serial_s,
-                "ray_same_metrics": [c["values"] for c in serial["cells"]]
-                == [c["values"] for c in ray["cells"]],
-                "ray_overhead_s_per_step": max(0.0, ray_s * args.workers - own_seconds) / steps,
-                "ray_path": ray_trip_seconds(spec, work / "ray", quiet["cache_dir"], args.workers),
+                f"{name}_s": median,
+                f"{name}_over_serial": median / serial_s,
+                f"{name}_over_serial_per_repeat": [t / s for t, s in zip(times[name], times["serial"])],
+                f"{name}_same_metrics": all(o == reference for o in outcomes[name]),
+                f"{name}_overhead_s_per_step": max(0.0, median * args.workers - statistics.median(own[name]))
+                / steps,
             }
+        result["fine_tuning_s_per_cell"] = statistics.median(own["local"]) / cells
+        if not args.no_ray:
+            result["ray_path"] = ray_trip_seconds(spec, work / "ray-0", quiet["cache_dir"], args.workers)
         result["load_average_after"] = list(os.getloadavg())
         print(json.dumps(result, indent=2))
         print(f"results written to {write_results('grid_executors', result)}")
