@@ -101,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning lr")
     p.add_argument("--batch-size", type=int, default=16, help="fine-tuning batch size")
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument(
+        "--eval-every", type=int, help="fine-tuning: also evaluate every N steps (a learning curve)"
+    )
     p.add_argument("--max-train-samples", type=int, help="smoke runs: N training examples of every task")
     p.add_argument("--max-eval-samples", type=int, help="smoke runs: the first N dev examples")
     p.add_argument("--eval-max-sequences", type=int, default=64, help="valid.txt blocks for the KD loss")
@@ -308,6 +311,7 @@ class Bench:
             lr=a.lr,
             batch_size=a.batch_size,
             epochs=a.epochs,
+            eval_every=a.eval_every,
             max_length=128,
             seed=seed,
             max_train_samples=a.max_train_samples or recipe["max_train_samples"],
@@ -331,6 +335,7 @@ class Bench:
                 "best": results["best"].get(metric),
                 "final": results["final"].get(metric),
                 "best_step": results["best_step"],
+                "curve": [[e["step"], e["metrics"].get(metric)] for e in results.get("evaluations", [])],
                 "train_examples": results["train_examples"],
                 "training_steps": results["training_steps"],
                 "wall_seconds": results["wall_seconds"],
