@@ -157,3 +157,52 @@ def test_the_ray_executor_without_ray_names_the_extra(tmp_path, monkeypatch, cap
     assert code == 2 and len(err) == 1 and "pip install 'ticketlab[ray]'" in err[0], err
     assert main(["grid", str(path), "--gpus-per-step", "0.5", "--out", str(tmp_path / "grid")]) == 2
     assert "--gpus-per-step: only for --executor ray" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_grid_under_torchrun_on_two_ranks_completes_every_step_once(tmp_path, monkeypatch):
+    """`torchrun --nproc_per_node 2 -m ticketlab grid`: the ranks train each cell together (DDP
+    over gloo), the first publishes every step; the tickets are the one-process run's bits, nothing
+    temporary or claimed is left, one report is printed, and a rerun computes nothing."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    monkeypatch.setenv("TICKETLAB_CACHE", str(tmp_path / "cache"))
+    path = tiny_grid_spec(tmp_path, ["full", "omp", "random", "imp"], sparsities=[0.5], imp_levels=[0.5])
+    spec = GridSpec.from_file(path)
+    GridRunner(spec, tmp_path / "serial", quiet=True, echo=lambda _: None).run_all()
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "OMP_NUM_THREADS": "1",
+    }
+    out = tmp_path / "two"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["-m", "ticketlab", "grid", str(path), "--out", str(out), "--quiet", "--json"]
+    for attempt in ("first", "rerun"):
+        completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert completed.returncode == 0, f"{attempt}: {completed.stderr[-3000:]}"
+        summary = json.loads(completed.stdout)  # one report: the second rank prints nothing
+        if attempt == "first":
+            # Each step counted once (by the first rank), the tickets too: every rank runs a step's
+            # body, but only the first claims and publishes it.
+            assert summary["steps"]["computed"] == len(plan_steps(spec)) == 6
+            assert summary["steps"]["computed_by_kind"] == {"imp level": 2, "cell": 3, "omp": 1, "random": 1}
+        else:
+            assert summary["steps"]["computed"] == 0 and summary["steps"]["reused"] == 6
+    cells = sorted(out.glob("cells/mrpc/*/results.json"))
+    assert len(cells) == 3
+    assert all(json.loads(cell.read_text())["num_processes"] == 2 for cell in cells)
+    for name in ("tickets/omp-0.50.safetensors", "tickets/random-0.50-seed0.safetensors"):
+        a, b = load_mask(tmp_path / "serial" / name), load_mask(out / name)
+        assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+    assert (out / "imp" / "mrpc" / "seed0" / "level_01" / "mask.safetensors").is_file()
+    leftovers = [
+        str(p.relative_to(out))
+        for p in out.rglob("*")
+        if p.name.endswith((".tmp", ".claim", ".partial")) or ".rank" in p.name
+    ]
+    assert leftovers == []

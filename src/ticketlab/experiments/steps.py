@@ -331,33 +331,55 @@ class StepStore:
         adopt: Callable[[Path], bool] | None,
         resumable: bool = False,
     ) -> T | None:
-        """A step under a multi-process launch: every rank runs ``body`` (they train together),
-        but only the first claims, writes and publishes; the others write into private folders
-        that are thrown away, and learn from the first whether the step was done or published.
-        (A resumable step's partial work goes to the first rank's folder: the body sends what it
-        resumes from to the others.)"""
+        """A folder step under a multi-process launch (``_on_ranks``). (A resumable step's
+        partial work goes to the first rank's folder: the body sends what it resumes from to the
+        others.)"""
+
+        def finished() -> T | None:
+            self.verify(name, required)
+            return load(self.path(name)) if load else None
+
+        return self._on_ranks(
+            name,
+            claim=lambda: self._claim_unless_done(
+                name, True, lambda: self._folder_done(name, adopt), resumable=resumable
+            ),
+            compute=lambda claim: self._compute(name, claim, body, required, resumable),
+            private=body,
+            finished=finished,
+        )
+
+    def _on_ranks(
+        self,
+        name: str,
+        *,
+        claim: Callable[[], _Claim | None],
+        compute: Callable[[_Claim], tuple[bool, T | None]],
+        private: Callable[[Path], T],
+        finished: Callable[[], T | None],
+    ) -> T | None:
+        """A step under a multi-process launch: every rank runs the body (they train together,
+        and a body may hold collective operations), but only the first claims, writes and
+        publishes; the others run ``private(folder)`` in private folders that are thrown away,
+        and learn from the first whether the step was done or published."""
         rank, _ = rank_and_world()
         while True:
-            claim = None
-            if rank == 0:
-                claim = self._claim_unless_done(
-                    name, True, lambda: self._folder_done(name, adopt), resumable=resumable
-                )
-            if not broadcast_from_first(claim is not None):
-                self.verify(name, required)
-                return load(self.path(name)) if load else None
-            if claim is not None:
-                published, result = self._compute(name, claim, body, required, resumable)
+            ours = claim() if rank == 0 else None
+            if not broadcast_from_first(ours is not None):
+                return finished()
+            published = False
+            if ours is not None:
+                published, result = compute(ours)
             else:
-                private = self.root / f".{name}.rank{rank}-{uuid.uuid4().hex[:8]}.tmp"
-                private.mkdir(parents=True)
-                _write_owner_note(private, Owner.me(self.lease_seconds))
+                folder = self.root / f".{name}.rank{rank}-{uuid.uuid4().hex[:8]}.tmp"
+                folder.mkdir(parents=True)
+                _write_owner_note(folder, Owner.me(self.lease_seconds))
                 try:
-                    result = body(private)
+                    result = private(folder)
                 finally:
-                    shutil.rmtree(private, ignore_errors=True)
+                    shutil.rmtree(folder, ignore_errors=True)
             # Also the barrier: no rank reads the step before the first has published it.
-            if broadcast_from_first(claim is not None and published):
+            if broadcast_from_first(ours is not None and published):
                 return result
             log.warning("step %s was taken over while this job computed it; using its result", name)
 
@@ -372,35 +394,51 @@ class StepStore:
     ) -> T | None:
         """A step whose output is one file ``name`` (a mask, a JSON record) rather than a folder:
         ``body(tmp_file)`` writes it, and it is renamed into place. Claimed like any step, so two
-        processes never compute the same file at once."""
+        processes never compute the same file at once; under a multi-process launch, as ``run``
+        (every rank runs the body, the first publishes)."""
         final = self.path(name)
+        if rank_and_world()[1] > 1:
+            return self._on_ranks(
+                name,
+                claim=lambda: self._claim_unless_done(name, True, final.is_file),
+                compute=lambda claim: self._compute_file(name, claim, body),
+                private=lambda folder: body(folder / final.name),
+                finished=lambda: load(final) if load else None,
+            )
         while True:
             claim = self._claim_unless_done(name, wait, final.is_file)
             if claim is None:
                 return load(final) if load else None
-            tmp = self._tmp_path(name, claim.owner.token)
-            published = False
-            tmp.mkdir(parents=True, exist_ok=True)
-            _write_owner_note(tmp, claim.owner)
-            claim.start_heartbeat()
-            try:
-                result = body(tmp / final.name)
-                if not (tmp / final.name).is_file():
-                    raise TicketlabError(f"step {name} finished without writing its file (not published)")
-                with self._locked():
-                    owner = self.owner_of(name)
-                    if owner is not None and owner.token == claim.owner.token:
-                        final.parent.mkdir(parents=True, exist_ok=True)
-                        os.replace(tmp / final.name, final)
-                        self._claim_path(name).unlink(missing_ok=True)
-                        claim.released = published = True
-            finally:
-                claim.stop_heartbeat()
-                shutil.rmtree(tmp, ignore_errors=True)
-                claim.release()
+            published, result = self._compute_file(name, claim, body)
             if published:
                 return result
             log.warning("step %s was taken over while this process computed it; using its result", name)
+
+    def _compute_file(self, name: str, claim: _Claim, body: Callable[[Path], T]) -> tuple[bool, T | None]:
+        """Run ``body`` on a file in the claim's temporary folder and rename the file into
+        place; (published, result)."""
+        final = self.path(name)
+        tmp = self._tmp_path(name, claim.owner.token)
+        published = False
+        tmp.mkdir(parents=True, exist_ok=True)
+        _write_owner_note(tmp, claim.owner)
+        claim.start_heartbeat()
+        try:
+            result = body(tmp / final.name)
+            if not (tmp / final.name).is_file():
+                raise TicketlabError(f"step {name} finished without writing its file (not published)")
+            with self._locked():
+                owner = self.owner_of(name)
+                if owner is not None and owner.token == claim.owner.token:
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(tmp / final.name, final)
+                    self._claim_path(name).unlink(missing_ok=True)
+                    claim.released = published = True
+        finally:
+            claim.stop_heartbeat()
+            shutil.rmtree(tmp, ignore_errors=True)
+            claim.release()
+        return published, result
 
     def _folder_done(self, name: str, adopt: Callable[[Path], bool] | None) -> bool:
         if self.is_done(name):
