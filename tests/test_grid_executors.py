@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import sys
 import threading
 
 import pytest
@@ -15,12 +16,29 @@ from ticketlab.masks import load_mask
 
 
 @pytest.mark.slow
-def test_two_local_workers_give_the_serial_results(tmp_path):
+def test_two_local_workers_give_the_serial_results(tmp_path, monkeypatch):
+    """This process (worker 0) and a spawned worker share the grid; the serial run's results."""
+    import time
+
+    from ticketlab.experiments.grid import executors
+
     path = tiny_grid_spec(tmp_path, ["full", "omp", "random", "imp"], sparsities=[0.5], imp_levels=[0.5])
     spec = GridSpec(**{**json.loads(path.read_text()), "seeds": [0, 1]})
     plan = plan_steps(spec)
     assert len(plan) == 11 and sum(bool(s.inputs) for s in plan) == 8  # a graph, not a list
     serial = GridRunner(spec, tmp_path / "serial", quiet=True, echo=lambda _: None).run_all()
+    real_run_one, waited = executors.run_one, []
+
+    def after_the_other_workers_first_step(runner, step):
+        # Tiny steps are over before a spawned worker has imported torch: worker 0 would make them
+        # all. So it waits for the other's first publication, and both make a share.
+        deadline = time.time() + 120
+        while not waited and not any(runner.step_done(s) for s in plan) and time.time() < deadline:
+            time.sleep(0.05)
+        waited.append(True)
+        return real_run_one(runner, step)
+
+    monkeypatch.setattr(executors, "run_one", after_the_other_workers_first_step)
     parallel = run_grid_locally(spec, tmp_path / "local", 2, quiet=True, echo=lambda _: None)
     assert parallel["steps"]["computed"] == 11 and parallel["steps"]["reused"] == 0
     assert [c["values"] for c in parallel["cells"]] == [c["values"] for c in serial["cells"]]
@@ -33,6 +51,7 @@ def test_two_local_workers_give_the_serial_results(tmp_path):
     ):
         a, b = load_mask(tmp_path / "serial" / name), load_mask(tmp_path / "local" / name)
         assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+    monkeypatch.setattr(executors, "run_one", real_run_one)
     again = run_grid_locally(spec, tmp_path / "local", 2, quiet=True, echo=lambda _: None)
     assert again["steps"]["computed"] == 0  # resumed: nothing left to do
 
@@ -206,3 +225,70 @@ def test_a_grid_under_torchrun_on_two_ranks_completes_every_step_once(tmp_path, 
         if p.name.endswith((".tmp", ".claim", ".partial")) or ".rank" in p.name
     ]
     assert leftovers == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; signals a process group")
+def test_ctrl_c_stops_the_local_workers_cleanly_and_a_rerun_resumes(tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) during `grid --executor local`: the command
+    exits 130 with every worker gone and no claim left; the rerun makes only what was missing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    path = tiny_grid_spec(tmp_path, ["full", "omp", "random"], sparsities=[0.5, 0.7])
+    path.write_text(json.dumps({**json.loads(path.read_text()), "seeds": [0, 1]}))
+    spec = GridSpec.from_file(path)
+    out = tmp_path / "grid"
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "OMP_NUM_THREADS": "1",
+        "TICKETLAB_CACHE": str(tmp_path / "cache"),
+    }
+    command = [sys.executable, "-m", "ticketlab", "grid", str(path), "--out", str(out)]
+    command += ["--executor", "local", "--workers", "2", "--quiet", "--json"]
+    driver = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    plan = plan_steps(spec)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.rglob("DONE")):
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGINT)
+    _, stderr = driver.communicate(timeout=60)
+    assert driver.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr
+    deadline = time.time() + 10  # a process may still be in its exit when the command has ended
+    while _running_in_group(driver.pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert _running_in_group(driver.pid) == []  # no worker outlived the command
+    assert [p.name for p in out.rglob("*.claim")] == []
+    done_before = len(list(out.rglob("DONE")))
+    assert 1 <= done_before < len(plan)
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    summary = json.loads(rerun.stdout)
+    assert summary["steps"]["reused"] >= done_before and summary["steps"]["planned"] == len(plan)
+    serial = GridRunner(spec, tmp_path / "serial", quiet=True, echo=lambda _: None).run_all()
+    assert [c["values"] for c in summary["cells"]] == [c["values"] for c in serial["cells"]]
+
+
+def _running_in_group(group: int) -> list[int]:
+    """The processes of a process group still running (a dead one waiting to be reaped by an
+    init that does not reap, in a container, is not)."""
+    from pathlib import Path
+
+    running = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            running.append(int(stat.parent.name))
+    return running

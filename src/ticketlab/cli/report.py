@@ -45,7 +45,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--workers",
         type=int,
-        help="local executor: worker processes (default: 2); ray executor without --address: steps at "
+        help="local executor: workers, this process included (default: 2); ray executor without --address: steps at "
         "a time on the Ray it starts (default: as many CPUs as the machine has cores)",
     )
     p.add_argument(

@@ -1,5 +1,6 @@
 """Executors: who runs the steps of a grid's plan. ``serial`` (one process, in order), ``local``
-(N worker processes on this machine, sharing the run directory through the step protocol) and
+(N workers on this machine: the driver and N - 1 processes it starts, sharing the run directory
+through the step protocol) and
 ``ray`` (tasks on a Ray cluster or a local Ray: ``ray_executor``).
 
 A worker repeatedly takes a step whose inputs are finished and that nobody holds, and makes it;
@@ -12,8 +13,10 @@ and writes the summary of results.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import threading
 import time
 import traceback
 from collections import Counter
@@ -107,14 +110,10 @@ def unfinished_error(failures: list[StepFailure], also: list[str] = ()) -> Ticke
     )
 
 
-def _worker(index: int, spec_data: dict[str, Any], out: str, options: dict[str, Any]) -> None:
-    """One worker process (started with spawn): its own runner on the shared run directory."""
-    import torch
-
-    torch.set_num_threads(options["threads"])
-    report = Path(out) / WORKERS_DIR / f"worker-{index}.json"
-    # The driver's live view tells what each worker does: the workers themselves stay silent.
-    runner = GridRunner(GridSpec(**spec_data), out, cache_dir=options["cache_dir"], quiet=True, echo=_silent)
+def _work(index: int, runner: GridRunner) -> None:
+    """Worker ``index``'s share of the plan, and its report (what it made, or its error) in the
+    run directory for the driver; an error is re-raised once reported."""
+    report = runner.root / WORKERS_DIR / f"worker-{index}.json"
     try:
         made = work_through(runner, plan_steps(runner.spec), worker=index)
         write_json(report, {"made": made, "computed": dict(runner.computed), "error": None})
@@ -129,6 +128,23 @@ def _worker(index: int, spec_data: dict[str, Any], out: str, options: dict[str, 
                 "traceback": traceback.format_exc(),
             },
         )
+        raise
+
+
+def _worker_runner(spec: GridSpec, out: str | Path, cache_dir: str | None) -> GridRunner:
+    """A worker's own runner on the shared run directory: the driver's live view tells what each
+    worker does, so the workers themselves stay silent."""
+    return GridRunner(spec, out, cache_dir=cache_dir, quiet=True, echo=_silent)
+
+
+def _worker(index: int, spec_data: dict[str, Any], out: str, options: dict[str, Any]) -> None:
+    """A worker process (started with spawn): its own runner on the shared run directory."""
+    import torch
+
+    torch.set_num_threads(options["threads"])
+    try:
+        _work(index, _worker_runner(GridSpec(**spec_data), out, options["cache_dir"]))
+    except BaseException:  # noqa: BLE001 - reported in its file, the exit status says so too
         raise SystemExit(1) from None
 
 
@@ -142,9 +158,14 @@ def run_grid_locally(
     echo: Callable[[str], None] = print,
     stream: TextIO | None = None,
 ) -> dict[str, Any]:
-    """The grid with ``workers`` processes on this machine (each pinned to one GPU, round robin,
-    when the machine has GPUs); the same results as the serial run, its summary returned. The live
-    view goes to ``stream`` (default: standard output)."""
+    """The grid with ``workers`` workers on this machine: this process and ``workers - 1``
+    others (each pinned to one GPU, round robin, when the machine has GPUs); the same results as
+    the serial run, its summary returned. The live view goes to ``stream`` (default: standard
+    output).
+
+    This process is worker 0: it starts on the first step at once, while the others start up
+    (a spawned process imports torch and transformers, seconds that this one has already spent),
+    and its live view is drawn by a thread beside it."""
     import torch
 
     if workers < 1:
@@ -165,8 +186,10 @@ def run_grid_locally(
     processes = []
     saved = os.environ.get("CUDA_VISIBLE_DEVICES")
     view = GridView(runner, plan, quiet=quiet, stream=stream)
+    watching = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(view, watching), name="grid-view", daemon=True)
     try:
-        for index in range(workers):
+        for index in range(1, workers):
             if gpus:
                 os.environ["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
             process = context.Process(
@@ -174,24 +197,26 @@ def run_grid_locally(
             )
             process.start()
             processes.append(process)
+        if gpus:  # this process (worker 0) sees every GPU and computes on the first
+            _restore_env("CUDA_VISIBLE_DEVICES", saved)
         echo(f"grid: {len(plan)} steps on {workers} local workers")
+        watcher.start()
+        with contextlib.suppress(Exception):  # a failure is in its report, summarized below
+            _work(0, _worker_runner(spec, runner.root, cache_dir))
         for process in processes:
-            while process.is_alive():
-                process.join(timeout=VIEW_SECONDS)
-                view.poll()
+            process.join()
     except KeyboardInterrupt:  # the workers got the same signal: they release their claims
         for process in processes:
             process.join(timeout=30)
             if process.is_alive():
                 process.terminate()
+        _stop_watching(watcher, watching)
         view.close()
         raise
     finally:
         if gpus:
-            if saved is None:
-                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-            else:
-                os.environ["CUDA_VISIBLE_DEVICES"] = saved
+            _restore_env("CUDA_VISIBLE_DEVICES", saved)
+    _stop_watching(watcher, watching)
     failures = view.close()
     accounts = [read_json(p) for p in sorted(reports.glob("worker-*.json"))]
     crashes = [f"worker {i}: {a['error']}" for i, a in enumerate(accounts) if a.get("error")]
@@ -204,6 +229,25 @@ def run_grid_locally(
     for account in accounts:
         computed.update(account["computed"])
     return runner.summarize(plan, pending, computed)
+
+
+def _watch(view: GridView, stop: threading.Event) -> None:
+    """The live view's thread: a look at the run directory every ``VIEW_SECONDS`` until told."""
+    while not stop.wait(VIEW_SECONDS):
+        view.poll()
+
+
+def _stop_watching(watcher: threading.Thread, stop: threading.Event) -> None:
+    stop.set()
+    if watcher.is_alive():
+        watcher.join()
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def _silent(_: str) -> None:
